@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS := triton_models/fusion/1/model.pt
+
+.PHONY: demo test serve build configs clean
+
+demo: $(MODELS)
+	$(BIN)/fv2es-demo
+
+test: $(MODELS)
+	$(BIN)/pytest -q tests
+
+serve: $(MODELS)
+	$(BIN)/fv2es-serve
+
+build: $(MODELS)
+
+# Installs once; re-runs only when the pins change. espeak-ng (Debian) speaks the generated test media.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) || \
+		echo "espeak-ng not installed: tests that synthesise speech will fail"
+	touch $(STAMP)
+
+$(MODELS): $(STAMP) $(wildcard python_backend/fv2es/models/*.py) build/export.py build/repository.py python_backend/fv2es/config.py
+	$(BIN)/python build/repository.py
+
+configs: $(STAMP)
+	$(BIN)/python build/repository.py --configs
+
+clean:
+	rm -f triton_models/*/1/model.pt triton_models/*/1/provenance.json

