@@ -105,6 +105,7 @@ def pipeline_models(weights: str) -> list[Model]:
             "face_crop", "face_crop",
             [Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1, 3]), fp32("FRAME_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
             [fp32("FACES", [-1, 1, s, s]), int64("FACE_SEGMENT", [-1]), boolean("SEGMENT_HAS_FACE", [-1])],
+            parameters={"cascade": config.FACE_CASCADE},
         ),
         Model(
             "audio_encoder", "torchscript",

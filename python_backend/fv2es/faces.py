@@ -11,7 +11,7 @@ from . import config
 class FaceDetector:
     """OpenCV's Haar cascade (ships inside opencv-python-headless 4.x: no download)."""
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml"):
+    def __init__(self, cascade: str = config.FACE_CASCADE):
         path = cascade if "/" in cascade else cv2.data.haarcascades + cascade
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():

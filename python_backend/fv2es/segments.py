@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import config
 
 
@@ -96,3 +98,19 @@ def _merge_short(pieces: list[Segment], min_segment_s: float) -> list[Segment]:
 def _join(a: Segment, b: Segment) -> Segment:
     texts = [a.text] if a.text == b.text else [t for t in (a.text, b.text) if t]
     return Segment(a.start, b.end, " ".join(texts))
+
+
+def frame_segments(frame_times: np.ndarray, segment_times: np.ndarray) -> np.ndarray:
+    """Index of the segment each frame falls in ([start, end)), or -1 when it falls in none."""
+    starts, ends = segment_times[:, 0], segment_times[:, 1]
+    index = np.searchsorted(starts, frame_times, side="right") - 1
+    inside = (index >= 0) & (frame_times < ends[np.clip(index, 0, None)])
+    return np.where(inside, index, -1).astype(np.int64)
+
+
+def aggregate_scores(segment_scores: np.ndarray, segment_times: np.ndarray) -> np.ndarray:
+    """Whole-video scores: the mean of segment scores weighted by segment duration."""
+    weights = np.clip(segment_times[:, 1] - segment_times[:, 0], 0, None)
+    if weights.sum() <= 0:
+        weights = np.ones(len(segment_scores))
+    return (segment_scores * weights[:, None]).sum(0) / weights.sum()

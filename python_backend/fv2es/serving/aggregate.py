@@ -6,15 +6,8 @@ import json
 
 import numpy as np
 
+from ..segments import aggregate_scores
 from .base import PipelineModel
-
-
-def aggregate_scores(segment_scores: np.ndarray, segment_times: np.ndarray) -> np.ndarray:
-    """Whole-video scores: the mean of segment scores weighted by segment duration."""
-    weights = np.clip(segment_times[:, 1] - segment_times[:, 0], 0, None)
-    if weights.sum() <= 0:
-        weights = np.ones(len(segment_scores))
-    return (segment_scores * weights[:, None]).sum(0) / weights.sum()
 
 
 class TritonPythonModel(PipelineModel):

@@ -10,20 +10,13 @@ import numpy as np
 
 from .. import config
 from ..faces import FaceDetector, face_crops, normalise_faces
+from ..segments import frame_segments
 from .base import PipelineModel
-
-
-def frame_segments(frame_times: np.ndarray, segment_times: np.ndarray) -> np.ndarray:
-    """Index of the segment each frame falls in ([start, end)), or -1 when it falls in none."""
-    starts, ends = segment_times[:, 0], segment_times[:, 1]
-    index = np.searchsorted(starts, frame_times, side="right") - 1
-    inside = (index >= 0) & (frame_times < ends[np.clip(index, 0, None)])
-    return np.where(inside, index, -1).astype(np.int64)
 
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
-        self.detector = FaceDetector(self.parameter("cascade", "haarcascade_frontalface_default.xml"))
+        self.detector = FaceDetector(self.parameter("cascade", config.FACE_CASCADE))
 
     def process(self, inputs):
         segment_times = inputs["SEGMENT_TIMES"]

@@ -1,0 +1,59 @@
+"""Shared fixtures: one real tritonserver per test session, a gRPC client, and real media."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python_backend"))
+sys.path.insert(0, str(ROOT / "client"))
+
+from fv2es import config, synth  # noqa: E402
+from fv2es.media import demux  # noqa: E402
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer  # noqa: E402
+from fv2es_client import Fv2esClient  # noqa: E402
+
+SAMPLE = ROOT / "samples" / "talking_head.mp4"
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The real tritonserver binary on the real model repository, on free ports; always stopped."""
+    instance = EmbeddedServer(REPOSITORY)
+    instance.start(timeout_s=300)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    with Fv2esClient(server.grpc_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sample_bytes() -> bytes:
+    return SAMPLE.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def sample_speech(sample_bytes) -> np.ndarray:
+    """The sample's espeak-ng speech, decoded, to build other test videos from."""
+    return demux(sample_bytes).audio
+
+
+def make_video(speech: np.ndarray | None, *, faces: bool = True, video: bool = True, **encode_kwargs) -> bytes:
+    """A test clip as long as `speech` (or 4 s): the astronaut face (or a blank frame), speech or none."""
+    seconds = len(speech) / config.SAMPLE_RATE if speech is not None else 4.0
+    fps, width, height = 25, 320, 240
+    frames = None
+    if video:
+        n = int(seconds * fps)
+        frames = synth.talking_head_frames(n, width, height) if faces else (np.full((height, width, 3), 90, np.uint8) for _ in range(n))
+    return synth.encode_video(frames=frames, fps=fps, audio=speech, width=width, height=height, **encode_kwargs)
