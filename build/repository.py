@@ -93,7 +93,8 @@ def pipeline_models(weights: str) -> list[Model]:
              int64("TEXT_IDS", [-1, config.TEXT_MAX_TOKENS]), int64("TEXT_MASK", [-1, config.TEXT_MAX_TOKENS])],
             kind="KIND_AUTO",
             parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
-                        "language": config.ASR_LANGUAGE, "text_model": config.TEXT_MODEL, "window_s": str(config.WINDOW_S)},
+                        "language": config.ASR_LANGUAGE,
+                        "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL, "window_s": str(config.WINDOW_S)},
         ),
         Model(
             "mel", "mel",

@@ -28,6 +28,7 @@ class SpeechRecognizer:
         cpu_threads: int = 0,
         beam_size: int = config.ASR_BEAM_SIZE,
         language: str | None = config.ASR_LANGUAGE,
+        temperature: float = config.ASR_TEMPERATURE,
     ):
         from faster_whisper import WhisperModel
 
@@ -42,6 +43,7 @@ class SpeechRecognizer:
         )
         self.beam_size = beam_size
         self.language = language or None
+        self.temperature = temperature
 
     def transcribe(self, audio: np.ndarray) -> list[Segment]:
         """Timestamped speech segments of 16 kHz mono float32 audio (empty list for silence)."""
@@ -53,5 +55,6 @@ class SpeechRecognizer:
             language=self.language,
             vad_filter=True,  # Silero VAD (ships in faster-whisper): no hallucinated text on silence
             condition_on_previous_text=False,
+            temperature=self.temperature,
         )
         return [Segment(float(s.start), float(s.end), s.text.strip()) for s in segments if s.text.strip()]

@@ -18,14 +18,20 @@ class FaceDetector:
             raise RuntimeError(f"could not load the face detector cascade {path}")
 
     def largest_face(self, grey: np.ndarray) -> tuple[int, int, int, int] | None:
-        """(x, y, w, h) of the largest face in a grey image, or None."""
+        """(x, y, w, h) of the largest face in a grey image, or None.
+
+        Detection runs on a copy at most FACE_DETECT_WIDTH wide (its cost grows with the pixels);
+        the box is scaled back to `grey`'s coordinates so the crop keeps the full resolution.
+        """
+        scale = min(1.0, config.FACE_DETECT_WIDTH / grey.shape[1])
+        small = grey if scale == 1.0 else cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         boxes = self.cascade.detectMultiScale(
-            cv2.equalizeHist(grey), scaleFactor=1.1, minNeighbors=5, minSize=(config.FACE_MIN_SIZE,) * 2
+            cv2.equalizeHist(small), scaleFactor=config.FACE_SCALE_FACTOR, minNeighbors=5, minSize=(config.FACE_MIN_SIZE,) * 2
         )
         if len(boxes) == 0:
             return None
-        x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
-        return int(x), int(y), int(w), int(h)
+        x, y, w, h = (int(round(v / scale)) for v in max(boxes, key=lambda b: b[2] * b[3]))
+        return x, y, w, h
 
 
 def to_grey(frame_bgr: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ class TritonPythonModel(PipelineModel):
             cpu_threads=int(self.parameter("cpu_threads", "0")),
             beam_size=int(self.parameter("beam_size", str(config.ASR_BEAM_SIZE))),
             language=self.parameter("language", config.ASR_LANGUAGE),
+            temperature=float(self.parameter("temperature", str(config.ASR_TEMPERATURE))),
         )
         self.tokenizer = load_tokenizer(self.parameter("text_model", config.TEXT_MODEL))
         self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
