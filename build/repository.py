@@ -160,7 +160,7 @@ def _tensors_pbtxt(key: str, tensors: list[Tensor]) -> str:
 
 
 def model_pbtxt(model: Model) -> str:
-    text = f'# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
+    text = '# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
     text += f'name: "{model.name}"\nbackend: "python"\nmax_batch_size: {model.max_batch_size}\n'
     text += _tensors_pbtxt("input", model.inputs) + _tensors_pbtxt("output", model.outputs)
     text += f"instance_group [ {{ count: 1, kind: {model.kind} }} ]\n"
@@ -173,7 +173,7 @@ def model_pbtxt(model: Model) -> str:
 
 def ensemble_pbtxt(models: list[Model]) -> str:
     produced = {t.name: t for m in models for t in m.outputs}
-    text = f'# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
+    text = '# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
     text += f'name: "{config.ENSEMBLE_NAME}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
     text += _tensors_pbtxt("input", [string("VIDEO", [1])])
     outputs = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
 from fv2es import config, models
@@ -19,12 +20,15 @@ def stats(server, model: str) -> tuple[int, int, int]:
     return int(s["inference_stats"]["success"].get("count", 0)), int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
 
+INPUT_NAMES = {"audio_encoder": ["MEL_CHUNKS"], "visual_encoder": ["FACES"], "text_encoder": ["TEXT_IDS", "TEXT_MASK"]}
+OUTPUT_NAME = {"audio_encoder": "AUDIO_FEATURES", "visual_encoder": "VISUAL_FEATURES", "text_encoder": "TEXT_FEATURES"}
+
+
 def encoder_request(model: str, seed: int):
-    inputs = models.example_inputs(model, batch=1)
-    names = {"audio_encoder": ["MEL_CHUNKS"], "visual_encoder": ["FACES"], "text_encoder": ["TEXT_IDS", "TEXT_MASK"]}[model]
+    """One-row inputs for an encoder, reproducible from `seed`."""
     rng = np.random.default_rng(seed)
     tensors = []
-    for name, example in zip(names, inputs):
+    for name, example in zip(INPUT_NAMES[model], models.example_inputs(model, batch=1)):
         array = example.numpy()
         if array.dtype == np.float32:
             array = rng.standard_normal(array.shape).astype(np.float32)
@@ -36,26 +40,23 @@ def encoder_request(model: str, seed: int):
     return tensors
 
 
-def test_encoders_batch_concurrent_requests(server):
+def infer_encoder(server, model: str, seed: int) -> np.ndarray:
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        return c.infer(model, encoder_request(model, seed)).as_numpy(OUTPUT_NAME[model])
+
+
+@pytest.mark.parametrize("model", ENCODERS)
+def test_encoder_batches_concurrent_requests(server, model):
     n = 32
-    for model in ENCODERS:
-        before = stats(server, model)
-        with grpcclient.InferenceServerClient(server.grpc_url) as c:
-            alone = [c.infer(model, encoder_request(model, i)).as_numpy(c.get_model_metadata(model).outputs[0].name) for i in range(3)]
-
-        def call(i):
-            with grpcclient.InferenceServerClient(server.grpc_url) as c:
-                name = {"audio_encoder": "AUDIO_FEATURES", "visual_encoder": "VISUAL_FEATURES", "text_encoder": "TEXT_FEATURES"}[model]
-                return c.infer(model, encoder_request(model, i % 3)).as_numpy(name)
-
-        with ThreadPoolExecutor(n) as pool:
-            together = list(pool.map(call, range(n)))
-        after = stats(server, model)
-        requests, inferences, executions = (a - b for a, b in zip(after, before))
-        assert requests == n + 3 and inferences == n + 3
-        assert executions < inferences, f"{model}: {executions} executions for {inferences} inferences"
-        for i, out in enumerate(together):  # each request got its own rows back, equal to alone
-            np.testing.assert_allclose(out, alone[i % 3], atol=1e-4)
+    before = stats(server, model)
+    alone = [infer_encoder(server, model, seed) for seed in range(3)]
+    with ThreadPoolExecutor(n) as pool:
+        together = list(pool.map(lambda i: infer_encoder(server, model, i % 3), range(n)))
+    requests, inferences, executions = (a - b for a, b in zip(stats(server, model), before))
+    assert requests == n + 3 and inferences == n + 3
+    assert executions < inferences, f"{model}: {executions} executions for {inferences} inferences"
+    for i, out in enumerate(together):  # each request got its own row back, equal to alone
+        np.testing.assert_allclose(out, alone[i % 3], atol=1e-4)
 
 
 def test_concurrent_videos_equal_alone(server, client, sample_bytes, sample_speech):

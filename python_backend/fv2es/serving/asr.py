@@ -8,6 +8,7 @@ from .. import config
 from ..asr import SpeechRecognizer
 from ..segments import segment_timeline
 from ..text import load_tokenizer, tokenize
+from ..errors import InputError
 from .base import PipelineModel
 
 
@@ -30,6 +31,8 @@ class TritonPythonModel(PipelineModel):
     def process(self, inputs):
         audio = inputs["AUDIO"].astype(np.float32, copy=False)
         duration = float(inputs["DURATION"].reshape(-1)[0])
+        if not duration > 0:
+            raise InputError("input has no measurable duration (a single frame or an empty stream)")
         speech = self.recognizer.transcribe(audio)
         segments = segment_timeline(speech, duration, window_s=self.window_s)
         texts = [s.text for s in segments]
