@@ -83,7 +83,7 @@ def pipeline_models(weights: str) -> list[Model]:
         Model(
             "demux", "demux",
             [string("VIDEO", [1])],
-            [fp32("AUDIO", [-1]), Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1, 3]), fp32("FRAME_TIMES", [-1]), fp32("DURATION", [1])],
+            [fp32("AUDIO", [-1]), Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1]), fp32("FRAME_TIMES", [-1]), fp32("DURATION", [1])],
             parameters={"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)},
         ),
         Model(
@@ -104,7 +104,7 @@ def pipeline_models(weights: str) -> list[Model]:
         ),
         Model(
             "face_crop", "face_crop",
-            [Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1, 3]), fp32("FRAME_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
+            [Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1]), fp32("FRAME_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
             [fp32("FACES", [-1, 1, s, s]), int64("FACE_SEGMENT", [-1]), boolean("SEGMENT_HAS_FACE", [-1])],
             parameters={"cascade": config.FACE_CASCADE},
         ),

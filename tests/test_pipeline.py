@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import make_video
 
 from fv2es import config
+from fv2es.tritonserver import REPOSITORY
 from fv2es.segments import aggregate_scores
 
 
@@ -41,12 +44,15 @@ def test_talking_video_end_to_end(client, sample_bytes):
     assert all(s.has_face for s in speech), "the face is visible throughout"
     # Speech segments follow the audio: the first sentence starts after the 1 s of silence.
     assert 0.5 <= speech[0].start <= 1.3
-    assert "UNTRAINED" in result.model_info["weights"] or "trained" in result.model_info["weights"]
+    # The answer says where the weights come from, as the exported repository records it.
+    provenance = json.loads((REPOSITORY / "fusion" / "1" / "provenance.json").read_text())
+    assert result.model_info["weights"] == provenance["weights"]
 
 
 @pytest.mark.parametrize(
     "container_format, video_codec, audio_codec",
-    [("matroska", "libx264", "aac"), ("webm", "libvpx", "libopus"), ("avi", "mpeg4", "libmp3lame"), ("mov", "libx264", "aac")],
+    [("matroska", "libx264", "aac"), ("webm", "libvpx", "libopus"), ("avi", "mpeg4", "libmp3lame"), ("mov", "libx264", "aac"),
+     ("mpegts", "libx264", "aac")],  # MPEG-TS timestamps start at 1.4 s, not 0
 )
 def test_containers_and_codecs(client, sample_speech, container_format, video_codec, audio_codec):
     data = make_video(sample_speech, container_format=container_format, video_codec=video_codec, audio_codec=audio_codec)

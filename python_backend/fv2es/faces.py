@@ -34,10 +34,6 @@ class FaceDetector:
         return x, y, w, h
 
 
-def to_grey(frame_bgr: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
-
-
 def crop_face(grey: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
     """A FACE_SIZE square uint8 crop around `box` (with margin); the centre square when box is None."""
     height, width = grey.shape
@@ -65,11 +61,10 @@ def normalise_faces(crops: np.ndarray) -> np.ndarray:
     return ((crops.astype(np.float32) - config.FACE_MEAN) / config.FACE_STD)[:, None]
 
 
-def face_crops(frames_bgr: np.ndarray, detector: FaceDetector) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised crops [N, 1, S, S] of the largest face in each frame, and whether one was found [N]."""
+def face_crops(frames_grey: np.ndarray, detector: FaceDetector) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised crops [N, 1, S, S] of the largest face in each grey frame, and whether one was found [N]."""
     crops, found = [], []
-    for frame in frames_bgr:
-        grey = to_grey(frame)
+    for grey in frames_grey:
         box = detector.largest_face(grey)
         crops.append(crop_face(grey, box))
         found.append(box is not None)
