@@ -20,6 +20,8 @@ def export_all(repository: Path) -> None:
     torch.manual_seed(config.EXPORT_SEED)
     for name in models.ENCODER_NAMES:
         model = models.create(name)
+        if name == "text_encoder" and model.hidden_size != config.TEXT_FEATURE_DIM:
+            raise SystemExit(f"{config.TEXT_MODEL} gives {model.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
         scripted = models.to_torchscript(name, model)
         target = repository / name / "1" / "model.pt"
         scripted.save(str(target))

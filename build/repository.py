@@ -23,7 +23,7 @@ from fv2es import config  # noqa: E402
 REPOSITORY = ROOT / "triton_models"
 F = config.FEATURE_DIM
 C = len(config.LABELS)
-TEXT_DIM = 384  # all-MiniLM-L6-v2's hidden size; checked against the model at export
+TEXT_DIM = config.TEXT_FEATURE_DIM  # checked against the text model at export
 
 # Python stub that every model folder gets: the code lives in python_backend/fv2es/serving.
 MODEL_PY = '''"""Triton entry point; the implementation is fv2es.serving.{module}."""

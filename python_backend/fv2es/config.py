@@ -60,6 +60,7 @@ FACE_STD = 65.0
 # --- Encoders and fusion ------------------------------------------------------------------------
 TEXT_MODEL = "packaged:all-MiniLM-L6-v2"
 TEXT_MAX_TOKENS = 100  # padded and truncated, as the reference
+TEXT_FEATURE_DIM = 384  # hidden size of TEXT_MODEL (all-MiniLM-L6-v2: 384; ALBERT base: 768)
 FEATURE_DIM = 64  # per-frame / per-chunk feature size of the audio and visual encoders
 EXPORT_SEED = 0
 

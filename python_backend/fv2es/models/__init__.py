@@ -51,7 +51,7 @@ def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
             audio_owner,
             torch.randn(segments, config.FEATURE_DIM),
             torch.arange(segments),
-            torch.randn(segments, 384),
+            torch.randn(segments, config.TEXT_FEATURE_DIM),
             torch.arange(segments) % 2 == 0,
         )
     raise KeyError(name)

@@ -39,7 +39,7 @@ class Fv2esFusion(nn.Module):
         *,
         n_classes: int = len(config.LABELS),
         feature_dim: int = config.FEATURE_DIM,
-        text_dim: int = 384,
+        text_dim: int = config.TEXT_FEATURE_DIM,
         depth: int = 4,
         heads: int = 4,
         dropout: float = 0.1,
