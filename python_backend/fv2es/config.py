@@ -25,7 +25,7 @@ ASR_MODEL = "packaged:whisper-tiny.en"
 ASR_BEAM_SIZE = 1  # greedy decoding: the transcript is an input feature, not the product
 ASR_LANGUAGE = "en"
 # Whisper's temperature fallback re-decodes a whole 30 s window up to 5 times when the text looks
-# repetitive; on a 60 s clip that made ASR 8x slower (16.3 s vs 2.1 s). Greedy only, by default.
+# repetitive; on the 60 s benchmark clip ASR took 16.3 s with it, 1.9 s without. Greedy only, by default.
 ASR_TEMPERATURE = 0.0
 WINDOW_S = 4.0  # fixed windows cut the stretches without speech
 MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
@@ -43,8 +43,8 @@ LOG_MEL_FLOOR = 1e-6  # log(mel + floor): raw power spans ~10 decades, too wide 
 CHUNK_FRAMES = 32  # 0.4 s of audio per encoder input, the last chunk of a segment zero-padded
 
 # --- Faces --------------------------------------------------------------------------------------
-# OpenCV Haar cascade shipped in opencv-python-headless; alt2 finds the sample's face in 17/17 frames
-# where the default cascade finds 8/17.
+# OpenCV Haar cascade shipped in opencv-python-headless; with the settings below alt2 finds the
+# sample's face in 16 of its 17 sampled frames, the default cascade in none.
 FACE_CASCADE = "haarcascade_frontalface_alt2.xml"
 FACE_SIZE = 48  # encoder input: 48 x 48 grey, as FER2013
 FACE_MARGIN = 0.1  # context added around a detected box, as a fraction of its size
@@ -53,9 +53,10 @@ FACE_MARGIN = 0.1  # context added around a detected box, as a fraction of its s
 FACE_DETECT_WIDTH = 480
 FACE_SCALE_FACTOR = 1.2
 FACE_MIN_SIZE = 20  # px on the detection copy; smaller detections are ignored
-# Grey-level normalisation on the 0-255 scale, measured on FER2013 train (see build/train.py).
-FACE_MEAN = 129.4
-FACE_STD = 65.0
+# Grey-level normalisation on the 0-255 scale: mean and std of all pixels of FER2013 train
+# (np.load("../shared/data/fer2013/train.npz")["images"]: 131.0 and 78.2).
+FACE_MEAN = 131.0
+FACE_STD = 78.2
 
 # --- Encoders and fusion ------------------------------------------------------------------------
 TEXT_MODEL = "packaged:all-MiniLM-L6-v2"

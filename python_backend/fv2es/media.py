@@ -26,14 +26,6 @@ class Media:
     frame_times: np.ndarray  # float32 [n_frames] presentation time of each frame, seconds
     duration: float  # seconds covered by the decoded streams
 
-    @property
-    def has_audio(self) -> bool:
-        return self.audio.size > 0
-
-    @property
-    def has_video(self) -> bool:
-        return self.frames.shape[0] > 0
-
 
 def demux(
     data: bytes,

@@ -6,9 +6,9 @@ import numpy as np
 
 from .. import config
 from ..asr import SpeechRecognizer
+from ..errors import InputError
 from ..segments import segment_timeline
 from ..text import load_tokenizer, tokenize
-from ..errors import InputError
 from .base import PipelineModel
 
 
