@@ -1,7 +1,14 @@
-"""Exports the encoders and the fusion model to TorchScript files in the model repository."""
+"""Exports the trained weights to TorchScript files in the model repository.
+
+audio_encoder and visual_encoder are the encoders of the audio and visual branches (RepVGG
+re-parameterised, on a copy, to single 3x3 convs); text_encoder is the pretrained TEXT_MODEL
+(frozen, traced); fusion holds the branches' sequence encoders and heads and the fitted modality
+weights. Every exported file is checked against its eager module before it is written.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -10,21 +17,75 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_backend"))
+sys.path.insert(0, str(ROOT / "build"))
 
 from fv2es import config, models  # noqa: E402
+from training.weights import load_branch, load_weights, weights_path  # noqa: E402
 
-UNTRAINED = f"UNTRAINED: random initialisation with seed {config.EXPORT_SEED}; scores carry no meaning yet"
+MAX_EXPORT_DIFFERENCE = 1e-4
 
 
-def export_all(repository: Path) -> None:
-    torch.manual_seed(config.EXPORT_SEED)
-    for name in models.ENCODER_NAMES:
-        model = models.create(name)
-        if name == "text_encoder" and model.hidden_size != config.TEXT_FEATURE_DIM:
-            raise SystemExit(f"{config.TEXT_MODEL} gives {model.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
-        scripted = models.to_torchscript(name, model)
+def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
+    """The four served modules (training form, eval mode), by repository name."""
+    records = {part: load_weights(weights_path(weights_dir, part)) for part in config.WEIGHT_PARTS}
+    audio, visual, text = (load_branch(b, weights_dir) for b in config.BRANCHES)
+    fusion = models.create(
+        "fusion",
+        audio_classes=tuple(records["audio"]["classes"]),
+        visual_classes=tuple(records["visual"]["classes"]),
+        text_classes=tuple(records["text"]["classes"]),
+    )
+    fusion.load_branches(audio, visual, text)
+    fitted = records["fusion"]["state_dict"]
+    with torch.no_grad():
+        fusion.modality_weights.copy_(fitted["modality_weights"])
+        fusion.log_scale.copy_(fitted["log_scale"])
+    text_encoder = models.create("text_encoder")
+    if text_encoder.hidden_size != config.TEXT_FEATURE_DIM:
+        raise SystemExit(f"{config.TEXT_MODEL} gives {text_encoder.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
+    return {
+        "audio_encoder": audio.encoder,
+        "visual_encoder": visual.encoder,
+        "text_encoder": text_encoder,
+        "fusion": fusion.eval(),
+    }
+
+
+def export_difference(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptModule) -> float:
+    """Max abs difference between eager and TorchScript outputs on example inputs of two batch sizes."""
+    worst = 0.0
+    for batch in (1, 5):
+        torch.manual_seed(batch)
+        inputs = models.example_inputs(name, batch=batch)
+        with torch.no_grad():
+            worst = max(worst, (scripted(*inputs) - eager(*inputs)).abs().max().item())
+    return worst
+
+
+def weight_file_record(path: Path) -> dict:
+    """What the repository records about a weights file: which file, its hash, how it was made."""
+    record = load_weights(path)
+    return {
+        "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        **{key: record.get(key) for key in ("command", "commit", "epoch", "data")},
+    }
+
+
+def export_all(repository: Path, weights_dir: Path) -> None:
+    sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": [], "fusion": list(config.WEIGHT_PARTS)}
+    for name, module in trained_models(weights_dir).items():
+        scripted = models.to_torchscript(name, module)
+        difference = export_difference(name, module, scripted)
+        if difference > MAX_EXPORT_DIFFERENCE:
+            raise SystemExit(f"{name}: TorchScript differs from eager by {difference:.2e} (> {MAX_EXPORT_DIFFERENCE})")
         target = repository / name / "1" / "model.pt"
         scripted.save(str(target))
-        provenance = {"weights": "pretrained, frozen" if name == "text_encoder" else UNTRAINED, "torch": torch.__version__}
+        provenance = {
+            "weights": [weight_file_record(weights_path(weights_dir, part)) for part in sources[name]],
+            "pretrained": f"{config.TEXT_MODEL}, frozen" if name == "text_encoder" else None,
+            "max_abs_difference_to_eager": difference,
+            "torch": torch.__version__,
+        }
         (target.parent / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        print(f"exported {name}: {target.stat().st_size / 1e6:.1f} MB")
+        print(f"exported {name}: {target.stat().st_size / 1e6:.1f} MB, TorchScript vs eager max abs difference {difference:.1e}")

@@ -1,6 +1,6 @@
 """Assembles the Triton model repository: config.pbtxt files, model.py stubs, labels and TorchScript.
 
-    python build/repository.py            # configs + export (untrained weights, fixed seed)
+    python build/repository.py            # configs + export of the trained weights in weights/
     python build/repository.py --configs  # rewrite the config files only (they are committed)
 
 Every value comes from `fv2es.config`, so the repository cannot drift from the code; a test checks
@@ -10,6 +10,7 @@ that the committed configs equal what this script writes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -209,16 +210,27 @@ def write_configs(weights: str, repository: Path = REPOSITORY) -> None:
     (ensemble / "labels.txt").write_text(labels)
 
 
+def weights_description(weights_dir: Path) -> str:
+    """Names the exact weight files the repository serves (their joint hash); MODEL_INFO carries it."""
+    files = [weights_dir / f"{part}.pt" for part in config.WEIGHT_PARTS]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"no trained weights: {', '.join(missing)} missing; `python build/train.py all` makes them")
+    digest = hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()[:12]
+    return f"V2EM trained by build/train.py ({weights_dir.name}/ sha256 {digest}; see MODEL_CARD.md)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", action="store_true", help="only write configs and stubs, export nothing")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR, help="trained weights to export")
     args = parser.parse_args()
-    from export import UNTRAINED, export_all  # noqa: PLC0415 - torch is only needed for export
-
-    write_configs(UNTRAINED, args.repository)
+    write_configs(weights_description(args.weights), args.repository)
     if not args.configs:
-        export_all(args.repository)
+        from export import export_all  # noqa: PLC0415 - torch is only needed for export
+
+        export_all(args.repository, args.weights)
     print(f"model repository ready: {args.repository}")
 
 

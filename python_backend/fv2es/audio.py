@@ -22,9 +22,15 @@ def mel_transform(device: str | torch.device = "cpu") -> torch.nn.Module:
 def mel_chunks(audio: torch.Tensor, transform: torch.nn.Module) -> torch.Tensor:
     """[n_samples] float audio -> [n_chunks, N_MELS, CHUNK_FRAMES] log-mel chunks (last one zero-padded).
 
+    The log-mel of the whole clip is standardised (one mean and std per clip): the recording level
+    and microphone gain then do not shift the encoder's input, and the zero padding sits at the mean.
     Every non-empty clip gives at least one chunk.
     """
+    shortest = config.N_FFT // 2 + 1  # the STFT's reflect padding needs more samples than half a window
+    if audio.numel() < shortest:
+        audio = torch.nn.functional.pad(audio, (0, shortest - audio.numel()))
     mel = torch.log(transform(audio) + config.LOG_MEL_FLOOR)  # [N_MELS, frames]
+    mel = (mel - mel.mean()) / (mel.std(unbiased=False) + 1e-5)
     n_frames = mel.shape[-1]
     n_chunks = max(1, -(-n_frames // config.CHUNK_FRAMES))
     padded = torch.zeros(config.N_MELS, n_chunks * config.CHUNK_FRAMES, dtype=mel.dtype, device=mel.device)

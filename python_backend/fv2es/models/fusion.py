@@ -2,8 +2,12 @@
 
 Rows of audio chunks and face crops arrive flat, each with the index of its segment (-1 = padding
 row, ignored). They are grouped into padded per-segment sequences, encoded by a small transformer
-with a CLS token, classified per modality, and the logits are combined with learned modality weights
-that are re-normalised over the modalities present in each segment.
+with a CLS token and classified per modality, each branch in the classes of the corpus it was
+trained on. Those class probabilities are mapped onto the served labels (e.g. RAVDESS calm + neutral
+-> neutral), and the per-modality log-probabilities are combined with learned modality weights,
+re-normalised over the modalities present in each segment, and a learned sharpness.
+For a multi-label set (MOSEI) the heads give per-label logits, combined the same way, and the
+scores are sigmoids, as in the reference.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import config
+from .branches import SequenceBranch, TextBranch, text_head
 from .layers import SequenceEncoder
 
 
@@ -33,11 +38,31 @@ def group_by_segment(features: torch.Tensor, segment: torch.Tensor, n_segments: 
     return padded, mask
 
 
+def class_map(classes: tuple[str, ...], labels: tuple[str, ...]) -> torch.Tensor:
+    """[len(classes), len(labels)] 0/1 matrix sending each corpus class to its served label."""
+    if tuple(classes) == tuple(labels):
+        return torch.eye(len(labels))
+    matrix = torch.zeros(len(classes), len(labels))
+    for i, name in enumerate(classes):
+        label = config.CLASS_TO_LABEL.get(name, name)
+        if label not in labels:
+            raise ValueError(f"class {name!r} has no label in {labels}; extend config.CLASS_TO_LABEL")
+        matrix[i, labels.index(label)] = 1.0
+    missing = [label for j, label in enumerate(labels) if matrix[:, j].sum() == 0]
+    if missing:
+        raise ValueError(f"no class of {classes} maps to the labels {missing}")
+    return matrix
+
+
 class Fv2esFusion(nn.Module):
     def __init__(
         self,
         *,
-        n_classes: int = len(config.LABELS),
+        labels: tuple[str, ...] = config.LABELS,
+        audio_classes: tuple[str, ...] = config.RAVDESS_CLASSES,
+        visual_classes: tuple[str, ...] = config.FER2013_CLASSES,
+        text_classes: tuple[str, ...] = config.MELD_CLASSES,
+        multi_label: bool = config.LABEL_SET in config.MULTI_LABEL_SETS,
         feature_dim: int = config.FEATURE_DIM,
         text_dim: int = config.TEXT_FEATURE_DIM,
         depth: int = 4,
@@ -45,14 +70,30 @@ class Fv2esFusion(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
+        if multi_label and not (audio_classes == visual_classes == text_classes == labels):
+            raise ValueError("a multi-label model's branches must all predict the served labels")
+        self.multi_label = multi_label
         self.audio_sequence = SequenceEncoder(feature_dim, depth=depth, heads=heads, dropout=dropout)
         self.visual_sequence = SequenceEncoder(feature_dim, depth=depth, heads=heads, dropout=dropout)
-        self.audio_head = nn.Linear(feature_dim, n_classes)
-        self.visual_head = nn.Linear(feature_dim, n_classes)
-        self.text_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(text_dim, feature_dim), nn.GELU(), nn.Linear(feature_dim, n_classes))
+        self.audio_head = nn.Linear(feature_dim, len(audio_classes))
+        self.visual_head = nn.Linear(feature_dim, len(visual_classes))
+        self.text_head = text_head(text_dim, len(text_classes), dropout)
+        self.register_buffer("audio_map", class_map(audio_classes, labels), persistent=False)
+        self.register_buffer("visual_map", class_map(visual_classes, labels), persistent=False)
+        self.register_buffer("text_map", class_map(text_classes, labels), persistent=False)
         # The reference's Linear(3, 1) without bias over stacked (audio, visual, text) logits, here as
-        # softmax-normalised weights so that a missing modality can be left out of the sum.
+        # softmax-normalised weights (so that a missing modality can be left out of the sum) times a
+        # learned sharpness exp(log_scale). Fitted after the branches (build/train.py fusion).
         self.modality_weights = nn.Parameter(torch.zeros(3))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def load_branches(self, audio: SequenceBranch, visual: SequenceBranch, text: TextBranch) -> None:
+        """Takes the sequence encoders and heads of trained branches (their encoders export separately)."""
+        self.audio_sequence.load_state_dict(audio.sequence.state_dict())
+        self.audio_head.load_state_dict(audio.head.state_dict())
+        self.visual_sequence.load_state_dict(visual.sequence.state_dict())
+        self.visual_head.load_state_dict(visual.head.state_dict())
+        self.text_head.load_state_dict(text.head.state_dict())
 
     def modality_logits(
         self,
@@ -63,29 +104,41 @@ class Fv2esFusion(nn.Module):
         text_features: torch.Tensor,
         text_present: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-modality logits [S, 3, C] and presence [S, 3] (audio, visual, text)."""
+        """Per-modality scores over the served labels [S, 3, C] (log-probabilities, or logits when
+        multi-label) and presence [S, 3] (audio, visual, text)."""
         n_segments = text_features.shape[0]
         audio_seq, audio_mask = group_by_segment(audio_features, audio_segment, n_segments)
         visual_seq, visual_mask = group_by_segment(visual_features, visual_segment, n_segments)
-        logits = torch.stack(
-            [
-                self.audio_head(self.audio_sequence(audio_seq, audio_mask)),
-                self.visual_head(self.visual_sequence(visual_seq, visual_mask)),
-                self.text_head(text_features),
-            ],
-            dim=1,
-        )
+        branch_logits = [
+            self.audio_head(self.audio_sequence(audio_seq, audio_mask)),
+            self.visual_head(self.visual_sequence(visual_seq, visual_mask)),
+            self.text_head(text_features),
+        ]
         present = torch.stack([~audio_mask.all(1), ~visual_mask.all(1), text_present.to(torch.bool)], dim=1)
-        return logits, present
+        return self.to_labels(branch_logits[0], branch_logits[1], branch_logits[2]), present
 
-    def fuse(self, logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def to_labels(self, audio_logits: torch.Tensor, visual_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
+        """Branch logits in their corpus classes -> [S, 3, C] scores over the served labels."""
+        if self.multi_label:
+            return torch.stack([audio_logits, visual_logits, text_logits], dim=1)
+        mapped = [
+            torch.softmax(audio_logits, -1) @ self.audio_map,
+            torch.softmax(visual_logits, -1) @ self.visual_map,
+            torch.softmax(text_logits, -1) @ self.text_map,
+        ]
+        return torch.log(torch.stack(mapped, dim=1).clamp(min=1e-8))
+
+    def fuse(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Fused logits [S, C]: modality weights softmax-normalised over the modalities present.
 
         A segment with no modality at all gets all-zero logits (uniform scores).
         """
         raw = self.modality_weights.unsqueeze(0).expand(present.shape[0], -1)
         weights = torch.softmax(raw.masked_fill(~present, -1e9), dim=1) * present.to(raw.dtype)
-        return (weights.unsqueeze(-1) * logits).sum(1)
+        return torch.exp(self.log_scale) * (weights.unsqueeze(-1) * scores).sum(1)
+
+    def scores(self, fused: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(fused) if self.multi_label else torch.softmax(fused, dim=-1)
 
     def forward(
         self,
@@ -96,8 +149,8 @@ class Fv2esFusion(nn.Module):
         text_features: torch.Tensor,
         text_present: torch.Tensor,
     ) -> torch.Tensor:
-        """Segment emotion probabilities [S, C] (softmax of the fused logits)."""
-        logits, present = self.modality_logits(
+        """Segment emotion scores [S, C]: probabilities (softmax), or per-label sigmoids when multi-label."""
+        scores, present = self.modality_logits(
             audio_features, audio_segment, visual_features, visual_segment, text_features, text_present
         )
-        return torch.softmax(self.fuse(logits, present), dim=-1)
+        return self.scores(self.fuse(scores, present))

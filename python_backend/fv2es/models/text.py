@@ -12,7 +12,7 @@ from ..text import resolve_text_model
 class TextEncoder(nn.Module):
     """token ids, attention mask [B, TEXT_MAX_TOKENS] -> sentence embedding [B, hidden]."""
 
-    def __init__(self, name: str = config.TEXT_MODEL, *, pooling: str = "mean"):
+    def __init__(self, name: str = config.TEXT_MODEL, *, pooling: str = config.TEXT_POOLING):
         super().__init__()
         from transformers import AutoModel
 

@@ -91,13 +91,18 @@ class Stem(nn.Module):
 
 
 class RepVGGEncoder(nn.Module):
-    """48x48 grey face -> feature. Channels 64-64-128-256-512 with max-pools between, as the reference."""
+    """48x48 grey face -> feature.
+
+    The reference's widths 64-64-128-256-512 with max-pools between, but two blocks per resolution
+    (seven in all, four with an identity branch) and a 32-wide stem: the same training time on CPU as
+    one block per resolution at 64 wide, with the depth that FER2013 accuracy needs.
+    """
 
     def __init__(
         self,
         *,
-        widths: tuple[int, ...] = (64, 64, 128, 256, 512),
-        pool_after: tuple[int, ...] = (1, 2, 3),
+        widths: tuple[int, ...] = (32, 64, 64, 128, 128, 256, 256, 512),
+        pool_after: tuple[int, ...] = (2, 4, 6),
         in_channels: int = 1,
         feature_dim: int = config.FEATURE_DIM,
         dropout: float = 0.2,

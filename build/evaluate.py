@@ -1,0 +1,150 @@
+"""Evaluates the trained weights: prints every metric of MODEL_CARD.md and writes it there.
+
+    python build/evaluate.py                 # validation metrics, export check, RepVGG speed
+    python build/evaluate.py --write-card    # ... and rewrite MODEL_CARD.md's results section
+
+Branch metrics are on each corpus's validation split (RAVDESS actors 17-20, 8 classes; FER2013
+PublicTest; MELD dev); fused metrics on composed clips of the held-out half (build/training/fusion_fit.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python_backend"))
+sys.path.insert(0, str(ROOT / "build"))
+
+from fv2es import config, models  # noqa: E402
+from fv2es.models.visual import reparameterise  # noqa: E402
+from training.fusion_fit import all_validation_outputs, evaluate_fusion  # noqa: E402
+from training.metrics import classification_metrics, format_metrics, plot_confusion  # noqa: E402
+from training.weights import load_weights, weights_path  # noqa: E402
+
+from export import export_difference, trained_models  # noqa: E402
+
+# The issue's targets: (what, metric, threshold).
+TARGETS = {
+    "visual": ("FER2013 PublicTest accuracy", "accuracy", 0.68),
+    "audio": ("RAVDESS held-out actors accuracy (8 classes)", "accuracy", 0.60),
+    "text": ("MELD dev weighted F1", "weighted_f1", 0.55),
+}
+CARD = ROOT / "MODEL_CARD.md"
+FIGURES = ROOT / "docs" / "model_card"
+MARK_START, MARK_END = "<!-- evaluate.py:start -->", "<!-- evaluate.py:end -->"
+
+
+def repvgg_speed(visual_encoder: torch.nn.Module, *, batch: int = 64, runs: int = 30) -> dict:
+    """Median time of one batch of faces: training form (eval mode) vs re-parameterised deploy form,
+    eager and TorchScript, interleaved so that machine noise hits all alike."""
+    training_form = visual_encoder.eval()
+    deploy_form = reparameterise(training_form)
+    scripted = models.to_torchscript("visual_encoder", training_form)
+    faces = torch.randn(batch, 1, config.FACE_SIZE, config.FACE_SIZE)
+    forms = {"training form": training_form, "deploy form": deploy_form, "deploy form, TorchScript": scripted}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    with torch.no_grad():
+        for module in forms.values():
+            module(faces)  # warm-up
+        for _ in range(runs):
+            for name, module in forms.items():
+                started = time.perf_counter()
+                module(faces)
+                times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    return {"batch": batch, "runs": runs, "threads": torch.get_num_threads(), "median_ms": medians,
+            "speedup": medians["training form"] / medians["deploy form"]}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    results: dict = {"branches": {}, "targets": {}}
+    outputs = all_validation_outputs(args.weights, args.data, args.quick)
+    for branch, out in outputs.items():
+        metrics = classification_metrics(out.targets, out.logits.argmax(1).numpy(), out.classes)
+        results["branches"][branch] = metrics
+        print(format_metrics(f"{branch} branch, validation", metrics))
+        what, key, threshold = TARGETS[branch]
+        results["targets"][what] = {"value": metrics[key], "target": threshold, "met": metrics[key] >= threshold}
+        plot_confusion(metrics, args.figures / f"{branch}.png", f"{branch} branch: {what.split(' accuracy')[0].split(' weighted')[0]}")
+
+    served = trained_models(args.weights)
+    fusion = served["fusion"]
+    results["fusion"] = evaluate_fusion(fusion, outputs, config.TRAIN_SEED)
+    for name, metrics in results["fusion"].items():
+        print(format_metrics(f"composed clips, {name}", metrics))
+    plot_confusion(results["fusion"]["fused"], args.figures / "fused.png", "fused: composed validation clips")
+    results["modality_weights"] = dict(zip(config.BRANCHES, torch.softmax(fusion.modality_weights.detach(), 0).tolist()))
+
+    results["export"] = {}
+    for name, module in served.items():
+        results["export"][name] = export_difference(name, module, models.to_torchscript(name, module))
+        print(f"export {name}: TorchScript vs eager max abs difference {results['export'][name]:.1e}")
+    results["repvgg_speed"] = repvgg_speed(served["visual_encoder"])
+    speed = results["repvgg_speed"]
+    print(f"RepVGG, batch of {speed['batch']} faces, median of {speed['runs']}: "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items()) + f"; deploy form {speed['speedup']:.2f}x faster")
+    results["weights"] = {part: {k: load_weights(weights_path(args.weights, part)).get(k) for k in ("command", "commit", "epoch", "minutes")}
+                          for part in config.WEIGHT_PARTS}
+    for what, t in results["targets"].items():
+        print(f"target {what} >= {t['target']}: {t['value']:.4f} {'met' if t['met'] else 'MISSED'}")
+    return results
+
+
+def card_section(results: dict) -> str:
+    """The results section of MODEL_CARD.md, generated from one evaluate.py run."""
+    lines = [MARK_START, "", f"Written by `python build/evaluate.py --write-card` on {time.strftime('%Y-%m-%d')}.", ""]
+    lines += ["| branch / check | validation data | accuracy | macro F1 | weighted F1 | WAcc |", "|---|---|---|---|---|---|"]
+    data = {"audio": "RAVDESS actors 17-20 (8 classes)", "visual": "FER2013 PublicTest", "text": "MELD dev"}
+    rows = [(f"{b} branch", data[b], m) for b, m in results["branches"].items()]
+    rows += [(f"composed clips, {name}", "held-out half, 7 labels", m) for name, m in results["fusion"].items()]
+    for name, where, m in rows:
+        lines.append(f"| {name} | {where} (n={m['n']}) | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['weighted_f1']:.3f} | {m['wacc']:.3f} |")
+    lines += ["", "Per-class F1:", ""]
+    for name, _, m in rows:
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in m["per_class_f1"].items()))
+    lines += ["", "Targets of issue 3:", ""]
+    for what, t in results["targets"].items():
+        lines.append(f"- {what} >= {t['target']}: **{t['value']:.3f}**, {'met' if t['met'] else 'missed'}")
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in results["modality_weights"].items())
+    speed = results["repvgg_speed"]
+    lines += [
+        "", f"Fitted modality weights (softmax-normalised): {weights}.", "",
+        "Export: TorchScript vs eager, max abs difference on example inputs: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in results["export"].items()) + ".", "",
+        f"RepVGG on CPU ({speed['threads']} threads), batch of {speed['batch']} faces, median of {speed['runs']}: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items())
+        + f": the deploy form is **{speed['speedup']:.2f}x** faster than the training form.", "",
+        "Confusion matrices: " + ", ".join(f"[{p}](docs/model_card/{p}.png)" for p in ("audio", "visual", "text", "fused")), "",
+        MARK_END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR)
+    parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR)
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="where the confusion matrices go")
+    parser.add_argument("--json", type=Path, help="also write all results as JSON here")
+    parser.add_argument("--quick", action="store_true", help="a few validation examples (smoke test)")
+    parser.add_argument("--write-card", action="store_true", help="rewrite MODEL_CARD.md's results section")
+    args = parser.parse_args()
+    results = evaluate(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if args.write_card:
+        card = CARD.read_text()
+        start, end = card.index(MARK_START), card.index(MARK_END) + len(MARK_END)
+        CARD.write_text(card[:start] + card_section(results) + card[end:])
+        print(f"wrote the results into {CARD}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Trains the V2EM branches on the corpora in ../shared/data, then fits the fusion weights.
+
+    python build/train.py all              # audio, visual, text, then fusion: the shipped weights
+    python build/train.py visual --resume  # one branch; continue an interrupted run
+    python build/train.py all --quick      # a few examples, one epoch: a smoke run in seconds
+    python build/train.py multimodal --fe2e DIR --dataset iemocap   # the paper's joint setting
+
+Each branch trains on its own corpus (audio: RAVDESS, actors 17-20 held out; visual: FER2013 train,
+validated on its PublicTest split; text: MELD train, validated on dev) with the preprocessing code the
+server runs. The best epoch by validation goes to WEIGHTS_DIR/<branch>.pt; `make build` exports them.
+`multimodal` trains all branches and the fusion together on IEMOCAP or CMU-MOSEI in the FE2E layout
+(build/training/fe2e.py), in that corpus's label set; set LABEL_SET in config.py to serve the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python_backend"))
+sys.path.insert(0, str(ROOT / "build"))
+
+from fv2es import config  # noqa: E402
+from training import tasks  # noqa: E402
+from training.loop import fit  # noqa: E402
+from training.weights import save_weights, weights_path  # noqa: E402
+
+DATA_DESCRIPTION = {
+    "audio": f"RAVDESS speech, actors {sorted(set(range(1, 21)) - set(config.RAVDESS_VALIDATION_ACTORS))} train, "
+    f"{list(config.RAVDESS_VALIDATION_ACTORS)} validation",
+    "visual": "FER2013 Training (train), PublicTest (validation)",
+    "text": "MELD train (train), dev (validation)",
+}
+
+
+def make_task(branch: str, data_dir: Path, quick: bool):
+    return {"audio": tasks.audio_task, "visual": tasks.visual_task, "text": tasks.text_task}[branch](data_dir, quick)
+
+
+def train_branch(branch: str, args: argparse.Namespace) -> dict:
+    hp = dict(config.TRAINING[branch])
+    if args.quick:
+        hp["epochs"] = 1
+    if args.epochs:
+        hp["epochs"] = args.epochs
+    torch.manual_seed(args.seed)
+    started = time.time()
+    task = make_task(branch, args.data, args.quick)
+    print(f"{branch}: {task.n_train} training / {task.n_val} validation examples, {hp}")
+    best = fit(task, hp, args.runs / branch, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
+    minutes = (time.time() - started) / 60
+    save_weights(
+        weights_path(args.weights, branch),
+        task.model,
+        classes=task.classes,
+        metrics=best["metrics"],
+        epoch=best["epoch"],
+        hyperparameters=hp,
+        data=DATA_DESCRIPTION[branch] + (" (quick: a few examples)" if args.quick else ""),
+        seed=args.seed,
+        command="python build/train.py " + " ".join(sys.argv[1:]),
+        minutes=round(minutes, 1),
+    )
+    print(f"{branch}: saved {weights_path(args.weights, branch)} after {minutes:.1f} min")
+    return best
+
+
+def train_multimodal(args: argparse.Namespace) -> dict:
+    from training.multimodal import multimodal_task  # noqa: PLC0415
+
+    if args.fe2e is None:
+        raise SystemExit("multimodal training needs --fe2e DIR (the FE2E data folder) and --dataset")
+    hp = dict(config.TRAINING["multimodal"])
+    hp["epochs"] = 1 if args.quick else (args.epochs or hp["epochs"])
+    torch.manual_seed(args.seed)
+    task = multimodal_task(args.fe2e, args.dataset, args.quick)
+    print(f"{task.name}: {task.n_train} training / {task.n_val} validation utterances, {hp}")
+    best = fit(task, hp, args.runs / task.name, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
+    record = {
+        "label_set": args.dataset,
+        "data": f"{args.dataset} in the FE2E layout at {args.fe2e}: train / valid splits",
+        "metrics": best["metrics"],
+        "epoch": best["epoch"],
+        "hyperparameters": hp,
+        "seed": args.seed,
+        "command": "python build/train.py " + " ".join(sys.argv[1:]),
+    }
+    model = task.model
+    for branch in config.BRANCHES:
+        save_weights(weights_path(args.weights, branch), getattr(model, branch), classes=task.classes, **record)
+    fitted = torch.nn.ParameterDict({"modality_weights": model.fusion.modality_weights, "log_scale": model.fusion.log_scale})
+    save_weights(weights_path(args.weights, "fusion"), fitted, **record)
+    print(f"{task.name}: saved the branch and fusion weights in {args.weights}")
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "multimodal"))
+    parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR, help="the corpora (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=ROOT / "build" / "out" / "runs", help="checkpoints, to resume from")
+    parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR, help="where the trained weights go")
+    parser.add_argument("--quick", action="store_true", help="a few examples and one epoch (smoke test)")
+    parser.add_argument("--epochs", type=int, help="override the configured number of epochs")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs")
+    parser.add_argument("--stop-after", type=int, help="end after this epoch (continue later with --resume)")
+    parser.add_argument("--seed", type=int, default=config.TRAIN_SEED)
+    parser.add_argument("--fe2e", type=Path, help="multimodal: the FE2E data folder (IEMOCAP_RAW_PROCESSED, ...)")
+    parser.add_argument("--dataset", choices=("iemocap", "mosei"), default="iemocap", help="multimodal: which corpus")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.part == "multimodal":
+        train_multimodal(args)
+        return
+    parts = ("audio", "visual", "text", "fusion") if args.part == "all" else (args.part,)
+    for part in parts:
+        if part == "fusion":
+            from training.fusion_fit import train_fusion  # noqa: PLC0415
+
+            train_fusion(args)
+        else:
+            train_branch(part, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Fusion weights, fitted on clips composed from the three validation sets.
+
+There is no audio-visual-text emotion corpus here, so a "clip" is composed: pick a served label,
+then one example carrying it from each validation set (a RAVDESS held-out actor's utterance, a
+FER2013 PublicTest face, a MELD dev utterance), each scored by its trained branch. The fusion's
+modality weights and sharpness are fitted on clips from one half of every validation set (RAVDESS
+actors 17-18, even FER2013 indices, even MELD dialogues) with each modality dropped 20 % of the time
+(as when a segment has no face or no speech); the fused metrics come from clips composed from the
+other half only (actors 19-20, odd indices, odd dialogues), all modalities present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fv2es import config, models
+
+from . import data
+from .loop import predict
+from .metrics import classification_metrics, format_metrics
+from .tasks import audio_task, text_task, visual_task
+from .weights import BRANCHES, load_branch, save_weights, weights_path
+
+CLIPS_PER_HALF = 4000
+DROP_MODALITY = 0.2
+
+
+@dataclass
+class BranchOutputs:
+    logits: torch.Tensor  # [N, corpus classes]
+    targets: np.ndarray  # [N] corpus class index
+    classes: tuple[str, ...]
+    fit_half: np.ndarray  # [N] bool: used to fit the fusion (else: to evaluate it)
+
+
+def validation_outputs(branch: str, weights_dir: Path, data_dir: Path, quick: bool) -> BranchOutputs:
+    """The trained branch's logits on its whole validation split (the same batches as in training)."""
+    if branch == "audio":
+        task = audio_task(data_dir, quick)
+        groups = data.load_ravdess(data_dir, validation=True, quick=quick).groups
+        fit_half = np.isin(groups, config.RAVDESS_VALIDATION_ACTORS[: len(config.RAVDESS_VALIDATION_ACTORS) // 2])
+    elif branch == "visual":
+        task = visual_task(data_dir, quick)
+        fit_half = np.arange(task.n_val) % 2 == 0
+    else:
+        task = text_task(data_dir, quick)
+        groups = data.load_meld(data_dir, validation=True, quick=quick).groups
+        fit_half = groups % 2 == 0
+    task.model = load_branch(branch, weights_dir)
+    logits, targets = predict(task.model, task.val_batches(64))
+    return BranchOutputs(torch.from_numpy(logits), targets, task.classes, fit_half)
+
+
+def compose_clips(outputs: dict[str, BranchOutputs], fit: bool, n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per composed clip: the index of its example in each branch's outputs, and its served label."""
+    rng = np.random.default_rng(seed + (0 if fit else 1))
+    pools: dict[str, dict[int, np.ndarray]] = {}
+    for branch, out in outputs.items():
+        served = np.array([config.LABELS.index(config.CLASS_TO_LABEL.get(c, c)) for c in out.classes])[out.targets]
+        half = out.fit_half if fit else ~out.fit_half
+        pools[branch] = {y: np.flatnonzero(half & (served == y)) for y in range(len(config.LABELS))}
+    usable = [y for y in range(len(config.LABELS)) if all(len(p[y]) for p in pools.values())]
+    if not usable:
+        raise ValueError("no label has examples in every validation set")
+    labels = rng.choice(usable, size=n)
+    index = {branch: np.array([rng.choice(pools[branch][y]) for y in labels]) for branch in outputs}
+    return index, labels
+
+
+def clip_scores(fusion: models.fusion.Fv2esFusion, outputs: dict[str, BranchOutputs], index: dict[str, np.ndarray]) -> torch.Tensor:
+    """[n, 3, C] per-modality scores over the served labels, by the fusion model's own mapping."""
+    with torch.no_grad():
+        return fusion.to_labels(*(outputs[b].logits[index[b]] for b in BRANCHES))
+
+
+def fit_fusion_weights(fusion, scores: torch.Tensor, labels: np.ndarray, epochs: int, lr: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    present = torch.rand(scores.shape[:2], generator=generator) >= DROP_MODALITY
+    present[~present.any(1), 0] = True  # at least one modality per clip
+    target = torch.from_numpy(labels)
+    optimizer = torch.optim.Adam([fusion.modality_weights, fusion.log_scale], lr=lr)
+    for _ in tqdm(range(epochs), desc="fusion", unit="step", leave=False):
+        loss = torch.nn.functional.cross_entropy(fusion.fuse(scores, present), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def evaluate_fusion(fusion, outputs: dict[str, BranchOutputs], seed: int, n: int = CLIPS_PER_HALF) -> dict[str, dict]:
+    """Metrics over the served labels on the evaluation half's composed clips: fused and each branch alone."""
+    index, labels = compose_clips(outputs, fit=False, n=n, seed=seed)
+    scores = clip_scores(fusion, outputs, index)
+    present = torch.ones(scores.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        fused = fusion.fuse(scores, present)
+    result = {"fused": classification_metrics(labels, fused.argmax(1).numpy(), config.LABELS)}
+    for i, branch in enumerate(BRANCHES):
+        result[f"{branch} alone"] = classification_metrics(labels, scores[:, i].argmax(1).numpy(), config.LABELS)
+    return result
+
+
+def all_validation_outputs(weights_dir: Path, data_dir: Path, quick: bool) -> dict[str, BranchOutputs]:
+    return {b: validation_outputs(b, weights_dir, data_dir, quick) for b in BRANCHES}
+
+
+def train_fusion(args: argparse.Namespace) -> dict:
+    hp = dict(config.TRAINING["fusion"])
+    if args.quick:
+        hp["epochs"] = 5
+    outputs = all_validation_outputs(args.weights, args.data, args.quick)
+    fusion = models.create("fusion")
+    index, labels = compose_clips(outputs, fit=True, n=CLIPS_PER_HALF, seed=args.seed)
+    fit_fusion_weights(fusion, clip_scores(fusion, outputs, index), labels, hp["epochs"], hp["lr"], args.seed)
+    metrics = evaluate_fusion(fusion, outputs, args.seed)
+    for name, m in metrics.items():
+        print(format_metrics(f"composed clips, {name}", m))
+    weights = torch.softmax(fusion.modality_weights.detach(), 0).tolist()
+    print(f"fusion: modality weights audio {weights[0]:.3f}, visual {weights[1]:.3f}, text {weights[2]:.3f}, "
+          f"sharpness {fusion.log_scale.exp().item():.3f}")
+    only_fusion = torch.nn.ParameterDict({"modality_weights": fusion.modality_weights, "log_scale": fusion.log_scale})
+    save_weights(
+        weights_path(args.weights, "fusion"),
+        only_fusion,
+        metrics=metrics["fused"],
+        data="clips composed from the RAVDESS / FER2013 / MELD validation splits (build/training/fusion_fit.py)",
+        hyperparameters=hp,
+        seed=args.seed,
+        command="python build/train.py " + " ".join(sys.argv[1:]),
+    )
+    return metrics

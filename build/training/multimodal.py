@@ -1,0 +1,124 @@
+"""Joint training of the whole V2EM model on a video corpus in the FE2E layout (IEMOCAP, CMU-MOSEI).
+
+The paper's setting: every utterance brings its frames, its audio and its transcript; the three
+branches and the fusion train together on the fused output (cross-entropy, or BCE with logits for
+MOSEI's multi-hot labels). Frames go through the server's face detector and crop, audio through
+its decoder and mel chunks, text through its tokenizer. The result is saved as the same four weight
+files as the per-corpus training, so `make build` exports it unchanged (with LABEL_SET set to match).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from fv2es import config, models
+from fv2es.faces import FaceDetector, face_crops
+from fv2es.media import demux
+from fv2es.models.branches import create_branch
+from fv2es.text import load_tokenizer, tokenize
+
+from . import data
+from .fe2e import Fe2eSample, load_fe2e
+from .loop import Batch, Task
+
+
+class V2EM(nn.Module):
+    """Audio, visual and text branches over one label set, fused as the server fuses them."""
+
+    def __init__(self, labels: tuple[str, ...], multi_label: bool):
+        super().__init__()
+        self.audio = create_branch("audio", len(labels))
+        self.visual = create_branch("visual", len(labels))
+        self.text = create_branch("text", len(labels))
+        self.fusion = models.create(
+            "fusion", labels=labels, audio_classes=labels, visual_classes=labels, text_classes=labels, multi_label=multi_label
+        )
+
+    def forward(self, chunks, chunk_mask, faces, face_mask, ids, mask) -> torch.Tensor:
+        """Fused logits [B, C]."""
+        scores = self.fusion.to_labels(self.audio(chunks, chunk_mask), self.visual(faces, face_mask), self.text(ids, mask))
+        present = torch.stack([~chunk_mask.all(1), ~face_mask.all(1), mask.any(1)], dim=1)
+        return self.fusion.fuse(scores, present)
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("text.")}
+        state.update({f"text.{k}": v for k, v in self.text.trained_state_dict().items()})
+        return state
+
+
+def sample_faces(sample: Fe2eSample, detector: FaceDetector) -> torch.Tensor:
+    """Face crops of up to TRAIN_MAX_FRAMES frames spread over the utterance, as face_crop makes them."""
+    paths = sample.frame_paths
+    if len(paths) > config.TRAIN_MAX_FRAMES:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, config.TRAIN_MAX_FRAMES).round().astype(int)]
+    frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths) if f is not None]
+    crops = [face_crops(frame[None], detector)[0] for frame in frames]
+    if not crops:
+        return torch.zeros(0, 1, config.FACE_SIZE, config.FACE_SIZE)
+    return torch.from_numpy(np.concatenate(crops))
+
+
+def multimodal_task(root: Path, dataset: str, quick: bool) -> Task:
+    labels = config.LABEL_SETS[dataset]
+    multi_label = dataset in config.MULTI_LABEL_SETS
+    detector, chunker, tokenizer = FaceDetector(), data.MelChunker(), load_tokenizer()
+
+    def prepare(split: str) -> dict:
+        samples = load_fe2e(root, dataset, split)
+        if quick:
+            samples = samples[: config.QUICK_EXAMPLES]
+        if not samples:
+            raise ValueError(f"{root}: the {split} split of {dataset} is empty")
+        ids, mask = tokenize(tokenizer, [s.text for s in samples])
+        return {
+            "waves": [torch.from_numpy(demux(s.audio_path.read_bytes()).audio) for s in samples],
+            "faces": [sample_faces(s, detector) for s in samples],
+            "ids": ids,
+            "mask": mask,
+            "targets": torch.from_numpy(np.stack([s.target for s in samples])),
+        }
+
+    train, val = prepare("train"), prepare("valid")
+    val["chunks"] = [chunker(w) for w in val["waves"]]
+
+    def batches(split: dict, generator: torch.Generator | None, batch_size: int) -> Iterator[Batch]:
+        n = len(split["targets"])
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            index = order[start : start + batch_size].numpy()
+            chunks = [split["chunks"][i] if generator is None else chunker(split["waves"][i], generator) for i in index]
+            faces = [split["faces"][i] for i in index]
+            if generator is not None:
+                faces = [data.augment_faces(f, generator) if len(f) else f for f in faces]
+            chunks, chunk_mask = data.pad_sequences(chunks)
+            faces, face_mask = pad_faces(faces)
+            width = max(1, int(split["mask"][index].sum(1).max()))
+            ids = torch.from_numpy(split["ids"][index, :width])
+            mask = torch.from_numpy(split["mask"][index, :width])
+            targets = split["targets"][index]
+            yield (chunks, chunk_mask, faces, face_mask, ids, mask), (targets if multi_label else targets.argmax(1))
+
+    return Task(
+        f"multimodal-{dataset}",
+        V2EM(labels, multi_label),
+        labels,
+        len(train["targets"]),
+        len(val["targets"]),
+        lambda generator, bs: batches(train, generator, bs),
+        lambda bs: batches(val, None, bs),
+        select_by="wacc",
+        multi_label=multi_label,
+    )
+
+
+def pad_faces(faces: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like pad_sequences, with at least one (padding) row so that a batch without any face has a shape."""
+    if max(len(f) for f in faces) == 0:
+        return torch.zeros(len(faces), 1, 1, config.FACE_SIZE, config.FACE_SIZE), torch.ones(len(faces), 1, dtype=torch.bool)
+    return data.pad_sequences(faces)

@@ -1,0 +1,156 @@
+"""Training: metrics, label sets, and smoke runs of every training command on a few real examples."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fv2es import config, models, synth
+from fv2es.models.fusion import class_map
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "build"))
+
+from training.metrics import classification_metrics  # noqa: E402
+
+DATA = ROOT / config.DATA_DIR
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"the training corpora are not at {DATA}")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def test_metrics_match_a_hand_computed_example():
+    truth = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2])
+    m = classification_metrics(truth, predicted, ("a", "b", "c"))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # class a: precision 1, recall 2/3 -> F1 0.8; b: 1/2, 1/2 -> 0.5; c: 1/2, 1 -> 2/3
+    assert m["per_class_f1"] == pytest.approx({"a": 0.8, "b": 0.5, "c": 0.6667}, abs=1e-4)
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["weighted_f1"] == pytest.approx((3 * 0.8 + 2 * 0.5 + 2 / 3) / 6)
+    # WAcc per class = (TP * N / P + TN) / (2N): a: (2*3/3 + 3)/6, b: (1*4/2 + 3)/8, c: (1*5/1 + 4)/10
+    assert m["wacc"] == pytest.approx(((2 + 3) / 6 + (2 + 3) / 8 + (5 + 4) / 10) / 3)
+
+
+def test_corpus_classes_map_onto_the_served_labels():
+    ravdess = class_map(config.RAVDESS_CLASSES, config.LABEL_SETS["v2em7"])
+    assert ravdess.shape == (8, 7) and torch.equal(ravdess.sum(1), torch.ones(8))
+    neutral = config.LABELS.index("neutral")
+    assert ravdess[:, neutral].nonzero().flatten().tolist() == [0, 1]  # neutral and calm
+    meld = class_map(config.MELD_CLASSES, config.LABELS)
+    assert meld[config.MELD_CLASSES.index("joy"), config.LABELS.index("happiness")] == 1
+    with pytest.raises(ValueError, match="no class"):
+        class_map(("anger", "joy"), config.LABELS)
+
+
+@pytest.mark.parametrize("label_set", sorted(config.LABEL_SETS))
+def test_every_label_set_builds_a_fusion_model(label_set):
+    labels = config.LABEL_SETS[label_set]
+    multi = label_set in config.MULTI_LABEL_SETS
+    fusion = models.create("fusion", labels=labels, audio_classes=labels, visual_classes=labels, text_classes=labels, multi_label=multi)
+    scripted = models.to_torchscript("fusion", fusion)
+    scores = scripted(*models.example_inputs("fusion", batch=3))
+    assert scores.shape[1] == len(labels)
+    sums = scores.sum(1)
+    # Single-label sets give a distribution; MOSEI's are independent per-label sigmoids.
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5) != multi
+
+
+@needs_data
+def test_quick_training_evaluation_and_export(tmp_path):
+    """Every branch and the fusion train on a few real examples; the weights export to a working repository."""
+    weights, runs, repo = tmp_path / "weights", tmp_path / "runs", tmp_path / "repo"
+    run("build/train.py", "all", "--quick", "--runs", str(runs), "--weights", str(weights))
+    for part in config.WEIGHT_PARTS:
+        record = torch.load(weights / f"{part}.pt", weights_only=False)
+        assert record["label_set"] == config.LABEL_SET and "quick" in record["command"]
+        assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    text = torch.load(weights / "text.pt", weights_only=False)["state_dict"]
+    assert any(k.startswith("encoder.") for k in text) and sum(v.numel() for v in text.values()) < 5_000_000
+
+    result = run("build/evaluate.py", "--quick", "--weights", str(weights), "--figures", str(tmp_path / "fig"), "--json", str(tmp_path / "eval.json"))
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert set(results["branches"]) == set(config.BRANCHES) and "fused" in results["fusion"]
+    assert all(v <= 1e-4 for v in results["export"].values())
+    assert {p.name for p in (tmp_path / "fig").iterdir()} == {"audio.png", "visual.png", "text.png", "fused.png"}
+    assert "RepVGG, batch of 64 faces" in result.stdout
+
+    run("build/repository.py", "--repository", str(repo), "--weights", str(weights))
+    provenance = json.loads((repo / "fusion" / "1" / "provenance.json").read_text())
+    assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{p}.pt") for p in config.WEIGHT_PARTS]
+    served = torch.jit.load(str(repo / "visual_encoder" / "1" / "model.pt"))
+    assert "batch_norm" not in str(served.inlined_graph)
+
+
+@needs_data
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    common = ["build/train.py", "visual", "--quick", "--epochs", "2", "--threads", "1"]
+    run(*common, "--runs", str(tmp_path / "a"), "--weights", str(tmp_path / "wa"))
+    run(*common, "--runs", str(tmp_path / "b"), "--weights", str(tmp_path / "wb"), "--stop-after", "1")
+    resumed = run(*common, "--runs", str(tmp_path / "b"), "--weights", str(tmp_path / "wb"), "--resume")
+    assert "resuming after epoch 1" in resumed.stdout
+    a = torch.load(tmp_path / "a" / "visual" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "visual" / "last.pt", weights_only=False)
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 2
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def write_fe2e_corpus(root: Path, dataset: str, speech: np.ndarray) -> None:
+    """A few utterances in the FE2E layout (build/training/fe2e.py) made of real media: a face photo
+    as frames, espeak speech as audio."""
+    labels = config.LABEL_SETS[dataset]
+    face = cv2.cvtColor(synth.face_image(), cv2.COLOR_RGB2BGR)
+    folder_name = "IEMOCAP" if dataset == "iemocap" else "MOSEI"
+    main = root / f"{folder_name}_RAW_PROCESSED"
+    meta, splits = {}, {"train": [], "valid": []}
+    for i in range(6):
+        uid = f"Ses01F_impro01_F00{i}" if dataset == "iemocap" else f"clip{i}_1"
+        folder = main / "Ses01F_impro01" / uid if dataset == "iemocap" else main / uid
+        folder.mkdir(parents=True)
+        prefix = "image_L_" if dataset == "iemocap" else "image_"
+        for j in range(3):
+            cv2.imwrite(str(folder / f"{prefix}{j}.jpg"), face)
+        with wave.open(str(folder / ("audio_L.wav" if dataset == "iemocap" else "audio.wav")), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(config.SAMPLE_RATE)
+            w.writeframes((speech * 32767).astype(np.int16).tobytes())
+        label = labels[i % len(labels)] if dataset == "iemocap" else [int((i + k) % 2) for k in range(len(labels))]
+        meta[uid] = {"label": label, "text": f"utterance number {i}"}
+        splits["train" if i < 4 else "valid"].append(uid)
+    (main / "meta.pkl").write_bytes(pickle.dumps(meta))
+    (root / f"{folder_name}_SPLIT").mkdir()
+    for split, ids in splits.items():
+        (root / f"{folder_name}_SPLIT" / f"{split}_split.txt").write_text("\n".join(ids) + "\n")
+
+
+@pytest.mark.parametrize("dataset", ["iemocap", "mosei"])
+def test_multimodal_training_on_the_fe2e_layout(tmp_path, dataset):
+    speech = synth.speak("I am so happy to see you again")
+    write_fe2e_corpus(tmp_path / "data", dataset, speech)
+    weights = tmp_path / "weights"
+    result = run("build/train.py", "multimodal", "--fe2e", str(tmp_path / "data"), "--dataset", dataset, "--quick",
+                 "--runs", str(tmp_path / "runs"), "--weights", str(weights))
+    assert "4 training / 2 validation utterances" in result.stdout
+    for part in config.WEIGHT_PARTS:
+        record = torch.load(weights / f"{part}.pt", weights_only=False)
+        assert record["label_set"] == dataset
+    assert tuple(torch.load(weights / "audio.pt", weights_only=False)["classes"]) == config.LABEL_SETS[dataset]
+    # The served label set is configuration: weights for another set refuse to export, and say why.
+    refused = run("build/repository.py", "--repository", str(tmp_path / "repo"), "--weights", str(weights), check=False)
+    assert refused.returncode != 0 and f"trained for label set '{dataset}'" in refused.stderr
