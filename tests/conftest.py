@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_backend"))
 sys.path.insert(0, str(ROOT / "client"))
+sys.path.insert(0, str(ROOT / "build"))  # repository.py, export.py, training/
 
 from fv2es import config, synth  # noqa: E402
 from fv2es.media import demux  # noqa: E402

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import sys
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "training"))
-
-import fe2e
+from training import fe2e
 
 # Smallest valid JPEG (1x1 grey pixel); the loader only lists frames, so the bytes matter little.
 JPEG_1X1 = bytes.fromhex(

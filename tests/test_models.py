@@ -78,10 +78,23 @@ def test_deploy_form_has_no_batchnorm_and_no_1x1_conv():
     deployed = reparameterise(model)
     assert all(not isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
     assert all(m.kernel_size != (1, 1) for m in deployed.modules() if isinstance(m, torch.nn.Conv2d))
-    graph = str(models.to_torchscript("visual_encoder", model).inlined_graph)
-    assert "batch_norm" not in graph
     # The training form is untouched: it still trains with its branches.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("source", ["fresh export", "served repository"])
+def test_exported_visual_encoder_has_no_batchnorm_and_no_1x1_conv(source):
+    if source == "fresh export":
+        model = RepVGGEncoder()
+        randomise_batchnorm(model)
+        scripted = models.to_torchscript("visual_encoder", model)
+    else:
+        scripted = torch.jit.load(str(REPOSITORY / "visual_encoder" / "1" / "model.pt"))
+    assert "batch_norm" not in str(scripted.inlined_graph)
+    state = scripted.state_dict()
+    assert not any("running_mean" in key for key in state)
+    kernels = [tuple(w.shape[-2:]) for w in state.values() if w.dim() == 4]
+    assert kernels and (1, 1) not in kernels and set(kernels) <= {(3, 3), (5, 5)}
 
 
 @pytest.mark.parametrize("name", models.ENCODER_NAMES)

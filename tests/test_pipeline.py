@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
-from conftest import make_video
+from conftest import ROOT, make_video
+from repository import weights_description
 
 from fv2es import config
 from fv2es.tritonserver import REPOSITORY
@@ -44,9 +46,11 @@ def test_talking_video_end_to_end(client, sample_bytes):
     assert all(s.has_face for s in speech), "the face is visible throughout"
     # Speech segments follow the audio: the first sentence starts after the 1 s of silence.
     assert 0.5 <= speech[0].start <= 1.3
-    # The answer says where the weights come from, as the exported repository records it.
+    # The answer names the exact trained weights, as the exported repository records them.
     provenance = json.loads((REPOSITORY / "fusion" / "1" / "provenance.json").read_text())
-    assert result.model_info["weights"] == provenance["weights"]
+    digests = [hashlib.sha256((ROOT / w["file"]).read_bytes()).hexdigest() for w in provenance["weights"]]
+    assert digests == [w["sha256"] for w in provenance["weights"]], "the exported models are stale: make build"
+    assert result.model_info["weights"] == weights_description(ROOT / config.WEIGHTS_DIR)
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,9 @@ import torch
 from fv2es import config, models, synth
 from fv2es.models.fusion import class_map
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "build"))
+from training.metrics import classification_metrics
 
-from training.metrics import classification_metrics  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT / config.DATA_DIR
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"the training corpora are not at {DATA}")

@@ -61,13 +61,9 @@ def test_aggregate_is_duration_weighted():
 
 
 def test_committed_configs_match_the_builder(tmp_path):
-    import sys
+    from repository import REPOSITORY, ROOT, weights_description, write_configs
 
-    sys.path.insert(0, str(config.__file__).rsplit("/python_backend/", 1)[0] + "/build")
-    from export import UNTRAINED
-    from repository import REPOSITORY, write_configs
-
-    write_configs(UNTRAINED, tmp_path)
+    write_configs(weights_description(ROOT / config.WEIGHTS_DIR), tmp_path)
     for generated in tmp_path.rglob("*"):
         if generated.is_file():
             committed = REPOSITORY / generated.relative_to(tmp_path)

@@ -107,7 +107,8 @@ def fit(task: Task, hp: dict, run_dir: Path, *, seed: int, resume: bool = False,
         bar = tqdm(task.train_batches(generator, hp["batch_size"]), total=steps_per_epoch, desc=f"{task.name} {epoch}/{hp['epochs']}", unit="batch")
         total, seen = 0.0, 0
         for inputs, target in bar:
-            loss = criterion(model(*inputs), target)
+            outputs = model.training_outputs(*inputs) if hasattr(model, "training_outputs") else [model(*inputs)]
+            loss = sum(criterion(output, target) for output in outputs) / len(outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)

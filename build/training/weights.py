@@ -50,8 +50,10 @@ def load_branch(branch: str, weights_dir: Path) -> torch.nn.Module:
     record = load_weights(weights_path(weights_dir, branch))
     model = create_branch(branch, len(record["classes"]))
     missing, unexpected = model.load_state_dict(record["state_dict"], strict=False)
-    # A text branch's file holds only its trained part; the frozen rest comes from the pretrained model.
+    # A text branch's file holds only its trained part (the frozen rest comes from the pretrained
+    # model); the training-only pooled head is not needed to serve.
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad} | {n for n, _ in model.named_buffers()}
-    if unexpected or set(missing) - frozen:
-        raise ValueError(f"{branch} weights do not fit the model: missing {sorted(set(missing) - frozen)}, unexpected {unexpected}")
+    absent = {n for n in set(missing) - frozen if not n.startswith("pooled_head.")}
+    if unexpected or absent:
+        raise ValueError(f"{branch} weights do not fit the model: missing {sorted(absent)}, unexpected {unexpected}")
     return model.eval()

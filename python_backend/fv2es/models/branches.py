@@ -35,10 +35,20 @@ class SequenceBranch(nn.Module):
         self.encoder = encoder
         self.sequence = SequenceEncoder(config.FEATURE_DIM, depth=depth, heads=heads, dropout=dropout)
         self.head = nn.Linear(config.FEATURE_DIM, n_classes)
+        # Training only: classifies the mean of the frame features, a short gradient path to the
+        # encoder while the sequence encoder above it is still untrained (not exported).
+        self.pooled_head = nn.Linear(config.FEATURE_DIM, n_classes)
 
     def forward(self, rows: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """rows [B, L, ...], padding_mask [B, L] (True = padding; each sequence has one real row) -> logits [B, C]."""
         return self.head(self.sequence(encode_rows(self.encoder, rows, padding_mask), padding_mask))
+
+    def training_outputs(self, rows: torch.Tensor, padding_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The logits the training loss is applied to: the branch's own, and the pooled features'."""
+        features = encode_rows(self.encoder, rows, padding_mask)
+        real = (~padding_mask).unsqueeze(-1).to(features.dtype)
+        pooled = (features * real).sum(1) / real.sum(1).clamp(min=1.0)
+        return [self.head(self.sequence(features, padding_mask)), self.pooled_head(pooled)]
 
 
 class TextBranch(nn.Module):

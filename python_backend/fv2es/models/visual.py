@@ -106,8 +106,10 @@ class RepVGGEncoder(nn.Module):
         in_channels: int = 1,
         feature_dim: int = config.FEATURE_DIM,
         dropout: float = 0.2,
+        mirror_average: bool = config.FACE_MIRROR_AVERAGE,
     ):
         super().__init__()
+        self.mirror_average = mirror_average
         self.stem = Stem(in_channels, widths[0])
         layers: list[nn.Module] = []
         for i in range(1, len(widths)):
@@ -119,9 +121,19 @@ class RepVGGEncoder(nn.Module):
         self.head = nn.Linear(widths[-1], feature_dim)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        """faces [B, 1, FACE_SIZE, FACE_SIZE] normalised -> features [B, feature_dim]."""
+        """faces [B, 1, FACE_SIZE, FACE_SIZE] normalised -> features [B, feature_dim].
+
+        In eval mode with mirror_average, the features are those of the face and of its mirror image,
+        averaged (training sees random flips instead).
+        """
+        batch = faces.shape[0]
+        if self.mirror_average and not self.training:
+            faces = torch.cat([faces, faces.flip(-1)])
         x = self.body(self.stem(faces))
-        return self.head(self.dropout(x.mean(dim=(2, 3))))
+        features = self.head(self.dropout(x.mean(dim=(2, 3))))
+        if self.mirror_average and not self.training:
+            features = 0.5 * (features[:batch] + features[batch:])
+        return features
 
 
 def reparameterise(model: nn.Module) -> nn.Module:
