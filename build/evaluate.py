@@ -43,9 +43,10 @@ FIGURES = ROOT / "docs" / "model_card"
 MARK_START, MARK_END = "<!-- evaluate.py:start -->", "<!-- evaluate.py:end -->"
 
 
-def repvgg_speed(visual_encoder: torch.nn.Module, *, batch: int = 64, runs: int = 30) -> dict:
-    """Median time of one batch of faces: training form (eval mode) vs re-parameterised deploy form,
-    eager and TorchScript, interleaved so that machine noise hits all alike."""
+def repvgg_speed(visual_encoder: torch.nn.Module, *, batch: int = 64, runs: int = 40) -> dict:
+    """Time of one batch of faces: training form (eval mode) vs re-parameterised deploy form, eager and
+    TorchScript, interleaved so that machine noise hits all alike; medians, and the median of the
+    per-round ratios (steadier than a ratio of medians on a noisy machine)."""
     training_form = visual_encoder.eval()
     deploy_form = reparameterise(training_form)
     scripted = models.to_torchscript("visual_encoder", training_form)
@@ -61,8 +62,20 @@ def repvgg_speed(visual_encoder: torch.nn.Module, *, batch: int = 64, runs: int 
                 module(faces)
                 times[name].append(time.perf_counter() - started)
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    ratios = [a / b for a, b in zip(times["training form"], times["deploy form"])]
     return {"batch": batch, "runs": runs, "threads": torch.get_num_threads(), "median_ms": medians,
-            "speedup": medians["training form"] / medians["deploy form"]}
+            "speedup": statistics.median(ratios)}
+
+
+def repvgg_speeds(visual_encoder: torch.nn.Module) -> dict[str, dict]:
+    """As served (each face and its mirror image: 128 images for 64 faces) and with each face once."""
+    served = visual_encoder.mirror_average
+    results = {}
+    for name, mirror in (("as served (mirror-averaged)", served), ("each face once", False)):
+        visual_encoder.mirror_average = mirror
+        results[name] = repvgg_speed(visual_encoder)
+    visual_encoder.mirror_average = served
+    return results
 
 
 def visual_without_mirror_average(args: argparse.Namespace) -> dict:
@@ -100,10 +113,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     for name, module in served.items():
         results["export"][name] = export_difference(name, module, models.to_torchscript(name, module))
         print(f"export {name}: TorchScript vs eager max abs difference {results['export'][name]:.1e}")
-    results["repvgg_speed"] = repvgg_speed(served["visual_encoder"])
-    speed = results["repvgg_speed"]
-    print(f"RepVGG, batch of {speed['batch']} faces, median of {speed['runs']}: "
-          + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items()) + f"; deploy form {speed['speedup']:.2f}x faster")
+    results["repvgg_speed"] = repvgg_speeds(served["visual_encoder"])
+    for mode, speed in results["repvgg_speed"].items():
+        print(f"RepVGG, batch of {speed['batch']} faces, {mode}, median of {speed['runs']}: "
+              + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items()) + f"; deploy form {speed['speedup']:.2f}x faster")
+    speedup = results["repvgg_speed"]["as served (mirror-averaged)"]["speedup"]
+    results["targets"]["RepVGG deploy form speed-up, 64 faces on CPU"] = {"value": speedup, "target": 1.3, "met": speedup >= 1.3}
     results["weights"] = {part: {k: load_weights(weights_path(args.weights, part)).get(k) for k in ("command", "commit", "epoch", "minutes")}
                           for part in config.WEIGHT_PARTS}
     for what, t in results["targets"].items():
@@ -130,14 +145,18 @@ def card_section(results: dict) -> str:
     lines += ["", f"The visual branch averages each face's features with its mirror image's (`FACE_MIRROR_AVERAGE`); "
               f"without that, FER2013 PublicTest accuracy is {plain['accuracy']:.3f} (macro F1 {plain['macro_f1']:.3f})."]
     weights = ", ".join(f"{k} {v:.2f}" for k, v in results["modality_weights"].items())
-    speed = results["repvgg_speed"]
     lines += [
         "", f"Fitted modality weights (softmax-normalised): {weights}.", "",
         "Export: TorchScript vs eager, max abs difference on example inputs: "
         + ", ".join(f"{k} {v:.1e}" for k, v in results["export"].items()) + ".", "",
-        f"RepVGG on CPU ({speed['threads']} threads), batch of {speed['batch']} faces, median of {speed['runs']}: "
-        + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items())
-        + f": the deploy form is **{speed['speedup']:.2f}x** faster than the training form.", "",
+    ]
+    for mode, speed in results["repvgg_speed"].items():
+        lines += [
+            f"RepVGG on CPU ({speed['threads']} threads), batch of {speed['batch']} faces, {mode}, {speed['runs']} rounds: median "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items())
+            + f"; the deploy form is **{speed['speedup']:.2f}x** faster than the training form (median ratio).", "",
+        ]
+    lines += [
         "Confusion matrices: " + ", ".join(f"[{p}](docs/model_card/{p}.png)" for p in ("audio", "visual", "text", "fused")), "",
         MARK_END,
     ]

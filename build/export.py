@@ -40,15 +40,10 @@ def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
     with torch.no_grad():
         fusion.modality_weights.copy_(fitted["modality_weights"])
         fusion.log_scale.copy_(fitted["log_scale"])
-    text_encoder = models.create("text_encoder")
-    if text_encoder.hidden_size != config.TEXT_FEATURE_DIM:
-        raise SystemExit(f"{config.TEXT_MODEL} gives {text_encoder.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
-    return {
-        "audio_encoder": audio.encoder,
-        "visual_encoder": visual.encoder,
-        "text_encoder": text_encoder,
-        "fusion": fusion.eval(),
-    }
+    if text.encoder.hidden_size != config.TEXT_FEATURE_DIM:
+        raise SystemExit(f"{config.TEXT_MODEL} gives {text.encoder.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
+    # The text branch's encoder: the pretrained model with its fine-tuned top layers from text.pt.
+    return {"audio_encoder": audio.encoder, "visual_encoder": visual.encoder, "text_encoder": text.encoder, "fusion": fusion.eval()}
 
 
 def export_difference(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptModule) -> float:
@@ -73,7 +68,7 @@ def weight_file_record(path: Path) -> dict:
 
 
 def export_all(repository: Path, weights_dir: Path) -> None:
-    sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": [], "fusion": list(config.WEIGHT_PARTS)}
+    sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(config.WEIGHT_PARTS)}
     for name, module in trained_models(weights_dir).items():
         scripted = models.to_torchscript(name, module)
         difference = export_difference(name, module, scripted)
@@ -83,7 +78,7 @@ def export_all(repository: Path, weights_dir: Path) -> None:
         scripted.save(str(target))
         provenance = {
             "weights": [weight_file_record(weights_path(weights_dir, part)) for part in sources[name]],
-            "pretrained": f"{config.TEXT_MODEL}, frozen" if name == "text_encoder" else None,
+            "pretrained": f"{config.TEXT_MODEL}, top {config.TEXT_TRAINABLE_LAYERS} layers fine-tuned" if name == "text_encoder" else None,
             "max_abs_difference_to_eager": difference,
             "torch": torch.__version__,
         }

@@ -126,7 +126,7 @@ def pipeline_models(weights: str) -> list[Model]:
             [int64("TEXT_IDS", [config.TEXT_MAX_TOKENS]), int64("TEXT_MASK", [config.TEXT_MAX_TOKENS])],
             [fp32("TEXT_FEATURES", [TEXT_DIM])],
             max_batch_size=batch["text_encoder"], kind="KIND_AUTO", dynamic_batching=True,
-            parameters={"weights": f"pretrained {config.TEXT_MODEL} (frozen)"},
+            parameters={"weights": weights},
         ),
         Model(
             "fusion", "torchscript",

@@ -91,30 +91,33 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 
 def augment_wave(wave: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (80-100 %), speed change (0.9-1.1x) and background noise (SNR 10-40 dB, half the time)."""
+    """Random crop (80-100 %), speed change (0.95-1.05x) and background noise (SNR 20-40 dB, a fifth of the time).
+
+    Mild on purpose: with speed 0.9-1.1x and noise on half the clips at 10-40 dB the branch did not
+    even fit its training clips in 15 epochs (loss 1.84 against 1.60 without augmentation after 6).
+    """
     keep = int(len(wave) * _uniform(generator, 0.8, 1.0))
     start = int(torch.randint(0, len(wave) - keep + 1, (), generator=generator))
     wave = wave[start : start + keep]
-    speed = _uniform(generator, 0.9, 1.1)
+    speed = _uniform(generator, 0.95, 1.05)
     wave = torch.nn.functional.interpolate(wave[None, None], size=int(len(wave) / speed), mode="linear")[0, 0]
-    if float(torch.rand((), generator=generator)) < 0.5:
-        snr_db = _uniform(generator, 10.0, 40.0)
+    if float(torch.rand((), generator=generator)) < 0.2:
+        snr_db = _uniform(generator, 20.0, 40.0)
         power = wave.pow(2).mean().clamp(min=1e-10)
         wave = wave + torch.randn(len(wave), generator=generator) * torch.sqrt(power / 10 ** (snr_db / 10))
     return wave
 
 
 def spec_augment(chunks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SpecAugment: two frequency bands (<= 16 mels) and two time spans (<= 8 frames) set to the mean (0)."""
+    """SpecAugment: one frequency band (<= 8 mels) and one time span (<= 4 frames) set to the mean (0)."""
     chunks = chunks.clone()
-    for _ in range(2):
-        width = int(torch.randint(0, 17, (), generator=generator))
-        low = int(torch.randint(0, config.N_MELS - width + 1, (), generator=generator))
-        chunks[:, low : low + width, :] = 0.0
-        width = int(torch.randint(0, 9, (), generator=generator))
-        low = int(torch.randint(0, config.CHUNK_FRAMES - width + 1, (), generator=generator))
-        chunk = int(torch.randint(0, chunks.shape[0], (), generator=generator))
-        chunks[chunk, :, low : low + width] = 0.0
+    width = int(torch.randint(0, 9, (), generator=generator))
+    low = int(torch.randint(0, config.N_MELS - width + 1, (), generator=generator))
+    chunks[:, low : low + width, :] = 0.0
+    width = int(torch.randint(0, 5, (), generator=generator))
+    low = int(torch.randint(0, config.CHUNK_FRAMES - width + 1, (), generator=generator))
+    chunk = int(torch.randint(0, chunks.shape[0], (), generator=generator))
+    chunks[chunk, :, low : low + width] = 0.0
     return chunks
 
 
