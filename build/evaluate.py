@@ -167,11 +167,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR)
     parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR)
-    parser.add_argument("--figures", type=Path, default=FIGURES, help="where the confusion matrices go")
+    parser.add_argument("--figures", type=Path, help="where the confusion matrices go (default: docs/model_card)")
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     parser.add_argument("--quick", action="store_true", help="a few validation examples (smoke test)")
     parser.add_argument("--write-card", action="store_true", help="rewrite MODEL_CARD.md's results section")
     args = parser.parse_args()
+    if args.quick and args.write_card:
+        parser.error("--quick numbers do not go into the model card")
+    args.figures = args.figures or (ROOT / "build" / "out" / "quick" / "figures" if args.quick else FIGURES)
     results = evaluate(args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "multimodal"))
     parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR, help="the corpora (default: %(default)s)")
-    parser.add_argument("--runs", type=Path, default=ROOT / "build" / "out" / "runs", help="checkpoints, to resume from")
-    parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR, help="where the trained weights go")
+    parser.add_argument("--runs", type=Path, help="checkpoints, to resume from (default: build/out/runs)")
+    parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {config.WEIGHTS_DIR}/, "
+                        "the shipped ones; build/out/quick/weights with --quick)")
     parser.add_argument("--quick", action="store_true", help="a few examples and one epoch (smoke test)")
     parser.add_argument("--epochs", type=int, help="override the configured number of epochs")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs")
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=("iemocap", "mosei"), default="iemocap", help="multimodal: which corpus")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = parser.parse_args(argv)
+    # A smoke run never overwrites the shipped weights unless asked to.
+    out = ROOT / "build" / "out" / ("quick" if args.quick else "")
+    args.runs = args.runs or out / "runs"
+    args.weights = args.weights or (out / "weights" if args.quick else ROOT / config.WEIGHTS_DIR)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part == "multimodal":
