@@ -100,7 +100,7 @@ TRAIN_SEED = 0
 # RAVDESS validation = these actors, never seen in training (2 male, 2 female).
 RAVDESS_VALIDATION_ACTORS = (17, 18, 19, 20)
 TRAINING = {
-    "audio": {"epochs": 30, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    "audio": {"epochs": 60, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
     "visual": {"epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
     "text": {"epochs": 4, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1},
     "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0},
