@@ -1,8 +1,8 @@
 """Exports the trained weights to TorchScript files in the model repository.
 
 audio_encoder and visual_encoder are the encoders of the audio and visual branches (RepVGG
-re-parameterised, on a copy, to single 3x3 convs); text_encoder is the pretrained TEXT_MODEL
-(frozen, traced); fusion holds the branches' sequence encoders and heads and the fitted modality
+re-parameterised, on a copy, to single 3x3 convs); text_encoder is the text branch's encoder (the
+pretrained TEXT_MODEL with its fine-tuned top layers, traced); fusion holds the branches' sequence encoders and heads and the fitted modality
 weights. Every exported file is checked against its eager module before it is written.
 """
 

@@ -1,7 +1,7 @@
 """Every setting of the pipeline, in one place.
 
 The server models, the training code, the client and the repository builder all read from here;
-`build/assemble_repository.py` writes these values into the `config.pbtxt` files, so a change here
+`build/repository.py` writes these values into the `config.pbtxt` files, so a change here
 reaches the deployed model repository on the next `make build`.
 """
 
