@@ -75,6 +75,9 @@ def boolean(name, dims):
     return Tensor(name, "TYPE_BOOL", dims)
 
 
+INPUT_LIMITS = {"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)}
+
+
 def pipeline_models(weights: str) -> list[Model]:
     """The steps of the ensemble, in order. `weights` says where the encoder weights come from."""
     m, t = config.N_MELS, config.CHUNK_FRAMES
@@ -85,7 +88,7 @@ def pipeline_models(weights: str) -> list[Model]:
             "demux", "demux",
             [string("VIDEO", [1])],
             [fp32("AUDIO", [-1]), Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1]), fp32("FRAME_TIMES", [-1]), fp32("DURATION", [1])],
-            parameters={"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)},
+            parameters=INPUT_LIMITS,
         ),
         Model(
             "asr", "asr",
@@ -190,6 +193,10 @@ def ensemble_pbtxt(models: list[Model]) -> str:
         maps += "".join(f'      output_map {{ key: "{o.name}" value: "{o.name}" }}\n' for o in m.outputs)
         steps.append(f'    {{\n      model_name: "{m.name}"\n      model_version: -1\n{maps}    }}')
     text += "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+    # The input limits again, on the model clients address: the client reads them to refuse an
+    # oversized file before sending it and to size its gRPC messages.
+    for key, value in INPUT_LIMITS.items():
+        text += f'parameters {{ key: "{key}" value: {{ string_value: {json.dumps(value)} }} }}\n'
     return text
 
 
