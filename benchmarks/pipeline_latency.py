@@ -26,7 +26,7 @@ from fv2es import synth  # noqa: E402
 from fv2es.tritonserver import EmbeddedServer  # noqa: E402
 from fv2es_client import Fv2esClient  # noqa: E402
 
-STAGES = ("demux", "asr", "mel", "face_crop", "audio_encoder", "visual_encoder", "text_encoder", "fusion", "aggregate")
+STAGES = ("demux", "face_crop", "asr", "assign_faces", "mel", "audio_encoder", "visual_encoder", "text_encoder", "fusion", "aggregate")
 
 
 def stage_ns(stats_client) -> dict[str, int]:

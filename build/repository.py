@@ -87,8 +87,14 @@ def pipeline_models(weights: str) -> list[Model]:
         Model(
             "demux", "demux",
             [string("VIDEO", [1])],
-            [fp32("AUDIO", [-1]), Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1]), fp32("FRAME_TIMES", [-1]), fp32("DURATION", [1])],
+            [fp32("AUDIO", [-1]), fp32("DURATION", [1])],
             parameters=INPUT_LIMITS,
+        ),
+        Model(
+            "face_crop", "face_crop",
+            [string("VIDEO", [1]), fp32("DURATION", [1])],
+            [fp32("FACES", [-1, 1, s, s]), fp32("FACE_TIMES", [-1])],
+            parameters={"cascade": config.FACE_CASCADE, **INPUT_LIMITS},
         ),
         Model(
             "asr", "asr",
@@ -107,10 +113,9 @@ def pipeline_models(weights: str) -> list[Model]:
             kind="KIND_AUTO",
         ),
         Model(
-            "face_crop", "face_crop",
-            [Tensor("FRAMES", "TYPE_UINT8", [-1, -1, -1]), fp32("FRAME_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
-            [fp32("FACES", [-1, 1, s, s]), int64("FACE_SEGMENT", [-1]), boolean("SEGMENT_HAS_FACE", [-1])],
-            parameters={"cascade": config.FACE_CASCADE},
+            "assign_faces", "assign_faces",
+            [fp32("FACE_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
+            [int64("FACE_SEGMENT", [-1]), boolean("SEGMENT_HAS_FACE", [-1])],
         ),
         Model(
             "audio_encoder", "torchscript",

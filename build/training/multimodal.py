@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fv2es import config, models
-from fv2es.faces import FaceDetector, face_crops
+from fv2es.faces import FaceDetector, video_faces
 from fv2es.media import demux
 from fv2es.models.branches import create_branch
 from fv2es.text import load_tokenizer, tokenize
@@ -58,10 +58,8 @@ def sample_faces(sample: Fe2eSample, detector: FaceDetector) -> torch.Tensor:
     if len(paths) > config.TRAIN_MAX_FRAMES:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, config.TRAIN_MAX_FRAMES).round().astype(int)]
     frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths) if f is not None]
-    crops = [face_crops(frame[None], detector)[0] for frame in frames]
-    if not crops:
-        return torch.zeros(0, 1, config.FACE_SIZE, config.FACE_SIZE)
-    return torch.from_numpy(np.concatenate(crops))
+    crops, _ = video_faces(enumerate(frames), detector)  # the server's face step: frames without a face drop out
+    return torch.from_numpy(crops)
 
 
 def multimodal_task(root: Path, dataset: str, quick: bool) -> Task:

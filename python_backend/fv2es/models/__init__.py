@@ -66,5 +66,8 @@ def to_torchscript(name: str, model: torch.nn.Module) -> torch.jit.ScriptModule:
         model = reparameterise(model)
     with torch.no_grad():
         if name == "text_encoder":
-            return torch.jit.trace(model, example_inputs(name), check_trace=False)
+            from .text import PaddingTrimmed
+
+            traced = torch.jit.trace(model, example_inputs(name), check_trace=False)
+            return torch.jit.script(PaddingTrimmed(traced))
         return torch.jit.script(model)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from ..segments import aggregate_scores
+from .. import stages
 from .base import PipelineModel
 
 
@@ -17,11 +17,4 @@ class TritonPythonModel(PipelineModel):
         self.model_info = np.array([json.dumps(info).encode()], dtype=np.object_)
 
     def process(self, inputs):
-        scores = inputs["SEGMENT_SCORES"]
-        if scores.shape[1] != len(self.labels):
-            raise RuntimeError(f"fusion gives {scores.shape[1]} scores but {len(self.labels)} labels are shipped")
-        return {
-            "VIDEO_SCORES": aggregate_scores(scores, inputs["SEGMENT_TIMES"]),
-            "LABELS": np.array([label.encode() for label in self.labels], dtype=np.object_),
-            "MODEL_INFO": self.model_info,
-        }
+        return {**stages.aggregate(inputs["SEGMENT_SCORES"], inputs["SEGMENT_TIMES"], self.labels), "MODEL_INFO": self.model_info}

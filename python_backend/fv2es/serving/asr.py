@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from .. import config
+from .. import config, stages
 from ..asr import SpeechRecognizer
-from ..errors import InputError
-from ..segments import segment_timeline
-from ..text import load_tokenizer, tokenize
+from ..text import load_tokenizer
 from .base import PipelineModel
 
 
@@ -29,18 +25,4 @@ class TritonPythonModel(PipelineModel):
         self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
 
     def process(self, inputs):
-        audio = inputs["AUDIO"].astype(np.float32, copy=False)
-        duration = float(inputs["DURATION"].reshape(-1)[0])
-        if not duration > 0:
-            raise InputError("input has no measurable duration (a single frame or an empty stream)")
-        speech = self.recognizer.transcribe(audio)
-        segments = segment_timeline(speech, duration, window_s=self.window_s)
-        texts = [s.text for s in segments]
-        ids, mask = tokenize(self.tokenizer, texts)
-        return {
-            "SEGMENT_TIMES": np.array([[s.start, s.end] for s in segments], np.float32),
-            "TRANSCRIPTS": np.array([t.encode("utf-8") for t in texts], dtype=np.object_),
-            "SEGMENT_HAS_SPEECH": np.array([s.has_speech for s in segments], bool),
-            "TEXT_IDS": ids,
-            "TEXT_MASK": mask,
-        }
+        return stages.asr(inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer, window_s=self.window_s)

@@ -1,33 +1,23 @@
-"""face_crop: FRAMES, FRAME_TIMES, SEGMENT_TIMES -> FACES, FACE_SEGMENT, SEGMENT_HAS_FACE.
+"""face_crop: VIDEO bytes, DURATION -> FACES, FACE_TIMES.
 
-Only frames where a face was found go to the visual encoder; a segment without any face is flagged
-and fused from its other modalities.
+Decodes the frames itself, one sampled frame at a time, and keeps only the face crops: it runs in
+parallel with speech recognition, and its memory does not grow with the video's length. DURATION
+(from demux) is its cue to start: a file that demux rejects never reaches it, so a bad input fails
+in exactly one step of the ensemble (Triton 2.51 can leave a request unanswered when two parallel
+steps fail).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from .. import config
-from ..faces import FaceDetector, face_crops, normalise_faces
-from ..segments import frame_segments
-from .base import PipelineModel
+from .. import config, stages
+from ..faces import FaceDetector
+from .base import PipelineModel, bytes_input, input_limits
 
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.detector = FaceDetector(self.parameter("cascade", config.FACE_CASCADE))
+        self.limits = input_limits(self)
 
     def process(self, inputs):
-        segment_times = inputs["SEGMENT_TIMES"]
-        owners = frame_segments(inputs["FRAME_TIMES"], segment_times)
-        faces, found = face_crops(inputs["FRAMES"], self.detector)
-        keep = found & (owners >= 0)
-        faces, owners = faces[keep], owners[keep]
-        has_face = np.zeros(len(segment_times), bool)
-        has_face[owners] = True
-        if faces.shape[0] == 0:
-            # No face anywhere: one neutral grey row keeps the encoder's batch non-empty; segment -1 = ignore.
-            faces = normalise_faces(np.full((1, config.FACE_SIZE, config.FACE_SIZE), config.FACE_MEAN, np.uint8))
-            owners = np.array([-1], np.int64)
-        return {"FACES": faces, "FACE_SEGMENT": owners, "SEGMENT_HAS_FACE": has_face}
+        return stages.face_crop(bytes_input(inputs["VIDEO"], "VIDEO"), self.detector, **self.limits)

@@ -1,0 +1,279 @@
+"""`make bench`: the server's speed against the alternatives, in one run, written to BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/run.py [--clips 10 60 600] [--no-perf]
+
+1. Generates (once; cached in benchmarks/out/clips/) 1280x720 30 fps talking-head clips of 10, 60
+   and 600 s: the astronaut's face and espeak-ng speech (fv2es.synth).
+2. Without a server, per clip of 10 and 60 s: the floors (decode alone, ASR alone), (a) the same
+   models called one after another in this process, (b) the two-phase files-then-infer pipeline
+   (benchmarks/baselines.py says exactly what each does). One warm-up, then the median of the runs.
+3. Starts the embedded tritonserver and sends each clip one request at a time: end-to-end time,
+   real-time factor, the server's peak memory (PSS of tritonserver and its stubs) and, from Triton's
+   statistics, each model's compute time.
+4. perf_analyzer against the ensemble at concurrency 1..4, with the 10 s clip and the sample video
+   as input data; (a)'s throughput on the same two videos is measured in step 2.
+5. Writes BENCHMARKS.md (the numbers and the ratios the targets are stated in) and
+   benchmarks/out/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python_backend"))
+sys.path.insert(0, str(ROOT / "client"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+
+import baselines  # noqa: E402
+import perf  # noqa: E402
+from fv2es import config, stages, synth  # noqa: E402
+from fv2es.inprocess import InProcessPipeline  # noqa: E402
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer  # noqa: E402
+from fv2es_client import Fv2esClient  # noqa: E402
+from monitor import PeakMemory, process_tree, pss_bytes  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+SAMPLE = ROOT / "samples" / "talking_head.mp4"
+REPORT = ROOT / "BENCHMARKS.md"
+STAGES = ("demux", "face_crop", "asr", "assign_faces", "mel", "audio_encoder", "visual_encoder", "text_encoder",
+          "fusion", "aggregate")
+MIB = 1024 * 1024
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10).stdout.strip() or "none"
+    except (OSError, subprocess.TimeoutExpired):
+        gpu = "none"
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_kb / MIB, 1), "gpu": gpu,
+            "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def clip(seconds: int) -> bytes:
+    width, height, fps = config.BENCH_CLIP_FORMAT
+    path = OUT / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"
+    if not path.exists():
+        started = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(synth.talking_head_video(seconds, width=width, height=height, fps=fps))
+        print(f"generated {path.name} in {time.monotonic() - started:.0f} s", flush=True)
+    return path.read_bytes()
+
+
+def timed(run, runs: int) -> list[float]:
+    """Seconds of each of `runs` calls, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
+
+
+def stage_ns(stats_client) -> dict[str, int]:
+    """Cumulative compute nanoseconds of each model (Triton's compute_input + compute_infer + compute_output)."""
+    totals = {}
+    for stage in STAGES:
+        s = stats_client.get_inference_statistics(stage, as_json=True)["model_stats"][0]["inference_stats"]
+        totals[stage] = sum(int(s[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
+    return totals
+
+
+def without_server(videos: dict[int, bytes], throughput_set: list[bytes]) -> dict:
+    pipeline = InProcessPipeline(REPOSITORY)
+    two_phase = baselines.TwoPhasePipeline(pipeline)
+    results = {}
+    for seconds, video in videos.items():
+        if seconds > 60:
+            continue  # the baselines are compared on the 10 and 60 s clips
+        runs = config.BENCH_RUNS[seconds]
+        audio = stages.demux(video)["AUDIO"]
+        results[seconds] = {
+            "decode_floor": summary(timed(lambda v=video: baselines.decode_floor(v), runs)),
+            "asr_floor": summary(timed(lambda a=audio: baselines.asr_floor(pipeline, a), runs)),
+            "in_process": summary(timed(lambda v=video: pipeline.analyze(v), runs)),
+            "two_phase": summary(timed(lambda v=video: two_phase.analyze(v), runs)),
+        }
+        print(f"{seconds} s clip without server: " + ", ".join(f"{k} {v['median_s']:.2f} s" for k, v in results[seconds].items()), flush=True)
+    # (a)'s throughput on perf_analyzer's input data: the videos in turn, one at a time.
+    rounds = config.BENCH_RUNS[10]
+    total = timed(lambda: [pipeline.analyze(v) for v in throughput_set], rounds)
+    results["in_process_throughput"] = len(throughput_set) * rounds / sum(total)
+    reference = pipeline.analyze(videos[60]) if 60 in videos else None
+    return results, reference
+
+
+def with_server(videos: dict[int, bytes], throughput_set: list[bytes], use_perf: bool) -> dict:
+    results = {"clips": {}}
+    with EmbeddedServer(REPOSITORY) as server, Fv2esClient(server.grpc_url, timeout_s=3600) as client:
+        stats = grpcclient.InferenceServerClient(server.grpc_url)
+        results["triton_version"] = stats.get_server_metadata(as_json=True)["version"]
+        results["idle_pss_mib"] = pss_bytes(process_tree(server.process.pid)) / MIB
+        for seconds, video in videos.items():
+            before = stage_ns(stats)
+            with PeakMemory(server.process.pid) as memory:
+                times = timed(lambda v=video: client.analyze(v), config.BENCH_RUNS[seconds])
+            after = stage_ns(stats)
+            calls = config.BENCH_RUNS[seconds] + 1
+            results["clips"][seconds] = {
+                **summary(times), "mb": len(video) / 1e6, "peak_pss_mib": memory.peak / MIB,
+                "stage_s": {s: (after[s] - before[s]) / 1e9 / calls for s in STAGES},
+            }
+            print(f"{seconds} s clip through the server: median {statistics.median(times):.2f} s, "
+                  f"peak {memory.peak / MIB:.0f} MiB", flush=True)
+        results["scores_60"] = client.infer_raw(videos[60])["VIDEO_SCORES"].tolist() if 60 in videos else None
+        if use_perf:
+            data = perf.input_data(throughput_set, OUT / "perf_input.json")
+            results["perf"], results["perf_command"] = perf.run(server.grpc_url, data, config.BENCH_CONCURRENCY, OUT)
+            print("perf_analyzer: " + ", ".join(f"c={r['concurrency']} {r['throughput']:.3f}/s" for r in results["perf"]), flush=True)
+    return results
+
+
+def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each target of the issue that this run measures."""
+    rows = []
+    served = results["server"]["clips"]
+    local = results["without_server"]
+    if 60 in served:
+        rtf = served[60]["median_s"] / 60
+        rows.append(("real-time factor, 60 s clip, CPU", f"{rtf:.3f} (target <= 0.15)", rtf <= 0.15))
+    if 60 in served and 60 in local:
+        floors = local[60]["decode_floor"]["median_s"] + local[60]["asr_floor"]["median_s"]
+        ratio = served[60]["median_s"] / floors
+        rows.append(("end to end / sum of floors, 60 s clip", f"{ratio:.2f}x (target <= 1.25x)", ratio <= 1.25))
+        speedup = local[60]["two_phase"]["median_s"] / served[60]["median_s"]
+        rows.append(("two-phase (b) time / server time, 60 s clip", f"{speedup:.2f}x (target >= 2x)", speedup >= 2))
+    perf_rows = {r["concurrency"]: r for r in results["server"].get("perf", [])}
+    if 4 in perf_rows:
+        ratio = perf_rows[4]["throughput"] / local["in_process_throughput"]
+        rows.append(("throughput at concurrency 4 / sequential (a)", f"{ratio:.2f}x (target >= 1.3x)", ratio >= 1.3))
+    gpu = results["machine"]["gpu"]
+    rows.append(("real-time factor on a GPU (<= 0.01)", "not measured: no GPU on this machine" if gpu == "none" else "see GPU run", None))
+    return rows
+
+
+def markdown(results: dict) -> str:
+    m, served, local = results["machine"], results["server"]["clips"], results["without_server"]
+    width, height, fps = config.BENCH_CLIP_FORMAT
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (`benchmarks/run.py`) on {results['date']}; every number on this page comes",
+        "from that one run. Re-run it to refresh the page; `benchmarks/out/results.json` holds the raw numbers.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory_gib']} GiB; GPU: {m['gpu']}",
+        f"- {m['os']}; Python {m['python']}; torch {m['torch']} ({m['torch_threads']} threads); "
+        f"tritonserver {results['server']['triton_version']} (the nvidia-pytriton wheel's binary)",
+        f"- clips: generated talking heads, {width}x{height} {fps} fps H.264 + AAC, speech with pauses (fv2es.synth)",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for name, value, met in targets(results):
+        lines.append(f"| {name} | {value} | {'yes' if met else 'no' if met is not None else 'n/a'} |")
+    lines += [
+        "",
+        "## Whole videos through the server, one request at a time",
+        "",
+        "Median of the runs after one warm-up. Memory: the server's proportional set size (tritonserver and",
+        f"every Python-backend stub, shared pages counted once), sampled every 0.2 s; idle after start-up: "
+        f"{results['server']['idle_pss_mib']:.0f} MiB.",
+        "",
+        "| clip | file MB | runs | median s | min s | max s | real-time factor | s per minute of video | peak memory MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for seconds, r in served.items():
+        lines.append(f"| {seconds} s | {r['mb']:.1f} | {r['runs']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | "
+                     f"{r['median_s'] / seconds:.3f} | {r['median_s'] / seconds * 60:.2f} | {r['peak_pss_mib']:.0f} |")
+    lines += ["", "## The alternatives, same clips, same run", "",
+              "(a) the same steps and models called one after another in one process; (b) the paper's two-phase",
+              "pipeline, each modality preprocessed to files (WAV, JPEG frames, JSON, .npy) and read back for",
+              "inference; (c) the floors: decoding every frame of the file alone, and the ASR model alone on its",
+              "audio. `benchmarks/baselines.py` has the exact code. Medians in seconds.", "",
+              "| clip | server | (a) in-process | (b) two-phase | (c) decode | (c) ASR | decode + ASR | server / floors | (b) / server | (a) / server |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for seconds in (s for s in served if s in local):
+        r, s = local[seconds], served[seconds]["median_s"]
+        floors = r["decode_floor"]["median_s"] + r["asr_floor"]["median_s"]
+        lines.append(f"| {seconds} s | {s:.2f} | {r['in_process']['median_s']:.2f} | {r['two_phase']['median_s']:.2f} | "
+                     f"{r['decode_floor']['median_s']:.2f} | {r['asr_floor']['median_s']:.2f} | {floors:.2f} | {s / floors:.2f}x | "
+                     f"{r['two_phase']['median_s'] / s:.2f}x | {r['in_process']['median_s'] / s:.2f}x |")
+    if results.get("max_score_difference") is not None:
+        lines += ["", f"The server and (a) agree on the 60 s clip: largest difference of the whole-video scores "
+                  f"{results['max_score_difference']:.1e}."]
+    if results["server"].get("perf"):
+        a = local["in_process_throughput"]
+        lines += ["", "## perf_analyzer: throughput and latency under concurrency", "",
+                  "Input data: the 10 s clip and `samples/talking_head.mp4` (8.5 s, 320x240), alternately. "
+                  f"(a) on the same two videos, one after another: {a:.3f} videos/s.", "",
+                  "| concurrency | videos/s | vs (a) | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
+        for r in results["server"]["perf"]:
+            lines.append(f"| {r['concurrency']} | {r['throughput']:.3f} | {r['throughput'] / a:.2f}x | {r['p50_ms']:.0f} | "
+                         f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")
+        lines += ["", "```", results["server"]["perf_command"].replace(str(ROOT) + "/", ""), "```"]
+    if 60 in served:
+        total = served[60]["median_s"]
+        lines += ["", "## Where the time goes (60 s clip)", "",
+                  "Compute time of each model per video (Triton's statistics, mean over the runs). Models run in",
+                  "parallel where the ensemble allows it (face_crop beside demux -> asr -> mel), so the shares add up",
+                  "to more than 100 %.", "", "| model | s per video | share of end to end |", "|---|---|---|"]
+        for stage, seconds in served[60]["stage_s"].items():
+            lines.append(f"| {stage} | {seconds:.3f} | {seconds / total:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, nargs="+", default=list(config.BENCH_CLIPS_S), help="clip lengths, seconds")
+    parser.add_argument("--no-perf", action="store_true", help="skip perf_analyzer")
+    parser.add_argument("--report", type=Path, default=REPORT)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    perf.install() if not args.no_perf else None
+    videos = {seconds: clip(seconds) for seconds in sorted(args.clips)}
+    throughput_set = [clip(10), SAMPLE.read_bytes()]
+    results = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
+    results["without_server"], reference = without_server(videos, throughput_set)
+    gc.collect()  # the in-process models are not needed any more
+    results["server"] = with_server(videos, throughput_set, not args.no_perf)
+    if reference is not None and results["server"]["scores_60"] is not None:
+        results["max_score_difference"] = float(np.abs(reference["VIDEO_SCORES"] - results["server"]["scores_60"]).max())
+    (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    args.report.write_text(markdown(results))
+    for name, value, met in targets(results):
+        print(f"{name}: {value}" + ("" if met is None else " met" if met else " MISSED"))
+    print(f"wrote {args.report.relative_to(ROOT) if args.report.is_relative_to(ROOT) else args.report}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""assign_faces: FACE_TIMES, SEGMENT_TIMES -> FACE_SEGMENT, SEGMENT_HAS_FACE (once both are known)."""
+
+from __future__ import annotations
+
+from .. import stages
+from .base import PipelineModel
+
+
+class TritonPythonModel(PipelineModel):
+    def process(self, inputs):
+        return stages.assign_faces(inputs["FACE_TIMES"], inputs["SEGMENT_TIMES"])

@@ -1,0 +1,50 @@
+"""The pipeline's steps: the server runs exactly the in-process functions; frame sampling and face tracking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_video
+
+from fv2es import config
+from fv2es.faces import FaceDetector, FaceTracker
+from fv2es.inprocess import InProcessPipeline
+from fv2es.media import sample_frames
+from fv2es.tritonserver import REPOSITORY
+
+
+def test_server_gives_what_the_in_process_pipeline_gives(client, sample_bytes):
+    # The ensemble's wiring (and the parallel demux / face_crop split) changes nothing: every output
+    # of the server equals the same steps called one after another in this process.
+    served = client.infer_raw(sample_bytes)
+    local = InProcessPipeline(REPOSITORY).analyze(sample_bytes)
+    for name in ("SEGMENT_TIMES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE", "TRANSCRIPTS", "LABELS"):
+        np.testing.assert_array_equal(served[name], local[name], err_msg=name)
+    for name in ("SEGMENT_SCORES", "VIDEO_SCORES"):
+        np.testing.assert_allclose(served[name], local[name], atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("container_format, video_codec", [("mp4", "libx264"), ("webm", "libvpx"), ("avi", "mpeg4")])
+def test_skipping_unreferenced_frames_keeps_one_frame_per_interval(monkeypatch, container_format, video_codec):
+    # Frames that nothing references are not decoded (FRAME_SKIP_NONREF); the sampling must still
+    # give one frame per FRAME_INTERVAL_S, within a couple of frames of what full decoding gives.
+    audio = np.zeros(int(4.0 * config.SAMPLE_RATE), np.float32)
+    data = make_video(audio, container_format=container_format, video_codec=video_codec,
+                      audio_codec="libopus" if container_format == "webm" else "aac")
+    monkeypatch.setattr(config, "FRAME_SKIP_NONREF", True)
+    skipping = np.array([t for t, _ in sample_frames(data)])
+    monkeypatch.setattr(config, "FRAME_SKIP_NONREF", False)
+    decoding_all = np.array([t for t, _ in sample_frames(data)])
+    assert len(skipping) == len(decoding_all) >= round(4.0 / config.FRAME_INTERVAL_S)
+    np.testing.assert_allclose(skipping, decoding_all, atol=0.1)
+
+
+def test_tracking_finds_the_faces_the_whole_frame_search_finds(sample_bytes):
+    detector, tracker = FaceDetector(), FaceTracker(FaceDetector())
+    frames = list(sample_frames(sample_bytes))
+    tracked = [tracker.find(grey) for _, grey in frames]
+    searched = [detector.largest_face(grey) for _, grey in frames]
+    assert sum(b is not None for b in tracked) >= sum(b is not None for b in searched) >= len(frames) - 1
+    for a, b in zip(tracked, searched):
+        if a is not None and b is not None:
+            assert max(abs(p - q) for p, q in zip(a, b)) <= 0.2 * b[2], (a, b)
