@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := triton_models/fusion/1/model.pt
 
-.PHONY: demo test serve build configs train evaluate clean
+.PHONY: demo test serve build configs train evaluate bench clean
 
 demo: $(MODELS)
 	$(BIN)/fv2es-demo
@@ -38,6 +38,11 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(BIN)/python build/evaluate.py --write-card
+
+# Speed: the server against the in-process, two-phase and floor baselines, perf_analyzer at
+# concurrency 1..4 (installs its binary once), 10/60/600 s 720p clips -> BENCHMARKS.md (~20 min).
+bench: $(MODELS)
+	$(BIN)/python benchmarks/run.py
 
 configs: $(STAMP)
 	$(BIN)/python build/repository.py --configs
