@@ -172,7 +172,7 @@ def model_pbtxt(model: Model) -> str:
     text = '# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
     text += f'name: "{model.name}"\nbackend: "python"\nmax_batch_size: {model.max_batch_size}\n'
     text += _tensors_pbtxt("input", model.inputs) + _tensors_pbtxt("output", model.outputs)
-    text += f"instance_group [ {{ count: 1, kind: {model.kind} }} ]\n"
+    text += f"instance_group [ {{ count: {config.INSTANCE_COUNTS.get(model.name, 1)}, kind: {model.kind} }} ]\n"
     if model.dynamic_batching:
         text += f"dynamic_batching {{ max_queue_delay_microseconds: {config.BATCH_QUEUE_DELAY_US} }}\n"
     for key, value in model.parameters.items():

@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from . import config
+
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 
 
@@ -51,7 +53,7 @@ def prepare_backends(work_dir: Path) -> Path:
 
 
 def server_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**config.SERVER_ENV, **os.environ}  # the caller's settings win
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     libs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
