@@ -245,7 +245,7 @@ def markdown(results: dict) -> str:
         total = served[60]["median_s"]
         lines += ["", "## Where the time goes (60 s clip)", "",
                   "Compute time of each model per video (Triton's statistics, mean over the runs). Models run in",
-                  "parallel where the ensemble allows it (face_crop beside demux -> asr -> mel), so the shares add up",
+                  "parallel where the ensemble allows it (face_crop beside asr -> mel, text_encoder), so the shares add up",
                   "to more than 100 %.", "", "| model | s per video | share of end to end |", "|---|---|---|"]
         for stage, seconds in served[60]["stage_s"].items():
             lines.append(f"| {stage} | {seconds:.3f} | {seconds / total:.0%} |")

@@ -30,11 +30,14 @@ class TritonPythonModel(PipelineModel):
         args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.input_names]
         # A batched model's rows are independent: run them ENCODER_ROWS_PER_FORWARD at a time, so the
         # activations of a 20-minute video's 2,400 faces never sit in memory at once.
-        step = config.ENCODER_ROWS_PER_FORWARD if self.batched else max(1, len(args[0]))
+        # (An unbatched model, the fusion, takes inputs of different lengths whole, in one call.)
+        rows = len(args[0]) if self.batched else 1
+        step = config.ENCODER_ROWS_PER_FORWARD if self.batched else 1
         parts = []
         with torch.inference_mode():
-            for start in range(0, max(1, len(args[0])), step):
-                result = self.model(*(a[start : start + step].to(self.device) for a in args))
+            for start in range(0, max(1, rows), step):
+                sliced = [a[start : start + step] for a in args] if self.batched else args
+                result = self.model(*(a.to(self.device) for a in sliced))
                 parts.append([r.cpu() for r in (result if isinstance(result, (tuple, list)) else (result,))])
         return {name: torch.cat([p[i] for p in parts]).numpy() for i, name in enumerate(self.output_names)}
 
