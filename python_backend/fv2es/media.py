@@ -4,7 +4,7 @@ Decoding happens in memory with PyAV (FFmpeg's libraries): no temporary files, n
 Audio and frames are decoded by two independent passes over the same bytes (`decode_audio`,
 `sample_frames`), so the server runs them in parallel: speech recognition starts as soon as the
 audio is out, while frames are still being decoded and searched for faces. Frames are yielded one
-at a time and never held all at once: memory stays flat with the video's length.
+at a time and never held all at once: their memory does not grow with the video's length.
 """
 
 from __future__ import annotations
