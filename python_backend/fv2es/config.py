@@ -138,7 +138,8 @@ INSTANCE_COUNTS = {"face_crop": 2}
 # the others need (perf_analyzer on the 2-core machine, concurrency 4: 1.12 -> 1.50 videos/s).
 SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 # Rows of one forward call of an encoder: a long video's rows (one per face, per 0.4 s of audio, per
-# segment) go through in slices of this size, so its memory does not grow with the video's length.
+# segment) go through in slices of this size, so the encoders' activations do not grow with the
+# video's length (the server's peak memory still does: BENCHMARKS.md).
 ENCODER_ROWS_PER_FORWARD = 256
 BATCH_QUEUE_DELAY_US = 5_000  # how long an encoder waits to merge rows of concurrent videos
 
