@@ -103,7 +103,7 @@ def pipeline_models(weights: str) -> list[Model]:
              int64("TEXT_IDS", [-1, config.TEXT_MAX_TOKENS]), int64("TEXT_MASK", [-1, config.TEXT_MAX_TOKENS])],
             kind="KIND_AUTO",
             parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
-                        "language": config.ASR_LANGUAGE,
+                        "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
                         "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL, "window_s": str(config.WINDOW_S)},
         ),
         Model(
@@ -121,20 +121,20 @@ def pipeline_models(weights: str) -> list[Model]:
             "audio_encoder", "torchscript",
             [fp32("MEL_CHUNKS", [m, t])], [fp32("AUDIO_FEATURES", [F])],
             max_batch_size=batch["audio_encoder"], kind="KIND_AUTO", dynamic_batching=True,
-            parameters={"weights": weights},
+            parameters={"weights": weights, "rows_per_forward": str(config.ENCODER_ROWS_PER_FORWARD["audio_encoder"])},
         ),
         Model(
             "visual_encoder", "torchscript",
             [fp32("FACES", [1, s, s])], [fp32("VISUAL_FEATURES", [F])],
             max_batch_size=batch["visual_encoder"], kind="KIND_AUTO", dynamic_batching=True,
-            parameters={"weights": weights},
+            parameters={"weights": weights, "rows_per_forward": str(config.ENCODER_ROWS_PER_FORWARD["visual_encoder"])},
         ),
         Model(
             "text_encoder", "torchscript",
             [int64("TEXT_IDS", [config.TEXT_MAX_TOKENS]), int64("TEXT_MASK", [config.TEXT_MAX_TOKENS])],
             [fp32("TEXT_FEATURES", [TEXT_DIM])],
             max_batch_size=batch["text_encoder"], kind="KIND_AUTO", dynamic_batching=True,
-            parameters={"weights": weights},
+            parameters={"weights": weights, "rows_per_forward": str(config.ENCODER_ROWS_PER_FORWARD["text_encoder"])},
         ),
         Model(
             "fusion", "torchscript",

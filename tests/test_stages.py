@@ -7,6 +7,7 @@ import pytest
 from conftest import make_video
 
 from fv2es import config
+from fv2es.asr import SpeechRecognizer, speech_blocks
 from fv2es.faces import FaceDetector, FaceTracker
 from fv2es.inprocess import InProcessPipeline
 from fv2es.media import sample_frames
@@ -48,3 +49,27 @@ def test_tracking_finds_the_faces_the_whole_frame_search_finds(sample_bytes):
     for a, b in zip(tracked, searched):
         if a is not None and b is not None:
             assert max(abs(p - q) for p, q in zip(a, b)) <= 0.2 * b[2], (a, b)
+
+
+def test_speech_is_transcribed_in_blocks_on_the_videos_timeline(monkeypatch, sample_speech):
+    # Long audio is transcribed in blocks of at most ASR_BLOCK_S of speech (flat memory); every
+    # block's timestamps must come back on the whole audio's timeline. The sample's speech twice,
+    # after 3 s of silence each: the second copy's segments are the first's, 11.5 s later.
+    silence = np.zeros(3 * config.SAMPLE_RATE, np.float32)
+    audio = np.concatenate([silence, sample_speech, silence, sample_speech])
+    monkeypatch.setattr(config, "ASR_BLOCK_S", 5.0)  # about one utterance per block
+    segments = SpeechRecognizer().transcribe(audio)
+    offset = (len(silence) + len(sample_speech)) / config.SAMPLE_RATE
+    first = [s for s in segments if s.end <= offset]
+    second = [s for s in segments if s.start >= offset]
+    assert len(first) == len(second) >= 2 and len(first) + len(second) == len(segments)
+    for a, b in zip(first, second):
+        assert abs(b.start - (a.start + offset)) < 0.3 and abs(b.end - (a.end + offset)) < 0.3
+        assert a.start >= 3.0 - 0.5  # nothing found in the silence before the speech
+
+
+def test_speech_blocks_keep_every_chunk_in_order():
+    chunks = [{"start": s, "end": e} for s, e in [(0, 4), (6, 9), (10, 20), (25, 27), (30, 31)]]
+    blocks = speech_blocks(chunks, max_samples=5)
+    assert [c for block in blocks for c in block] == chunks
+    assert [[c["start"] for c in block] for block in blocks] == [[0], [6], [10], [25, 30]]

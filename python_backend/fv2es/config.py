@@ -38,6 +38,11 @@ FRAME_MAX_WIDTH = 640  # sampled frames are scaled down to this width for face d
 # Frames that no other frame references (most B-frames) are not decoded at all: sampling one frame
 # per 0.5 s never needs them, and on H.264 it halves the decoding time (0.95 -> 0.55 s for 60 s of 720p).
 FRAME_SKIP_NONREF = True
+# libavcodec threading for the sampled frames. Frame threading ("AUTO") cost more CPU than it saved
+# time once the non-reference frames are skipped (60 s of 720p H.264 on 2 cores: 0.95 s CPU, 0.76 s
+# wall, against 0.64 s CPU, 0.38 s wall with slice threading), and the face step shares the cores
+# with ASR.
+FRAME_DECODE_THREADING = "SLICE"
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # enforced by the demux model (config parameter)
 MAX_DURATION_S = 1200.0  # enforced by the demux model (config parameter)
 
@@ -50,6 +55,13 @@ ASR_LANGUAGE = "en"
 # Whisper's temperature fallback re-decodes a whole 30 s window up to 5 times when the text looks
 # repetitive; on the 60 s benchmark clip ASR took 16.3 s with it, 1.9 s without. Greedy only, by default.
 ASR_TEMPERATURE = 0.0
+# CPU threads of the ASR model. Whisper-tiny parallelises poorly (60 s benchmark clip, 2 cores: 1
+# thread 1.85 s wall / 1.94 s CPU, 2 threads 1.67 s / 2.40 s, CTranslate2's default 1.88 s / 2.68 s);
+# in the server ASR runs beside the face step, which then gets the other core.
+ASR_CPU_THREADS = 1
+# Speech is transcribed in blocks of at most this much, cut at pauses (one Whisper window), so that
+# ASR memory does not grow with the length of the video.
+ASR_BLOCK_S = 60.0
 WINDOW_S = 4.0  # fixed windows cut the stretches without speech
 MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
 MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
@@ -139,8 +151,10 @@ INSTANCE_COUNTS = {"face_crop": 2}
 SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 # Rows of one forward call of an encoder: a long video's rows (one per face, per 0.4 s of audio, per
 # segment) go through in slices of this size, so the encoders' activations do not grow with the
-# video's length (the server's peak memory still does: BENCHMARKS.md).
-ENCODER_ROWS_PER_FORWARD = 256
+# video's length. Sizes from timing each encoder alone on 2 CPU cores (2,400 faces / 3,000 mel
+# chunks / 300 texts): larger slices bought no speed, only memory (visual encoder at 256 rows:
+# +400 MB and slower than at 32; the audio encoder is 20 % slower below 128).
+ENCODER_ROWS_PER_FORWARD = {"audio_encoder": 128, "visual_encoder": 32, "text_encoder": 32}
 BATCH_QUEUE_DELAY_US = 5_000  # how long an encoder waits to merge rows of concurrent videos
 
 # --- Benchmarks (benchmarks/run.py, `make bench`) -----------------------------------------------

@@ -16,6 +16,7 @@ from . import config, stages
 from .asr import SpeechRecognizer
 from .audio import mel_transform
 from .faces import FaceDetector
+from .models import load_for_inference
 from .text import load_tokenizer
 
 TORCHSCRIPT_MODELS = ("audio_encoder", "visual_encoder", "text_encoder", "fusion")
@@ -27,7 +28,7 @@ class InProcessPipeline:
         self.recognizer = SpeechRecognizer()
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
-        self.models = {name: torch.jit.load(str(repository / name / "1" / "model.pt")).eval() for name in TORCHSCRIPT_MODELS}
+        self.models = {name: load_for_inference(str(repository / name / "1" / "model.pt")) for name in TORCHSCRIPT_MODELS}
 
     def run_model(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -88,7 +88,7 @@ def decode_audio(
             if not parts and end == 0.0:
                 raise InputError(f"input could not be decoded ({_reason(exc)})") from None
             raise InputError(f"input is corrupt: decoding failed after {end:.1f} s ({_reason(exc)})") from None
-    audio = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    audio = np.concatenate(parts, dtype=np.float32) if parts else np.zeros(0, np.float32)  # "flt": no copy to convert
     if audio.size == 0 and end == 0.0:
         raise InputError(f"no audio or video could be decoded from the input (format '{container.format.name}')")
     return audio, max(end, audio.size / config.SAMPLE_RATE)
@@ -111,7 +111,7 @@ def sample_frames(
     with open_media(data, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, _, video_stream):
         if video_stream is None:
             return
-        video_stream.thread_type = "AUTO"  # frame-threaded decoding
+        video_stream.thread_type = config.FRAME_DECODE_THREADING
         if config.FRAME_SKIP_NONREF:
             video_stream.codec_context.skip_frame = "NONREF"
         origin = _origin(container)

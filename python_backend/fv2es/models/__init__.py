@@ -71,3 +71,14 @@ def to_torchscript(name: str, model: torch.nn.Module) -> torch.jit.ScriptModule:
             traced = torch.jit.trace(model, example_inputs(name), check_trace=False)
             return torch.jit.script(PaddingTrimmed(traced))
         return torch.jit.script(model)
+
+
+def load_for_inference(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
+    """An exported model, ready to serve: on CPU frozen (weights inlined) and optimised for
+    inference (convolutions fused with their activations by oneDNN), which is device-specific, so it
+    happens at load time and the exported file stays device-neutral. The server and the in-process
+    baseline both load through here."""
+    model = torch.jit.load(path, map_location=device).eval()
+    if device == "cpu":
+        model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
+    return model

@@ -16,7 +16,7 @@ class TritonPythonModel(PipelineModel):
             device="cuda" if gpu else "cpu",
             device_index=int(self.device.split(":")[1]) if gpu else 0,
             compute_type=self.parameter("compute_type", "default"),
-            cpu_threads=int(self.parameter("cpu_threads", "0")),
+            cpu_threads=int(self.parameter("cpu_threads", str(config.ASR_CPU_THREADS))),
             beam_size=int(self.parameter("beam_size", str(config.ASR_BEAM_SIZE))),
             language=self.parameter("language", config.ASR_LANGUAGE),
             temperature=float(self.parameter("temperature", str(config.ASR_TEMPERATURE))),

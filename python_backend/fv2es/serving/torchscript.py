@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from .. import config
+from ..models import load_for_inference
 from .base import PipelineModel
 
 
@@ -21,18 +21,19 @@ class TritonPythonModel(PipelineModel):
         threads = int(self.parameter("torch_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
-        self.model = torch.jit.load(str(self.directory / "model.pt"), map_location=self.device).eval()
+        self.model = load_for_inference(str(self.directory / "model.pt"), self.device)
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.output_names = [o["name"] for o in self.model_config["output"]]
         self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
+        self.rows_per_forward = int(self.parameter("rows_per_forward", "0"))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.input_names]
-        # A batched model's rows are independent: run them ENCODER_ROWS_PER_FORWARD at a time, so the
-        # activations of a 20-minute video's 2,400 faces never sit in memory at once.
-        # (An unbatched model, the fusion, takes inputs of different lengths whole, in one call.)
+        # A batched model's rows are independent: run them rows_per_forward (config
+        # ENCODER_ROWS_PER_FORWARD) at a time, so the activations of a 20-minute video's 2,400 faces
+        # never sit in memory at once. An unbatched model, the fusion, takes its inputs whole.
         rows = len(args[0]) if self.batched else 1
-        step = config.ENCODER_ROWS_PER_FORWARD if self.batched else 1
+        step = self.rows_per_forward if self.batched and self.rows_per_forward > 0 else max(1, rows)
         parts = []
         with torch.inference_mode():
             for start in range(0, max(1, rows), step):
