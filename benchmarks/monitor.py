@@ -26,17 +26,30 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def process_pss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass  # the process ended
+    return 0
+
+
 def pss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except OSError:
-            pass  # the process ended
-    return total
+    return sum(process_pss(pid) for pid in pids)
+
+
+def process_label(pid: int) -> str:
+    """The Triton model a Python-backend stub runs (its first argument is the model.py path), else the program."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = args[1].decode(errors="replace") if len(args) > 1 else ""
+    if first.endswith("/model.py"):
+        return Path(first).parents[1].name
+    return Path(args[0].decode(errors="replace")).name
 
 
 class PeakMemory:
@@ -46,15 +59,30 @@ class PeakMemory:
         self.root_pid = root_pid
         self.interval_s = interval_s
         self.peak = 0
+        self.by_process: dict[int, int] = {}  # each process's own peak
+        self.pids = process_tree(root_pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        pids = process_tree(self.root_pid)
         while True:
-            self.peak = max(self.peak, pss_bytes(pids))
+            self._measure()
             if self._stop.wait(self.interval_s):
                 return
+
+    def _measure(self) -> None:
+        sizes = {pid: process_pss(pid) for pid in self.pids}
+        self.peak = max(self.peak, sum(sizes.values()))
+        for pid, size in sizes.items():
+            self.by_process[pid] = max(self.by_process.get(pid, 0), size)
+
+    def peak_by_label(self) -> dict[str, int]:
+        """Each process's own peak, summed per model (instances of one model add up)."""
+        labels: dict[str, int] = {}
+        for pid, size in self.by_process.items():
+            label = process_label(pid)
+            labels[label] = labels.get(label, 0) + size
+        return labels
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
@@ -63,4 +91,4 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, pss_bytes(process_tree(self.root_pid)))
+        self._measure()
