@@ -36,7 +36,8 @@ SAMPLE_RATE = 16_000  # Hz, mono float32 audio for ASR and Mel
 FRAME_INTERVAL_S = 0.5  # one sampled frame every 500 ms (FV2ES / FE2E)
 FRAME_MAX_WIDTH = 640  # sampled frames are scaled down to this width for face detection
 # Frames that no other frame references (most B-frames) are not decoded at all: sampling one frame
-# per 0.5 s never needs them, and on H.264 it halves the decoding time (0.95 -> 0.55 s for 60 s of 720p).
+# per 0.5 s never needs them, and on H.264 it halves the decoding time (0.95 -> 0.55 s for 60 s of 720p,
+# measured with frame threads).
 FRAME_SKIP_NONREF = True
 # libavcodec threading for the sampled frames. Frame threading ("AUTO") cost more CPU than it saved
 # time once the non-reference frames are skipped (60 s of 720p H.264 on 2 cores: 0.95 s CPU, 0.76 s
