@@ -76,6 +76,8 @@ def boolean(name, dims):
 
 
 INPUT_LIMITS = {"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)}
+# The models after demux validate times, audio lengths and segment counts against the same limit.
+DURATION_LIMIT = {"max_duration_s": str(config.MAX_DURATION_S)}
 
 
 def pipeline_models(weights: str) -> list[Model]:
@@ -104,18 +106,21 @@ def pipeline_models(weights: str) -> list[Model]:
             kind="KIND_AUTO",
             parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
                         "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
-                        "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL, "window_s": str(config.WINDOW_S)},
+                        "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL, "window_s": str(config.WINDOW_S),
+                        **DURATION_LIMIT},
         ),
         Model(
             "mel", "mel",
             [fp32("AUDIO", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
             [fp32("MEL_CHUNKS", [-1, m, t]), int64("MEL_SEGMENT", [-1])],
             kind="KIND_AUTO",
+            parameters=DURATION_LIMIT,
         ),
         Model(
             "assign_faces", "assign_faces",
             [fp32("FACE_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
             [int64("FACE_SEGMENT", [-1]), boolean("SEGMENT_HAS_FACE", [-1])],
+            parameters=DURATION_LIMIT,
         ),
         Model(
             "audio_encoder", "torchscript",
@@ -142,13 +147,13 @@ def pipeline_models(weights: str) -> list[Model]:
              int64("VISUAL_SEGMENT", [-1]), fp32("TEXT_FEATURES", [-1, TEXT_DIM]), boolean("TEXT_PRESENT", [-1])],
             [Tensor("SEGMENT_SCORES", "TYPE_FP32", [-1, C], label_filename="labels.txt")],
             kind="KIND_AUTO",
-            parameters={"weights": weights},
+            parameters={"weights": weights, **DURATION_LIMIT},
         ),
         Model(
             "aggregate", "aggregate",
             [fp32("SEGMENT_SCORES", [-1, C]), fp32("SEGMENT_TIMES", [-1, 2])],
             [Tensor("VIDEO_SCORES", "TYPE_FP32", [C], label_filename="labels.txt"), string("LABELS", [C]), string("MODEL_INFO", [1])],
-            parameters={"weights": weights, "labels_file": "labels.txt"},
+            parameters={"weights": weights, "labels_file": "labels.txt", **DURATION_LIMIT},
         ),
     ]
 

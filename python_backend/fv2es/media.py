@@ -9,10 +9,14 @@ at a time and never held all at once: their memory does not grow with the video'
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
@@ -22,6 +26,12 @@ from .errors import InputError
 
 # FFmpeg demuxers that read still images: such an input is not a video, whatever it decodes to.
 _IMAGE_FORMATS = ("image2", "_pipe", "gif", "webp")
+
+# Options of avformat_open_input. `format_whitelist` is checked right after probing, before the
+# demuxer reads its header: a playlist or script format (concat, hls, ...) is refused before it can
+# name, open or time a file. An empty `protocol_whitelist` refuses every protocol (file, data,
+# subfile, http, ...) to any nested open: the input is only ever the in-memory buffer.
+_OPEN_OPTIONS = {"format_whitelist": ",".join(config.CONTAINER_FORMATS), "protocol_whitelist": ""}
 
 
 @dataclass
@@ -40,13 +50,19 @@ def open_media(data: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_dura
     if len(data) > max_bytes:
         raise InputError(f"input is {len(data)} bytes, over the server's limit of {max_bytes} bytes")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", container_options=_OPEN_OPTIONS)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        # A format off the allow-list fails with EINVAL and no name: probe again to name it.
+        fmt = _probe_format(data) if isinstance(exc, av.error.ArgumentError) else None
+        if fmt is not None and any(tag in fmt for tag in _IMAGE_FORMATS):
+            raise InputError(f"input is a still image (format '{fmt}'), not a video") from None
+        if fmt is not None and not _allowed(fmt):
+            raise InputError(
+                f"container format '{fmt}' is not accepted; send a video file (mp4, mov, mkv, webm, avi, flv, ts, ...)"
+            ) from None
         raise InputError(f"input is not a readable video file ({_reason(exc)})") from None
     with container:
         fmt = container.format.name
-        if any(tag in fmt for tag in _IMAGE_FORMATS):
-            raise InputError(f"input is a still image (format '{fmt}'), not a video")
         audio_stream = next(iter(container.streams.audio), None)
         video_stream = next(iter(container.streams.video), None)
         if audio_stream is None and video_stream is None:
@@ -69,18 +85,28 @@ def decode_audio(
         origin = _origin(container)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=config.SAMPLE_RATE)
         parts: list[np.ndarray] = []
+        lead = None  # seconds of silence before the first audio frame
         end = 0.0
+        last_start = -np.inf  # the video ends with its last frame in display order
         streams = [s for s in (audio_stream, video_stream) if s is not None]
         try:
             for packet in container.demux(*streams):
                 if packet.pts is not None and packet.time_base is not None:
-                    t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
+                    start = float(packet.pts * packet.time_base) - origin
+                    t = start + float((packet.duration or 0) * packet.time_base)
                     if t > max_duration_s + 1.0:
                         raise InputError(f"video is longer than the server's limit of {max_duration_s:.0f} s")
-                    if packet.stream is video_stream:
-                        end = max(end, t)
+                    # A packet's duration is the step to the next one in decoding order: with B-frames
+                    # at a variable rate, pts + duration of an earlier-shown frame can pass the end.
+                    if packet.stream is video_stream and start >= last_start:
+                        last_start, end = start, t
                 if packet.stream is audio_stream:
                     for frame in packet.decode():
+                        if lead is None:
+                            # A sound track that starts after the picture (phones' empty edit, a cut
+                            # stream) is put that late, so speech stays in sync with the frames.
+                            lead = min(max(frame.time - origin, 0.0), max_duration_s) if frame.time is not None else 0.0
+                            parts.append(np.zeros(round(lead * config.SAMPLE_RATE), np.float32))
                         parts.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
             if audio_stream is not None:
                 parts.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
@@ -116,7 +142,7 @@ def sample_frames(
             video_stream.codec_context.skip_frame = "NONREF"
         origin = _origin(container)
         next_sample_t = 0.0
-        size = None
+        size = turns = None
         decoded = 0
         try:
             for frame in container.decode(video_stream):
@@ -126,8 +152,11 @@ def sample_frames(
                     raise InputError(f"video is longer than the server's limit of {max_duration_s:.0f} s")
                 if t + 1e-6 < next_sample_t:
                     continue
-                size = size or _grey_size(frame, max_width)  # a stream may change resolution: keep the first
-                yield t, frame.to_ndarray(format="gray", width=size[0], height=size[1])
+                if size is None:  # a stream may change resolution: keep the first frame's size and rotation
+                    turns = _quarter_turns(frame)
+                    size = _grey_size(frame, max_width, sideways=turns % 2 == 1)
+                grey = frame.to_ndarray(format="gray", width=size[0], height=size[1])
+                yield t, np.ascontiguousarray(np.rot90(grey, turns)) if turns else grey
                 next_sample_t = (np.floor(t / frame_interval_s + 1e-6) + 1) * frame_interval_s
         except av.error.FFmpegError as exc:
             if stop_at_decode_error:
@@ -146,18 +175,73 @@ def demux(data: bytes, **limits) -> Media:
     return Media(audio, frames, times, duration)
 
 
-def _grey_size(frame: av.VideoFrame, max_width: int) -> tuple[int, int]:
-    # swscale scales during the pixel-format conversion: cheaper than a second resize.
-    width, height = frame.width, frame.height
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    # Phones store the sensor's landscape picture and a display matrix saying how to turn it upright;
+    # the Haar cascade only finds upright faces. `rotation` is counter-clockwise degrees, as np.rot90
+    # turns; angles between quarter turns are rounded, mirroring flags ignored (a mirrored face is a face).
+    try:
+        return round(frame.rotation / 90) % 4
+    except (AttributeError, TypeError, ValueError):  # no usable matrix (a degenerate one gives NaN)
+        return 0
+
+
+def _grey_size(frame: av.VideoFrame, max_width: int, *, sideways: bool = False) -> tuple[int, int]:
+    # swscale scales during the pixel-format conversion: cheaper than a second resize. The width limit
+    # is for the picture as displayed: for a quarter-turned frame that is the stored height.
+    width, height = (frame.height, frame.width) if sideways else (frame.width, frame.height)
     if width > max_width:
         height = max(2, round(height * max_width / width / 2) * 2)
         width = max_width
-    return width, height
+    return (height, width) if sideways else (width, height)
 
 
 def _origin(container) -> float:
     # Times are measured from the container's start (MPEG-TS streams, for one, start at ~1.4 s).
     return container.start_time / av.time_base if container.start_time else 0.0
+
+
+def _allowed(fmt: str) -> bool:
+    # FFmpeg's names are comma lists ("matroska,webm"); the whitelist matches any shared name.
+    allowed = {name for entry in config.CONTAINER_FORMATS for name in entry.split(",")}
+    return not allowed.isdisjoint(fmt.split(","))
+
+
+class _ProbeData(ctypes.Structure):  # libavformat's AVProbeData
+    _fields_ = [("filename", ctypes.c_char_p), ("buf", ctypes.c_char_p), ("buf_size", ctypes.c_int), ("mime_type", ctypes.c_char_p)]
+
+
+@functools.cache
+def _avformat():
+    """The libavformat that PyAV runs on (wheels bundle it in av.libs/), or None."""
+    bundled = sorted((Path(av.__file__).parent.parent / "av.libs").glob("libavformat*.so*"))
+    path = str(bundled[0]) if bundled else ctypes.util.find_library("avformat")
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    lib.av_probe_input_format3.restype = ctypes.POINTER(ctypes.c_char_p)  # AVInputFormat*, `name` first
+    lib.av_probe_input_format3.argtypes = [ctypes.POINTER(_ProbeData), ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    return lib
+
+
+def _probe_format(data: bytes) -> str | None:
+    """The demuxer FFmpeg's probe picks for `data`, for error messages only (PyAV has no probe API).
+
+    Probing only scores the first bytes against each demuxer's signature: nothing is opened. As
+    avformat_open_input, it tries 2 KiB, then twice as much until a format scores over 25 (up to 1 MiB).
+    """
+    try:
+        lib = _avformat()
+        size, score = 2048, ctypes.c_int()
+        while lib is not None:
+            head = data[:size]
+            probe = _ProbeData(b"", head + bytes(64), len(head), None)  # FFmpeg reads up to 32 bytes past the end
+            fmt = lib.av_probe_input_format3(ctypes.byref(probe), 1, ctypes.byref(score))
+            if (fmt and score.value > 25) or size >= min(len(data), 1 << 20):
+                return fmt[0].decode("ascii") if fmt else None
+            size *= 2
+    except (OSError, AttributeError, UnicodeDecodeError):
+        pass
+    return None
 
 
 def _reason(exc: Exception) -> str:

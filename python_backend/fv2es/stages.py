@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import config
-from .errors import InputError
+from . import checks, config
 from .faces import FaceDetector, normalise_faces, video_faces
 from .media import decode_audio, sample_frames
 from .segments import aggregate_scores, frame_segments, segment_timeline
@@ -29,17 +28,32 @@ Arrays = dict[str, np.ndarray]
 def demux(video: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S) -> Arrays:
     """VIDEO bytes -> AUDIO [n] float32 at SAMPLE_RATE, DURATION [1] seconds."""
     audio, duration = decode_audio(video, max_bytes=max_bytes, max_duration_s=max_duration_s)
-    return {"AUDIO": audio, "DURATION": np.array([duration], np.float32)}
+    out = {"AUDIO": audio, "DURATION": np.array([duration], np.float32)}
+    # What demux gives passes the checks of the steps after it, which run in parallel: a file
+    # that fails them fails here, in one step (Triton 2.51 can leave a request unanswered when two
+    # parallel steps fail).
+    limits = checks.Limits(max_duration_s)
+    checks.audio(out["AUDIO"], limits, name="the decoded audio")
+    checks.duration(out["DURATION"], limits, name="the input's duration")
+    return out
 
 
 def face_crop(
-    video: bytes, detector: FaceDetector, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S
+    video: bytes,
+    detector: FaceDetector,
+    *,
+    duration: np.ndarray | None = None,
+    max_bytes: int = config.MAX_INPUT_BYTES,
+    max_duration_s: float = config.MAX_DURATION_S,
 ) -> Arrays:
-    """VIDEO bytes -> FACES [N, 1, S, S] normalised crops, FACE_TIMES [N] seconds (-1: placeholder).
+    """VIDEO bytes (and DURATION from demux, when given) -> FACES [N, 1, S, S] normalised crops,
+    FACE_TIMES [N] seconds (-1: placeholder).
 
     Runs after demux has accepted the file: a video stream that is corrupt (or undecodable) gives
     the faces of the frames decoded before the damage, and segments past it are flagged faceless.
     """
+    if duration is not None:
+        checks.duration(duration, checks.Limits(max_duration_s))
     frames = sample_frames(video, max_bytes=max_bytes, max_duration_s=max_duration_s, stop_at_decode_error=True)
     return face_rows(*video_faces(frames, detector))
 
@@ -53,11 +67,17 @@ def face_rows(faces: np.ndarray, times: np.ndarray) -> Arrays:
     return {"FACES": faces, "FACE_TIMES": times}
 
 
-def asr(audio: np.ndarray, duration: np.ndarray, recognizer: "SpeechRecognizer", tokenizer, *, window_s: float = config.WINDOW_S) -> Arrays:
+def asr(
+    audio: np.ndarray,
+    duration: np.ndarray,
+    recognizer: "SpeechRecognizer",
+    tokenizer,
+    *,
+    window_s: float = config.WINDOW_S,
+    max_duration_s: float = config.MAX_DURATION_S,
+) -> Arrays:
     """AUDIO, DURATION -> the timeline's segments, their transcripts and their token ids."""
-    seconds = float(np.asarray(duration).reshape(-1)[0])
-    if not seconds > 0:
-        raise InputError("input has no measurable duration (a single frame or an empty stream)")
+    audio, seconds = checks.audio_and_duration(audio, duration, checks.Limits(max_duration_s))
     speech = recognizer.transcribe(audio.astype(np.float32, copy=False))
     segments = segment_timeline(speech, seconds, window_s=window_s)
     texts = [s.text for s in segments]
@@ -71,8 +91,18 @@ def asr(audio: np.ndarray, duration: np.ndarray, recognizer: "SpeechRecognizer",
     }
 
 
-def mel(audio: np.ndarray, segment_times: np.ndarray, transform: "torch.nn.Module", device: str = "cpu") -> Arrays:
+def mel(
+    audio: np.ndarray,
+    segment_times: np.ndarray,
+    transform: "torch.nn.Module",
+    device: str = "cpu",
+    *,
+    max_duration_s: float = config.MAX_DURATION_S,
+) -> Arrays:
     """AUDIO, SEGMENT_TIMES -> MEL_CHUNKS [N, N_MELS, CHUNK_FRAMES], MEL_SEGMENT [N]."""
+    limits = checks.Limits(max_duration_s)
+    audio = checks.audio(audio, limits)
+    segment_times = checks.segment_times(segment_times, limits)
     import torch
 
     from .audio import segment_mel_chunks
@@ -88,18 +118,24 @@ def mel(audio: np.ndarray, segment_times: np.ndarray, transform: "torch.nn.Modul
     return {"MEL_CHUNKS": chunks.cpu().numpy(), "MEL_SEGMENT": owners.numpy()}
 
 
-def assign_faces(face_times: np.ndarray, segment_times: np.ndarray) -> Arrays:
+def assign_faces(face_times: np.ndarray, segment_times: np.ndarray, *, max_duration_s: float = config.MAX_DURATION_S) -> Arrays:
     """FACE_TIMES, SEGMENT_TIMES -> FACE_SEGMENT [N] (-1: none, ignored by the fusion), SEGMENT_HAS_FACE [S]."""
+    limits = checks.Limits(max_duration_s)
+    face_times = checks.face_times(face_times, limits)
+    segment_times = checks.segment_times(segment_times, limits)
     owners = frame_segments(face_times, segment_times)
     has_face = np.zeros(len(segment_times), bool)
     has_face[owners[owners >= 0]] = True
     return {"FACE_SEGMENT": owners, "SEGMENT_HAS_FACE": has_face}
 
 
-def aggregate(segment_scores: np.ndarray, segment_times: np.ndarray, labels: list[str]) -> Arrays:
+def aggregate(
+    segment_scores: np.ndarray, segment_times: np.ndarray, labels: list[str], *, max_duration_s: float = config.MAX_DURATION_S
+) -> Arrays:
     """SEGMENT_SCORES, SEGMENT_TIMES -> VIDEO_SCORES (duration-weighted), LABELS."""
-    if segment_scores.shape[1] != len(labels):
-        raise RuntimeError(f"fusion gives {segment_scores.shape[1]} scores but {len(labels)} labels are shipped")
+    if np.ndim(segment_scores) == 2 and np.shape(segment_scores)[1] != len(labels):
+        raise RuntimeError(f"fusion gives {np.shape(segment_scores)[1]} scores but {len(labels)} labels are shipped")
+    checks.segment_scores(segment_scores, segment_times, len(labels), checks.Limits(max_duration_s))
     return {
         "VIDEO_SCORES": aggregate_scores(segment_scores, segment_times),
         "LABELS": np.array([label.encode() for label in labels], dtype=np.object_),

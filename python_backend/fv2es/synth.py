@@ -62,6 +62,9 @@ def talking_head_frames(n_frames: int, width: int, height: int, face: np.ndarray
         yield frame
 
 
+_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+
+
 def encode_video(
     *,
     frames=None,
@@ -73,39 +76,65 @@ def encode_video(
     audio_codec: str = "aac",
     width: int = 320,
     height: int = 240,
+    stream_rate: int | None = None,
+    display_rotation: int = 0,
+    frame_times=None,
+    audio_delay_s: float = 0.0,
 ) -> bytes:
-    """Encodes RGB frames and/or mono float audio into a container, returned as bytes."""
+    """Encodes RGB frames and/or float audio into a container, returned as bytes.
+
+    `audio` is [n] (mono) or [channels, n] (2: stereo, 6: 5.1) at `audio_rate`; the stream is
+    encoded at `stream_rate` (default: `audio_rate`, 48 kHz for Opus). With `display_rotation`
+    (counter-clockwise degrees, a multiple of 90) the frames are stored turned the other way and
+    the container's display matrix says how to turn them back upright, as phones record; `width`
+    and `height` stay those of the upright picture. `frame_times` (seconds, one per frame) makes
+    the frame rate variable. `audio_delay_s` starts the sound that much after the picture (its
+    timestamps, as a late-starting audio track has; the samples are unchanged).
+    """
+    turns = round(display_rotation / 90) % 4
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container_format) as out:
         vstream = astream = None
         if frames is not None:
             vstream = out.add_stream(video_codec, rate=fps)
-            vstream.width, vstream.height = width, height
+            vstream.width, vstream.height = (height, width) if turns % 2 else (width, height)
             vstream.pix_fmt = "yuv420p"
             if video_codec == "libx264":
                 vstream.options = {"preset": "veryfast", "crf": "28"}
+            if frame_times is not None:
+                vstream.codec_context.time_base = Fraction(1, 1000)
+            if turns:
+                vstream.set_display_rotation(90 * turns)
         if audio is not None:
-            astream = out.add_stream(audio_codec, rate=48_000 if audio_codec == "libopus" else audio_rate)
-            astream.layout = "mono"
+            audio = np.atleast_2d(np.asarray(audio, np.float32))
+            rate = stream_rate or (48_000 if audio_codec in ("libopus", "opus") else audio_rate)
+            astream = out.add_stream(audio_codec, rate=rate)
+            astream.layout = _LAYOUTS[audio.shape[0]]
+            if audio_codec == "wmav2":
+                astream.bit_rate = 128_000  # the WMA encoder has no default bit rate
         if vstream is not None:
-            for frame in frames:
-                for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for i, frame in enumerate(frames):
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(frame, -turns)), format="rgb24")
+                if frame_times is not None:
+                    picture.pts, picture.time_base = round(frame_times[i] * 1000), Fraction(1, 1000)
+                for packet in vstream.encode(picture):
                     out.mux(packet)
             for packet in vstream.encode():
                 out.mux(packet)
         if astream is not None:
-            _encode_audio(out, astream, audio, audio_rate)
+            _encode_audio(out, astream, audio, audio_rate, round(audio_delay_s * audio_rate))
     return buffer.getvalue()
 
 
-def _encode_audio(out, stream, audio: np.ndarray, rate: int) -> None:
-    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=stream.rate)
-    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+def _encode_audio(out, stream, audio: np.ndarray, rate: int, delay: int = 0) -> None:
+    layout = _LAYOUTS[audio.shape[0]]
+    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=stream.rate)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).T.copy()  # interleaved: [n, channels]
     step = 1024
     for start in range(0, len(pcm), step):
-        frame = av.AudioFrame.from_ndarray(pcm[None, start : start + step], format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm[start : start + step].reshape(1, -1), format="s16", layout=layout)
         frame.sample_rate = rate
-        frame.pts = start
+        frame.pts = delay + start
         frame.time_base = Fraction(1, rate)
         for resampled in resampler.resample(frame):
             for packet in stream.encode(resampled):

@@ -4,14 +4,20 @@ Only the binary, its Python backend and stubs are used (not PyTriton's Python AP
 in `shared/notes/triton-embedded.md`: a backends folder holding the stub for this Python, the venv's
 bin/ first on PATH (the stub reads pyvenv.cfg), this interpreter's libpython first on
 LD_LIBRARY_PATH, and every config complete (auto-complete is off for a faster start).
+Another tritonserver binary (the NGC container's) can be named with --tritonserver.
 
-    fv2es-serve [--grpc-port 8001] [--http-port 8000]     # serve until Ctrl-C
+The server is started locked down: bound to 127.0.0.1, the admin APIs (config.RESTRICTED_APIS)
+behind a key, and watched by a `StubWatchdog` that reloads a model whose stub process died.
+
+    fv2es-serve [--address 127.0.0.1] [--grpc-port 8001] [--http-port 8000]   # serve until Ctrl-C
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from . import config
+from .watchdog import StubWatchdog, orphaned_stubs, process_state, remove_shm_regions
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 
@@ -40,6 +47,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ADMIN_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")
+
+
+def load_admin_key() -> tuple[str, str]:
+    """The admin key and where it came from: FV2ES_ADMIN_KEY, the file FV2ES_ADMIN_KEY_FILE names, or a new random one."""
+    if os.environ.get(config.ADMIN_KEY_ENV):
+        key, source = os.environ[config.ADMIN_KEY_ENV].strip(), config.ADMIN_KEY_ENV
+    elif os.environ.get(config.ADMIN_KEY_FILE_ENV):
+        path = os.environ[config.ADMIN_KEY_FILE_ENV]
+        key, source = Path(path).read_text().strip(), path
+    else:
+        return secrets.token_urlsafe(32), ""
+    if not ADMIN_KEY_PATTERN.fullmatch(key):
+        raise SystemExit(f"the admin key from {source} must be 16 to 256 letters, digits or -._~+/ characters")
+    return key, source
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """tritonserver flags that put config.RESTRICTED_APIS behind the admin key on HTTP and gRPC."""
+    rule = f"{','.join(config.RESTRICTED_APIS)}:{config.ADMIN_KEY_HEADER}={key}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+
 def prepare_backends(work_dir: Path) -> Path:
     """A backends folder with the Python backend and the stub for the running Python version."""
     source = pytriton_dir()
@@ -52,59 +82,99 @@ def prepare_backends(work_dir: Path) -> Path:
     return backends
 
 
-def server_env() -> dict[str, str]:
+def server_env(embedded: bool = True) -> dict[str, str]:
     env = {**config.SERVER_ENV, **os.environ}  # the caller's settings win
+    env.pop(config.ADMIN_KEY_ENV, None)  # the stubs run model code: they have no use for the key
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-    libs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
+    libs = [sysconfig.get_config_var("LIBDIR")]
+    if embedded:
+        libs.append(str(pytriton_dir().parent.parent / "nvidia_pytriton.libs"))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     return env
 
 
 class EmbeddedServer:
-    """Starts tritonserver on 127.0.0.1 and waits until every model is ready; use as a context manager."""
+    """Starts tritonserver and waits until every model is ready; use as a context manager.
+
+    Bound to `address` (config.BIND_ADDRESS), the admin APIs behind `admin_key` (config: where it
+    comes from), every model loaded at start in explicit model-control mode so that the stub
+    watchdog can reload one. `stop()` leaves no stub process and no /dev/shm file behind.
+    """
 
     def __init__(
         self,
         repository: Path = REPOSITORY,
         *,
+        address: str = config.BIND_ADDRESS,
         http_port: int | None = None,
         grpc_port: int | None = None,
         metrics_port: int | None = None,
+        admin_key: str | None = None,
+        tritonserver: Path | None = None,
+        backend_directory: Path | None = None,
+        watch_stubs: bool = True,
         log_file: Path | None = None,
         verbose: bool = False,
         extra_args: list[str] | None = None,
     ):
         self.repository = Path(repository)
+        self.address = address
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.work_dir = Path(tempfile.mkdtemp(prefix="fv2es-triton-"))
+        self.admin_key, self.admin_key_source = (admin_key, "argument") if admin_key else load_admin_key()
+        if not self.admin_key_source:  # generated: only the server's user can read it back
+            self.admin_key_source = str(self.work_dir / "admin-key")
+            fd = os.open(self.admin_key_source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.admin_key + "\n")
+        self.tritonserver = Path(tritonserver) if tritonserver else None
+        self.backend_directory = Path(backend_directory) if backend_directory else None
+        self.watch_stubs = watch_stubs
+        self.watchdog: StubWatchdog | None = None
         self.log_file = log_file or self.work_dir / "tritonserver.log"
         self.verbose = verbose
         self.extra_args = extra_args or []
         self.process: subprocess.Popen | None = None
 
     @property
+    def local_address(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind answers on loopback)."""
+        return "127.0.0.1" if self.address in ("0.0.0.0", "::", "") else self.address
+
+    @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.local_address}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.local_address}:{self.http_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that open the restricted APIs: HTTP (`http`) and gRPC (`grpc`) spellings."""
+        return {config.ADMIN_KEY_HEADER: self.admin_key, f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": self.admin_key}
 
     def command(self) -> list[str]:
+        binary = self.tritonserver or pytriton_dir() / "bin" / "tritonserver"
+        backends = self.backend_directory or prepare_backends(self.work_dir)
         return [
-            str(pytriton_dir() / "bin" / "tritonserver"),
+            str(binary),
             f"--model-repository={self.repository}",
-            f"--backend-directory={prepare_backends(self.work_dir)}",
+            f"--backend-directory={backends}",
             f"--cache-directory={self.work_dir / 'cache'}",
-            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.address}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
+            *restricted_api_args(self.admin_key),
+            # Explicit control with everything loaded at start: the watchdog reloads single models.
+            "--model-control-mode=explicit", "--load-model=*",
             "--disable-auto-complete-config",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            f"--exit-timeout-secs={config.SERVER_EXIT_TIMEOUT_S}",
             *self.extra_args,
         ]
 
@@ -114,13 +184,17 @@ class EmbeddedServer:
             raise RuntimeError(f"model repository {self.repository} has no exported models: run `make build` first")
         out = None if self.verbose else open(self.log_file, "wb")
         self.process = subprocess.Popen(
-            self.command(), env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(), env=server_env(embedded=self.tritonserver is None), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.ready():
+                if self.watch_stubs:
+                    self.watchdog = StubWatchdog(self.process.pid, self.http_url, self.admin_key).start()
                 return self
             time.sleep(0.5)
         self.stop()
@@ -133,15 +207,35 @@ class EmbeddedServer:
         except OSError:
             return False
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def stop(self, timeout_s: float = config.SERVER_EXIT_TIMEOUT_S + 10) -> None:
+        """SIGTERM, then SIGKILL to the whole process group; then the stubs' /dev/shm files that remain."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        regions = set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            regions = self.watchdog.regions
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # stubs that outlived the server (a killed server cannot stop them)
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        stubs = orphaned_stubs(regions)  # any that left the process group
+        for pid in stubs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while any(process_state(pid) not in (None, "Z") for pid in stubs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remove_shm_regions(regions)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -159,12 +253,18 @@ class EmbeddedServer:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the FV2ES model repository with tritonserver.")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--address", default=os.environ.get("FV2ES_BIND_ADDRESS", config.BIND_ADDRESS),
+                        help="address to bind HTTP, gRPC and metrics to (default %(default)s; 0.0.0.0 for all)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the nvidia-pytriton wheel's)")
+    parser.add_argument("--backend-directory", type=Path, help="its backends folder (default: the wheel's, with this Python's stub)")
     args = parser.parse_args()
     server = EmbeddedServer(
-        args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port, verbose=True
+        args.repository, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, tritonserver=args.tritonserver, backend_directory=args.backend_directory,
+        verbose=True,
     )
     stop = {"requested": False}
 
@@ -174,7 +274,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     server.start()
-    print(f"FV2ES ready: gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops)", flush=True)
+    print(f"FV2ES ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.local_address}:{server.metrics_port} "
+          f"(Ctrl-C stops)", flush=True)
+    print(f"admin APIs ({', '.join(config.RESTRICTED_APIS)}) need the header '{config.ADMIN_KEY_HEADER}' "
+          f"(gRPC: 'triton-grpc-protocol-{config.ADMIN_KEY_HEADER}'); key from {server.admin_key_source}", flush=True)
     try:
         while not stop["requested"] and server.process.poll() is None:
             time.sleep(0.5)

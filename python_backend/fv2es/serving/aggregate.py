@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from .. import stages
-from .base import PipelineModel
+from .base import PipelineModel, input_limits
 
 
 class TritonPythonModel(PipelineModel):
@@ -15,6 +15,10 @@ class TritonPythonModel(PipelineModel):
         self.labels = (self.directory.parent / self.parameter("labels_file", "labels.txt")).read_text().split()
         info = {"labels": self.labels, "weights": self.parameter("weights", "unknown")}
         self.model_info = np.array([json.dumps(info).encode()], dtype=np.object_)
+        self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
-        return {**stages.aggregate(inputs["SEGMENT_SCORES"], inputs["SEGMENT_TIMES"], self.labels), "MODEL_INFO": self.model_info}
+        scores = stages.aggregate(
+            inputs["SEGMENT_SCORES"], inputs["SEGMENT_TIMES"], self.labels, max_duration_s=self.max_duration_s
+        )
+        return {**scores, "MODEL_INFO": self.model_info}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import config, stages
 from ..asr import SpeechRecognizer
 from ..text import load_tokenizer
-from .base import PipelineModel
+from .base import PipelineModel, input_limits
 
 
 class TritonPythonModel(PipelineModel):
@@ -23,6 +23,10 @@ class TritonPythonModel(PipelineModel):
         )
         self.tokenizer = load_tokenizer(self.parameter("text_model", config.TEXT_MODEL))
         self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
+        self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
-        return stages.asr(inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer, window_s=self.window_s)
+        return stages.asr(
+            inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer,
+            window_s=self.window_s, max_duration_s=self.max_duration_s,
+        )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from .. import stages
-from .base import PipelineModel
+from .base import PipelineModel, input_limits
 
 
 class TritonPythonModel(PipelineModel):
+    def setup(self) -> None:
+        self.max_duration_s = input_limits(self)["max_duration_s"]
+
     def process(self, inputs):
-        return stages.assign_faces(inputs["FACE_TIMES"], inputs["SEGMENT_TIMES"])
+        return stages.assign_faces(inputs["FACE_TIMES"], inputs["SEGMENT_TIMES"], max_duration_s=self.max_duration_s)

@@ -13,17 +13,29 @@ from .. import config
 from ..errors import InputError
 
 
+MAX_MESSAGE_CHARS = 250  # an error message is a sentence for the client, never a dump
+
+
 def _error(message: str, code_name: str) -> "pb_utils.TritonError":
     code = getattr(pb_utils.TritonError, code_name, None)
     return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+def short(message: str) -> str:
+    """One line of at most MAX_MESSAGE_CHARS characters."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 class PipelineModel:
     """Base class: subclasses implement `setup()` and `process(inputs) -> outputs` for one request.
 
     `process` gets a dict of numpy inputs and returns a dict of numpy outputs, named as in
-    config.pbtxt. An `InputError` becomes an INVALID_ARG reply for that request alone; any other
-    exception an INTERNAL one; the other requests of the batch are answered normally.
+    config.pbtxt; it validates its inputs first (fv2es.checks) and raises `InputError` for a bad
+    one, which becomes an INVALID_ARG reply with the error's short text, for that request alone. Any
+    other exception is a fault of the server: its traceback goes to the server log and the client
+    gets only "<model>: internal error (details in the server log)", never the exception's text,
+    which can hold file paths and code. The other requests of the batch are answered normally.
     """
 
     def initialize(self, args: dict) -> None:
@@ -52,15 +64,33 @@ class PipelineModel:
 
     def _respond(self, request):
         try:
-            inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+            inputs = request_inputs(request)
+        except Exception:  # noqa: BLE001
+            return self.internal_error()
+        return self.respond(inputs)
+
+    def respond(self, inputs: dict[str, np.ndarray]):
+        """The response to one request's inputs: its outputs, or its error."""
+        try:
             outputs = self.process(inputs)
             tensors = [pb_utils.Tensor(name, np.asarray(value, dtype=self.output_dtypes[name])) for name, value in outputs.items()]
             return pb_utils.InferenceResponse(output_tensors=tensors)
         except InputError as exc:
-            return pb_utils.InferenceResponse(error=_error(f"{self.name}: {exc}", "INVALID_ARG"))
-        except Exception as exc:  # noqa: BLE001 - reported to the client, the server keeps serving
-            pb_utils.Logger.log_error(f"{self.name}: {traceback.format_exc()}")
-            return pb_utils.InferenceResponse(error=_error(f"{self.name}: internal error: {exc!r}", "INTERNAL"))
+            return self.invalid_input(exc)
+        except Exception:  # noqa: BLE001 - logged, a short reply to the client, the server keeps serving
+            return self.internal_error()
+
+    def invalid_input(self, exc: InputError) -> "pb_utils.InferenceResponse":
+        return pb_utils.InferenceResponse(error=_error(short(f"{self.name}: {exc}"), "INVALID_ARG"))
+
+    def internal_error(self) -> "pb_utils.InferenceResponse":
+        """The reply for an unexpected exception; call it inside the `except` block (it logs the traceback)."""
+        pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
+        return pb_utils.InferenceResponse(error=_error(f"{self.name}: internal error (details in the server log)", "INTERNAL"))
+
+
+def request_inputs(request) -> dict[str, np.ndarray]:
+    return {t.name(): t.as_numpy() for t in request.inputs()}
 
 
 def bytes_input(array: np.ndarray, name: str) -> bytes:

@@ -6,13 +6,14 @@ import torch
 
 from .. import stages
 from ..audio import mel_transform
-from .base import PipelineModel
+from .base import PipelineModel, input_limits
 
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         torch.set_num_threads(1)
         self.transform = mel_transform(self.device)
+        self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
-        return stages.mel(inputs["AUDIO"], inputs["SEGMENT_TIMES"], self.transform, self.device)
+        return stages.mel(inputs["AUDIO"], inputs["SEGMENT_TIMES"], self.transform, self.device, max_duration_s=self.max_duration_s)

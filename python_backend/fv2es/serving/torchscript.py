@@ -4,16 +4,54 @@ Loads `<version>/model.pt`, passes the config's inputs in their config order to 
 the outputs in config order. With max_batch_size > 0 the rows of all requests that the dynamic
 batcher hands over are concatenated into one forward call and split back per request, which is what
 makes batching across concurrent videos pay off.
+
+Every request's inputs are validated first (fv2es.checks, chosen by the model's input names): an
+index out of range reaches TorchScript's unchecked indexing, which can crash the stub process.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from .. import checks
+from ..errors import InputError
 from ..models import load_for_inference
-from .base import PipelineModel
+from .base import PipelineModel, request_inputs
+
+FUSION_INPUTS = ("AUDIO_FEATURES", "AUDIO_SEGMENT", "VISUAL_FEATURES", "VISUAL_SEGMENT", "TEXT_FEATURES", "TEXT_PRESENT")
+
+
+def embedding_rows(path: str, parameter_suffix: str = "word_embeddings.weight") -> int | None:
+    """Rows of the token embedding of a TorchScript text model (its vocabulary size), or None.
+
+    Read from the file as exported: the served copy is frozen, its weights inlined as constants."""
+    model = torch.jit.load(path, map_location="cpu")
+    for name, parameter in model.named_parameters():
+        if name.endswith(parameter_suffix) and parameter.dim() == 2:
+            return int(parameter.shape[0])
+    return None
+
+
+def input_check(model: "TritonPythonModel") -> Callable[[dict[str, np.ndarray]], None]:
+    """The validation of this model's inputs, by their names; a model without one is refused."""
+    names = tuple(model.input_names)
+    if names == ("MEL_CHUNKS",):
+        return lambda x: checks.mel_chunks(x["MEL_CHUNKS"])
+    if names == ("FACES",):
+        return lambda x: checks.faces(x["FACES"])
+    if names == ("TEXT_IDS", "TEXT_MASK"):
+        vocab_size = int(model.parameter("vocab_size", "0")) or embedding_rows(str(model.directory / "model.pt"))
+        if not vocab_size:
+            raise RuntimeError(f"{model.name}: no vocabulary size (no word embedding in model.pt, no vocab_size parameter)")
+        return lambda x: checks.text_tokens(x["TEXT_IDS"], x["TEXT_MASK"], vocab_size)
+    if names == FUSION_INPUTS:
+        limits = checks.limits_from(model.parameter)
+        return lambda x: checks.fusion_inputs(*(x[n] for n in FUSION_INPUTS), limits)
+    raise RuntimeError(f"{model.name}: no input validation for inputs {', '.join(names)}")
 
 
 class TritonPythonModel(PipelineModel):
@@ -21,9 +59,10 @@ class TritonPythonModel(PipelineModel):
         threads = int(self.parameter("torch_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
-        self.model = load_for_inference(str(self.directory / "model.pt"), self.device)
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.output_names = [o["name"] for o in self.model_config["output"]]
+        self.check = input_check(self)
+        self.model = load_for_inference(str(self.directory / "model.pt"), self.device)
         self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
         self.rows_per_forward = int(self.parameter("rows_per_forward", "0"))
 
@@ -43,23 +82,37 @@ class TritonPythonModel(PipelineModel):
         return {name: torch.cat([p[i] for p in parts]).numpy() for i, name in enumerate(self.output_names)}
 
     def process(self, inputs):
+        self.check(inputs)
         return self.run(inputs)
 
     def execute(self, requests):
         if not self.batched or len(requests) == 1:
             return super().execute(requests)
-        per_request = [{t.name(): t.as_numpy() for t in r.inputs()} for r in requests]
-        sizes = [next(iter(inputs.values())).shape[0] for inputs in per_request]
+        # Each request is validated alone: a bad one gets its own error, the others run together.
+        responses: list = [None] * len(requests)
+        valid: list[tuple[int, dict[str, np.ndarray]]] = []
+        for i, request in enumerate(requests):
+            try:
+                inputs = request_inputs(request)
+                self.check(inputs)
+                valid.append((i, inputs))
+            except InputError as exc:
+                responses[i] = self.invalid_input(exc)
+            except Exception:  # noqa: BLE001
+                responses[i] = self.internal_error()
+        if not valid:
+            return responses
         try:
-            merged = self.run({name: np.concatenate([inputs[name] for inputs in per_request]) for name in self.input_names})
+            merged = self.run({name: np.concatenate([inputs[name] for _, inputs in valid]) for name in self.input_names})
         except Exception:  # noqa: BLE001 - fall back to one call per request, each with its own error
-            return super().execute(requests)
-        bounds = np.cumsum([0] + sizes)
-        responses = []
-        for i in range(len(requests)):
+            for i, inputs in valid:
+                responses[i] = self.respond(inputs)
+            return responses
+        bounds = np.cumsum([0] + [inputs[self.input_names[0]].shape[0] for _, inputs in valid])
+        for k, (i, _) in enumerate(valid):
             tensors = [
-                pb_utils.Tensor(name, value[bounds[i] : bounds[i + 1]].astype(self.output_dtypes[name], copy=False))
+                pb_utils.Tensor(name, value[bounds[k] : bounds[k + 1]].astype(self.output_dtypes[name], copy=False))
                 for name, value in merged.items()
             ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses

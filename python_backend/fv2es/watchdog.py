@@ -1,0 +1,191 @@
+"""Replaces the Python-backend stub processes of a tritonserver that die, and tidies up after them.
+
+Triton 2.51's Python backend runs each model instance in a stub process. When one dies (an OOM
+kill, a crash in native code), Triton never starts it again: every request to that model fails
+with "Stub process ... is not healthy" while /v2/health/ready still answers 200, and the dead
+stub's shared-memory file stays in /dev/shm. Triton does not reap the dead stub either, so it
+lingers as a zombie child of tritonserver: that is how the watchdog tells a crash from a stub that
+Triton stopped itself (an unload, which reaps it).
+
+On a crash the watchdog unloads the model (which also takes down the ensemble that uses it, so
+readiness reports not-ready from then on) and loads it again (new stubs; Triton reloads the
+ensemble with it), through the model-repository API with the admin key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config
+
+STUB_NAME = "triton_python_backend_stub"
+SHM_DIR = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str  # the model's name: its folder in the repository
+    instance: str  # e.g. asr_0_0
+    shm_region: str  # the stub's shared-memory file in /dev/shm
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z, ...), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]  # the name in parentheses may hold spaces
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def live_stubs(server_pid: int) -> dict[int, Stub]:
+    """The running (not dead) stub processes whose parent is `server_pid`, by pid."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or _parent(int(entry.name)) != server_pid:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # argv: stub, <repository>/<model>/<version>/model.py, shm region, 5 more, instance name, ...
+        if len(argv) < 9 or not argv[0].decode(errors="replace").endswith(STUB_NAME):
+            continue
+        model = Path(argv[1].decode()).parents[1].name
+        stubs[int(entry.name)] = Stub(int(entry.name), model, argv[8].decode(), argv[2].decode())
+    return stubs
+
+
+def remove_shm_regions(names) -> list[str]:
+    """Deletes the named /dev/shm files that still exist; returns the names it deleted."""
+    removed = []
+    for name in names:
+        if not name or "/" in name:
+            continue
+        try:
+            (SHM_DIR / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class StubWatchdog:
+    """A daemon thread that watches the stubs of one tritonserver and reloads the model of a dead one."""
+
+    def __init__(self, server_pid: int, http_url: str, admin_key: str, *, interval_s: float = config.STUB_WATCH_INTERVAL_S):
+        self.server_pid = server_pid
+        self.http_url = http_url
+        self.admin_key = admin_key
+        self.interval_s = interval_s
+        self.known: dict[int, Stub] = {}
+        self.regions: set[str] = set()  # every stub region seen: removed at shutdown if left behind
+        self.recoveries: list[dict] = []  # what happened, for the log and the tests
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fv2es-stub-watchdog", daemon=True)
+
+    def start(self) -> "StubWatchdog":
+        self._look()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+
+    @property
+    def recovering(self) -> bool:
+        return any(r.get("ready_at") is None for r in self.recoveries)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._look()
+            except Exception as exc:  # noqa: BLE001 - the watchdog must outlive one bad look
+                self._log(f"stub watchdog: {exc!r}")
+
+    def _look(self) -> None:
+        current = live_stubs(self.server_pid)
+        dead = [stub for pid, stub in self.known.items() if pid not in current and process_state(pid) == "Z"]
+        self.known = {**{p: s for p, s in self.known.items() if process_state(p) not in (None, "Z")}, **current}
+        self.regions.update(s.shm_region for s in current.values())
+        for model in sorted({s.model for s in dead}):
+            if self._stop.is_set():
+                return
+            self._recover(model, [s for s in dead if s.model == model])
+
+    def _recover(self, model: str, dead: list[Stub]) -> None:
+        record = {"model": model, "instances": [s.instance for s in dead], "died_at": time.time(), "ready_at": None}
+        self.recoveries.append(record)
+        self._log(f"stub watchdog: stub {', '.join(record['instances'])} of model '{model}' died; reloading '{model}'")
+        started = time.monotonic()
+        # Unload first: it fails the ensemble's readiness until the model is back, and stops the
+        # dead instance (reloading in place would keep it, and its /dev/shm file, until later).
+        self._repository_call(f"models/{model}/unload", timeout_s=30)
+        for attempt in range(3):
+            try:
+                self._repository_call(f"models/{model}/load", timeout_s=600)
+                break
+            except (OSError, RuntimeError) as exc:
+                self._log(f"stub watchdog: loading '{model}' failed ({exc}); attempt {attempt + 1} of 3")
+                time.sleep(1.0)
+        else:
+            self._log(f"stub watchdog: model '{model}' could not be reloaded; the server stays not ready")
+            return
+        for stub in dead:  # their files, if the unload left them
+            remove_shm_regions([stub.shm_region])
+        record["ready_at"] = time.time()
+        self._log(f"stub watchdog: model '{model}' reloaded in {time.monotonic() - started:.1f} s")
+        self.known.update(live_stubs(self.server_pid))
+
+    def _repository_call(self, path: str, *, timeout_s: float) -> None:
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/{path}", data=b"", method="POST",
+            headers={config.ADMIN_KEY_HEADER: self.admin_key},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            try:
+                body = json.loads(body).get("error", body)
+            except ValueError:
+                pass
+            raise RuntimeError(f"HTTP {exc.code}: {body}") from None
+
+    @staticmethod
+    def _log(message: str) -> None:
+        print(f"fv2es: {message}", file=sys.stderr, flush=True)
+
+
+def orphaned_stubs(regions: set[str]) -> list[int]:
+    """Stub processes (any parent) that still use one of `regions`: left behind by a killed server."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[0].decode(errors="replace").endswith(STUB_NAME) and argv[2].decode() in regions:
+            pids.append(int(entry.name))
+    return pids
