@@ -18,7 +18,8 @@ serve: $(MODELS)
 
 build: $(MODELS)
 
-# Installs once; re-runs only when the pins change. espeak-ng (Debian) speaks the generated test media.
+# Installs once; re-runs only when the pins change. espeak-ng (Debian) speaks the generated test media;
+# libjemalloc2 (Debian) is the server's allocator (config.SERVER_ENV: it returns memory after large requests).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -26,6 +27,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) || \
 		echo "espeak-ng not installed: tests that synthesise speech will fail"
+	test -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 || (apt-get update -qq && apt-get install -y -qq libjemalloc2) || \
+		echo "libjemalloc2 not installed: the server keeps memory after large requests (tests/test_oversize.py fails)"
 	touch $(STAMP)
 
 $(MODELS): $(STAMP) $(wildcard python_backend/fv2es/models/*.py) $(wildcard weights/*.pt) build/export.py build/repository.py python_backend/fv2es/config.py

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE
 
-from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port, limited_repository
 from fv2es_client import Fv2esClient, Fv2esError, InputTooLargeError, ServerUnavailableError
 from fv2es_client.client import DEFAULT_MAX_INPUT_BYTES, MESSAGE_HEADROOM_BYTES, parse_limits
 from fv2es_client.output import CSV_COLUMNS, CSV_ERROR_COLUMNS, Outcome, plot_timelines, rounded
@@ -304,28 +304,11 @@ def make_certificate(folder) -> tuple[str, str] | None:
     return str(cert), str(key)
 
 
-def limited_repository(target) -> None:
-    """The model repository with max_input_bytes = SMALL_LIMIT in fv2es and demux; all else symlinked."""
-    target.mkdir()
-    for model in sorted(p for p in REPOSITORY.iterdir() if p.is_dir()):
-        if model.name not in ("fv2es", "demux"):
-            (target / model.name).symlink_to(model, target_is_directory=True)
-            continue
-        (target / model.name).mkdir()
-        for item in model.iterdir():
-            if item.name != "config.pbtxt":
-                (target / model.name / item.name).symlink_to(item)
-        config, count = re.subn(r'(key: "max_input_bytes" value: \{ string_value: ")\d+(")',
-                                rf"\g<1>{SMALL_LIMIT}\g<2>", (model / "config.pbtxt").read_text())
-        assert count == 1, f"{model.name}/config.pbtxt has no max_input_bytes parameter"
-        (target / model.name / "config.pbtxt").write_text(config)
-
-
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     """One extra server; TLS on its gRPC port when a certificate can be made. Yields (server, CLI TLS args, tls)."""
     folder = tmp_path_factory.mktemp("limited")
-    limited_repository(folder / "models")
+    limited_repository(folder / "models", SMALL_LIMIT)
     certificate = make_certificate(folder)
     extra, cli_tls, tls = [], [], {}
     if certificate:

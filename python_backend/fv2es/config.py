@@ -168,7 +168,16 @@ INSTANCE_COUNTS = {"face_crop": 2}
 # Environment of the server's processes. The OpenMP pools of torch and CTranslate2 spin while they
 # wait for work; with several models busy at once on few cores, spinning threads steal the cores
 # the others need (perf_analyzer on the 2-core machine, concurrency 4: 1.12 -> 1.50 videos/s).
-SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# glibc's malloc keeps what tritonserver's gRPC layer held for a large request: after a 600 MB
+# request its arenas stayed 64-350 MB larger whatever the MALLOC_* settings (MALLOC_ARENA_MAX=1:
+# mostly back, not always). jemalloc (Debian/Ubuntu libjemalloc2), preloaded into the server and
+# its stubs, hands it back within 1-3 s (benchmarks/oversize.py; no change in CPU time seen).
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0",
+              "LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true,dirty_decay_ms:1000"}
+# tritonserver arguments. Triton 2.51 keeps up to 8 finished gRPC requests for reuse, each with its
+# input bytes (ten 100 MB requests in a row left tritonserver 560 MB larger). 0: none are kept.
+SERVER_ARGS = ("--grpc-infer-allocation-pool-size=0",)
 # Where the server listens (HTTP, gRPC, metrics). Loopback unless a deployment says otherwise
 # (fv2es-serve --address, FV2ES_BIND_ADDRESS in docker-compose).
 BIND_ADDRESS = "127.0.0.1"
@@ -187,6 +196,10 @@ ADMIN_KEY_FILE_ENV = "FV2ES_ADMIN_KEY_FILE"
 # looks at its stubs this often and reloads the model of a dead one (fv2es/watchdog.py).
 STUB_WATCH_INTERVAL_S = 0.5
 SERVER_EXIT_TIMEOUT_S = 10  # tritonserver --exit-timeout-secs: how long a stop waits for requests in flight
+# A stub's /dev/shm region grows to the largest request it saw and never shrinks; over this size the
+# watchdog reloads its model in place (0.2-0.5 s, readiness kept; benchmarks/oversize.py). A 60 s
+# clip grew all regions together from 12 to 37 MB.
+SHM_REGION_RESET_BYTES = 128 * 2**20
 # Rows of one forward call of an encoder: a long video's rows (one per face, per 0.4 s of audio, per
 # segment) go through in slices of this size, so the encoders' activations do not grow with the
 # video's length. Sizes from timing each encoder alone on 2 CPU cores (2,400 faces / 3,000 mel

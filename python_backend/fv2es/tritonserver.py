@@ -84,6 +84,12 @@ def prepare_backends(work_dir: Path) -> Path:
 
 def server_env(embedded: bool = True) -> dict[str, str]:
     env = {**config.SERVER_ENV, **os.environ}  # the caller's settings win
+    # A preload that is not installed (no libjemalloc2) would print an ld.so error in every process.
+    preload = [p for p in re.split(r"[: ]", env.get("LD_PRELOAD", "")) if p and Path(p).exists()]
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
     env.pop(config.ADMIN_KEY_ENV, None)  # the stubs run model code: they have no use for the key
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
@@ -92,6 +98,25 @@ def server_env(embedded: bool = True) -> dict[str, str]:
         libs.append(str(pytriton_dir().parent.parent / "nvidia_pytriton.libs"))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def limited_repository(target: Path, max_input_bytes: int, repository: Path = REPOSITORY) -> Path:
+    """A view of `repository` at `target` whose size limit (`max_input_bytes` of the models that carry
+    it) is `max_input_bytes`; everything else is symlinked. For a server with a smaller limit."""
+    target.mkdir(parents=True)
+    for model in sorted(p for p in repository.iterdir() if p.is_dir()):
+        config_text = (model / "config.pbtxt").read_text()
+        text, count = re.subn(r'(key: "max_input_bytes" value: \{ string_value: ")\d+(")',
+                              rf"\g<1>{max_input_bytes}\g<2>", config_text)
+        if count == 0:
+            (target / model.name).symlink_to(model, target_is_directory=True)
+            continue
+        (target / model.name).mkdir()
+        for item in model.iterdir():
+            if item.name != "config.pbtxt":
+                (target / model.name / item.name).symlink_to(item)
+        (target / model.name / "config.pbtxt").write_text(text)
+    return target
 
 
 class EmbeddedServer:
@@ -175,6 +200,7 @@ class EmbeddedServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--exit-timeout-secs={config.SERVER_EXIT_TIMEOUT_S}",
+            *config.SERVER_ARGS,
             *self.extra_args,
         ]
 

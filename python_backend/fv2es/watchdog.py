@@ -10,6 +10,12 @@ Triton stopped itself (an unload, which reaps it).
 On a crash the watchdog unloads the model (which also takes down the ensemble that uses it, so
 readiness reports not-ready from then on) and loads it again (new stubs; Triton reloads the
 ensemble with it), through the model-repository API with the admin key.
+
+It also bounds the stubs' shared memory: the Python backend copies every input into its stub's
+/dev/shm region, which grows to the largest request seen and never shrinks (a 600 MB request that
+demux refuses leaves a 600 MB file). A region over config.SHM_REGION_RESET_BYTES gets its model
+reloaded in place: new stubs with fresh regions take the next requests while the old ones finish
+theirs, and the ensemble stays ready throughout.
 """
 
 from __future__ import annotations
@@ -72,6 +78,14 @@ def live_stubs(server_pid: int) -> dict[int, Stub]:
     return stubs
 
 
+def shm_bytes(name: str) -> int:
+    """Memory a /dev/shm file holds (its pages, not its nominal size), 0 when it is gone."""
+    try:
+        return (SHM_DIR / name).stat().st_blocks * 512
+    except OSError:
+        return 0
+
+
 def remove_shm_regions(names) -> list[str]:
     """Deletes the named /dev/shm files that still exist; returns the names it deleted."""
     removed = []
@@ -97,6 +111,8 @@ class StubWatchdog:
         self.known: dict[int, Stub] = {}
         self.regions: set[str] = set()  # every stub region seen: removed at shutdown if left behind
         self.recoveries: list[dict] = []  # what happened, for the log and the tests
+        self.resets: list[dict] = []  # models reloaded for the size of their shared memory
+        self._reset_regions: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fv2es-stub-watchdog", daemon=True)
 
@@ -130,6 +146,31 @@ class StubWatchdog:
             if self._stop.is_set():
                 return
             self._recover(model, [s for s in dead if s.model == model])
+        for stub in current.values():
+            held = shm_bytes(stub.shm_region)
+            if held > config.SHM_REGION_RESET_BYTES and stub.shm_region not in self._reset_regions and not self._stop.is_set():
+                self._reset(stub, held)
+
+    def _reset(self, stub: Stub, held: int) -> None:
+        self._reset_regions.update(s.shm_region for s in live_stubs(self.server_pid).values() if s.model == stub.model)
+        started = time.monotonic()
+        try:
+            self.reload_in_place(stub.model)
+        except (OSError, RuntimeError) as exc:
+            self._log(f"stub watchdog: reloading '{stub.model}' to free its shared memory failed ({exc})")
+            return
+        self.resets.append({"model": stub.model, "region_bytes": held, "at": time.time()})
+        self._log(f"stub watchdog: '{stub.model}' held {held / 2**20:.0f} MiB of shared memory "
+                  f"(over {config.SHM_REGION_RESET_BYTES / 2**20:.0f} MiB); reloaded in place in {time.monotonic() - started:.1f} s")
+
+    def reload_in_place(self, model: str) -> None:
+        """Loads `model` again with new stubs, the old ones serving until then (readiness stays).
+
+        Triton skips a load whose config is unchanged: a parameter that no model reads makes it new."""
+        with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/config", timeout=30) as reply:
+            model_config = json.loads(reply.read())
+        model_config.setdefault("parameters", {})["fv2es_reload"] = {"string_value": str(time.time_ns())}
+        self._repository_call(f"models/{model}/load", {"parameters": {"config": json.dumps(model_config)}}, timeout_s=600)
 
     def _recover(self, model: str, dead: list[Stub]) -> None:
         record = {"model": model, "instances": [s.instance for s in dead], "died_at": time.time(), "ready_at": None}
@@ -155,9 +196,9 @@ class StubWatchdog:
         self._log(f"stub watchdog: model '{model}' reloaded in {time.monotonic() - started:.1f} s")
         self.known.update(live_stubs(self.server_pid))
 
-    def _repository_call(self, path: str, *, timeout_s: float) -> None:
+    def _repository_call(self, path: str, body: dict | None = None, *, timeout_s: float) -> None:
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/{path}", data=b"", method="POST",
+            f"http://{self.http_url}/v2/repository/{path}", data=json.dumps(body).encode() if body else b"", method="POST",
             headers={config.ADMIN_KEY_HEADER: self.admin_key},
         )
         try:
