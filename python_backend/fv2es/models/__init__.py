@@ -78,7 +78,12 @@ def load_for_inference(path: str, device: str = "cpu") -> torch.jit.ScriptModule
     inference (convolutions fused with their activations by oneDNN), which is device-specific, so it
     happens at load time and the exported file stays device-neutral. The server and the in-process
     baseline both load through here."""
-    model = torch.jit.load(path, map_location=device).eval()
+    return prepare_for_inference(torch.jit.load(path, map_location=device), device)
+
+
+def prepare_for_inference(model: torch.jit.ScriptModule, device: str = "cpu") -> torch.jit.ScriptModule:
+    """What `load_for_inference` does to a model already loaded (e.g. to read its parameters first)."""
+    model = model.eval()
     if device == "cpu":
         model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
     return model

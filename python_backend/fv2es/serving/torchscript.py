@@ -19,24 +19,23 @@ import triton_python_backend_utils as pb_utils
 
 from .. import checks
 from ..errors import InputError
-from ..models import load_for_inference
+from ..models import prepare_for_inference
 from .base import PipelineModel, request_inputs
 
 FUSION_INPUTS = ("AUDIO_FEATURES", "AUDIO_SEGMENT", "VISUAL_FEATURES", "VISUAL_SEGMENT", "TEXT_FEATURES", "TEXT_PRESENT")
 
 
-def embedding_rows(path: str, parameter_suffix: str = "word_embeddings.weight") -> int | None:
+def embedding_rows(model: torch.jit.ScriptModule, parameter_suffix: str = "word_embeddings.weight") -> int | None:
     """Rows of the token embedding of a TorchScript text model (its vocabulary size), or None.
 
-    Read from the file as exported: the served copy is frozen, its weights inlined as constants."""
-    model = torch.jit.load(path, map_location="cpu")
+    Read from the module as loaded, before freezing inlines its weights as constants."""
     for name, parameter in model.named_parameters():
         if name.endswith(parameter_suffix) and parameter.dim() == 2:
             return int(parameter.shape[0])
     return None
 
 
-def input_check(model: "TritonPythonModel") -> Callable[[dict[str, np.ndarray]], None]:
+def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> Callable[[dict[str, np.ndarray]], None]:
     """The validation of this model's inputs, by their names; a model without one is refused."""
     names = tuple(model.input_names)
     if names == ("MEL_CHUNKS",):
@@ -44,7 +43,7 @@ def input_check(model: "TritonPythonModel") -> Callable[[dict[str, np.ndarray]],
     if names == ("FACES",):
         return lambda x: checks.faces(x["FACES"])
     if names == ("TEXT_IDS", "TEXT_MASK"):
-        vocab_size = int(model.parameter("vocab_size", "0")) or embedding_rows(str(model.directory / "model.pt"))
+        vocab_size = int(model.parameter("vocab_size", "0")) or embedding_rows(loaded)
         if not vocab_size:
             raise RuntimeError(f"{model.name}: no vocabulary size (no word embedding in model.pt, no vocab_size parameter)")
         return lambda x: checks.text_tokens(x["TEXT_IDS"], x["TEXT_MASK"], vocab_size)
@@ -61,8 +60,9 @@ class TritonPythonModel(PipelineModel):
             torch.set_num_threads(threads)
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.output_names = [o["name"] for o in self.model_config["output"]]
-        self.check = input_check(self)
-        self.model = load_for_inference(str(self.directory / "model.pt"), self.device)
+        loaded = torch.jit.load(str(self.directory / "model.pt"), map_location=self.device)
+        self.check = input_check(self, loaded)
+        self.model = prepare_for_inference(loaded, self.device)
         self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
         self.rows_per_forward = int(self.parameter("rows_per_forward", "0"))
 
