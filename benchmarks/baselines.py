@@ -4,8 +4,8 @@
     in one Python process, no server.
 (b) `TwoPhasePipeline`: the paper's Pre+V2EM baseline. Phase 1 preprocesses each modality with its
     own tool into files, as a preprocessing script with ffmpeg and friends does: the audio track to a
-    16 kHz WAV, one frame per 0.5 s to full-resolution JPEG images, the transcript to JSON, Mel
-    chunks, face crops and token ids to .npy. Phase 2 reads the files back and runs the encoders
+    16 kHz WAV, one frame per 0.5 s to full-resolution JPEG images, the transcript to JSON, the audio
+    encoder's rows (Whisper states or Mel chunks), face crops and token ids to .npy. Phase 2 reads the files back and runs the encoders
     and the fusion. Every computation is the server's own (fv2es.stages); what differs is the file
     round trips and each tool decoding the video for itself.
 (c) Floors: decoding the video alone (every audio and video frame) and transcribing its audio alone
@@ -54,9 +54,13 @@ class TwoPhasePipeline:
         (work / "transcript.json").write_text(json.dumps(transcript))
         np.save(work / "text_ids.npy", speech["TEXT_IDS"])
         np.save(work / "text_mask.npy", speech["TEXT_MASK"])
-        mel = stages.mel(read_wav(work / "audio.wav"), np.array(transcript["segments"], np.float32), self.models.transform)
-        np.save(work / "mel_chunks.npy", mel["MEL_CHUNKS"])
-        np.save(work / "mel_segment.npy", mel["MEL_SEGMENT"])
+        if config.AUDIO_INPUT == "whisper":  # the audio encoder's rows come out of ASR
+            rows, owners = speech["SPEECH_ROWS"], speech["SPEECH_SEGMENT"]
+        else:
+            mel = stages.mel(read_wav(work / "audio.wav"), np.array(transcript["segments"], np.float32), self.models.transform)
+            rows, owners = mel["MEL_CHUNKS"], mel["MEL_SEGMENT"]
+        np.save(work / "audio_rows.npy", rows)
+        np.save(work / "audio_segment.npy", owners)
         faces = faces_from_images(work / "frames", self.models.detector)
         np.save(work / "faces.npy", faces["FACES"])
         np.save(work / "face_times.npy", faces["FACE_TIMES"])
@@ -70,7 +74,7 @@ class TwoPhasePipeline:
         owners = stages.assign_faces(np.load(work / "face_times.npy"), times)
         scores = m.run_model(
             "fusion",
-            m.run_model("audio_encoder", np.load(work / "mel_chunks.npy")), np.load(work / "mel_segment.npy"),
+            m.run_model("audio_encoder", np.load(work / "audio_rows.npy")), np.load(work / "audio_segment.npy"),
             m.run_model("visual_encoder", np.load(work / "faces.npy")), owners["FACE_SEGMENT"],
             m.run_model("text_encoder", np.load(work / "text_ids.npy"), np.load(work / "text_mask.npy")), has_speech,
         )

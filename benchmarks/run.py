@@ -50,8 +50,8 @@ from monitor import PeakMemory, process_tree, pss_bytes  # noqa: E402
 OUT = ROOT / "benchmarks" / "out"
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 REPORT = ROOT / "BENCHMARKS.md"
-STAGES = ("demux", "face_crop", "asr", "assign_faces", "mel", "audio_encoder", "visual_encoder", "text_encoder",
-          "fusion", "aggregate")
+STAGES = ("demux", "face_crop", "asr", "assign_faces", *(("mel",) if config.AUDIO_INPUT == "mel" else ()),
+          "audio_encoder", "visual_encoder", "text_encoder", "fusion", "aggregate")
 MIB = 1024 * 1024
 
 
@@ -255,7 +255,7 @@ def markdown(results: dict) -> str:
         total = served[60]["median_s"]
         lines += ["", "## Where the time goes (60 s clip)", "",
                   "Compute time of each model per video (Triton's statistics, mean over the runs). Models run in",
-                  "parallel where the ensemble allows it (face_crop beside asr -> mel, text_encoder), so the shares add up",
+                  "parallel where the ensemble allows it (face_crop beside asr and the encoders after it), so the shares add up",
                   "to more than 100 %.", "", "| model | s per video | share of end to end |", "|---|---|---|"]
         for stage, seconds in served[60]["stage_s"].items():
             lines.append(f"| {stage} | {seconds:.3f} | {seconds / total:.0%} |")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,10 +82,29 @@ DURATION_LIMIT = {"max_duration_s": str(config.MAX_DURATION_S)}
 
 
 def pipeline_models(weights: str) -> list[Model]:
-    """The steps of the ensemble, in order. `weights` says where the encoder weights come from."""
+    """The steps of the ensemble, in order. `weights` says where the encoder weights come from.
+    AUDIO_INPUT says which input the audio encoder takes: the Whisper states that asr gives
+    ("whisper"; no mel model) or the mel model's chunks ("mel")."""
+    audio_input = config.AUDIO_INPUT
+    if audio_input not in config.AUDIO_INPUTS:
+        raise ValueError(f"AUDIO_INPUT {audio_input!r} is not one of {config.AUDIO_INPUTS}")
     m, t = config.N_MELS, config.CHUNK_FRAMES
     s = config.FACE_SIZE
     batch = config.ENCODER_MAX_BATCH
+    whisper = audio_input == "whisper"
+    speech_dim = 2 * config.SPEECH_STATE_DIM
+    asr_outputs = [fp32("SEGMENT_TIMES", [-1, 2]), string("TRANSCRIPTS", [-1]), boolean("SEGMENT_HAS_SPEECH", [-1]),
+                   int64("TEXT_IDS", [-1, config.TEXT_MAX_TOKENS]), int64("TEXT_MASK", [-1, config.TEXT_MAX_TOKENS])]
+    if whisper:
+        asr_outputs += [fp32("SPEECH_ROWS", [-1, speech_dim]), int64("SPEECH_SEGMENT", [-1])]
+    audio_rows = fp32("SPEECH_ROWS", [speech_dim]) if whisper else fp32("MEL_CHUNKS", [m, t])
+    mel = Model(
+        "mel", "mel",
+        [fp32("AUDIO", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
+        [fp32("MEL_CHUNKS", [-1, m, t]), int64("MEL_SEGMENT", [-1])],
+        kind="KIND_AUTO",
+        parameters=DURATION_LIMIT,
+    )
     return [
         Model(
             "demux", "demux",
@@ -96,26 +116,20 @@ def pipeline_models(weights: str) -> list[Model]:
             "face_crop", "face_crop",
             [string("VIDEO", [1]), fp32("DURATION", [1])],
             [fp32("FACES", [-1, 1, s, s]), fp32("FACE_TIMES", [-1])],
-            parameters={"cascade": config.FACE_CASCADE, **INPUT_LIMITS},
+            kind="KIND_AUTO",
+            parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS},
         ),
         Model(
             "asr", "asr",
             [fp32("AUDIO", [-1]), fp32("DURATION", [1])],
-            [fp32("SEGMENT_TIMES", [-1, 2]), string("TRANSCRIPTS", [-1]), boolean("SEGMENT_HAS_SPEECH", [-1]),
-             int64("TEXT_IDS", [-1, config.TEXT_MAX_TOKENS]), int64("TEXT_MASK", [-1, config.TEXT_MAX_TOKENS])],
+            asr_outputs,
             kind="KIND_AUTO",
             parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
                         "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
                         "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL, "window_s": str(config.WINDOW_S),
-                        **DURATION_LIMIT},
+                        "audio_input": audio_input, **DURATION_LIMIT},
         ),
-        Model(
-            "mel", "mel",
-            [fp32("AUDIO", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
-            [fp32("MEL_CHUNKS", [-1, m, t]), int64("MEL_SEGMENT", [-1])],
-            kind="KIND_AUTO",
-            parameters=DURATION_LIMIT,
-        ),
+        *([] if whisper else [mel]),
         Model(
             "assign_faces", "assign_faces",
             [fp32("FACE_TIMES", [-1]), fp32("SEGMENT_TIMES", [-1, 2])],
@@ -124,7 +138,7 @@ def pipeline_models(weights: str) -> list[Model]:
         ),
         Model(
             "audio_encoder", "torchscript",
-            [fp32("MEL_CHUNKS", [m, t])], [fp32("AUDIO_FEATURES", [F])],
+            [audio_rows], [fp32("AUDIO_FEATURES", [F])],
             max_batch_size=batch["audio_encoder"], kind="KIND_AUTO", dynamic_batching=True,
             parameters={"weights": weights, "rows_per_forward": str(config.ENCODER_ROWS_PER_FORWARD["audio_encoder"])},
         ),
@@ -158,8 +172,12 @@ def pipeline_models(weights: str) -> list[Model]:
     ]
 
 
-# Ensemble wiring: model input name -> ensemble tensor, for inputs whose names differ.
-RENAMED_INPUTS = {"fusion": {"AUDIO_SEGMENT": "MEL_SEGMENT", "VISUAL_SEGMENT": "FACE_SEGMENT", "TEXT_PRESENT": "SEGMENT_HAS_SPEECH"}}
+def renamed_inputs() -> dict[str, dict[str, str]]:
+    """Ensemble wiring: model input name -> ensemble tensor, for inputs whose names differ."""
+    audio_segment = "SPEECH_SEGMENT" if config.AUDIO_INPUT == "whisper" else "MEL_SEGMENT"
+    return {"fusion": {"AUDIO_SEGMENT": audio_segment, "VISUAL_SEGMENT": "FACE_SEGMENT", "TEXT_PRESENT": "SEGMENT_HAS_SPEECH"}}
+
+
 ENSEMBLE_OUTPUTS = ["SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE",
                     "VIDEO_SCORES", "LABELS", "MODEL_INFO"]
 
@@ -173,8 +191,11 @@ def _tensors_pbtxt(key: str, tensors: list[Tensor]) -> str:
     return f"{key} [\n" + ",\n".join(_tensor_pbtxt(t) for t in tensors) + "\n]\n"
 
 
+HEADER = "# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n"
+
+
 def model_pbtxt(model: Model) -> str:
-    text = '# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
+    text = HEADER
     text += f'name: "{model.name}"\nbackend: "python"\nmax_batch_size: {model.max_batch_size}\n'
     text += _tensors_pbtxt("input", model.inputs) + _tensors_pbtxt("output", model.outputs)
     text += f"instance_group [ {{ count: {config.INSTANCE_COUNTS.get(model.name, 1)}, kind: {model.kind} }} ]\n"
@@ -187,7 +208,7 @@ def model_pbtxt(model: Model) -> str:
 
 def ensemble_pbtxt(models: list[Model]) -> str:
     produced = {t.name: t for m in models for t in m.outputs}
-    text = '# Written by build/repository.py from python_backend/fv2es/config.py: edit those, not this file.\n'
+    text = HEADER
     text += f'name: "{config.ENSEMBLE_NAME}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
     text += _tensors_pbtxt("input", [string("VIDEO", [1])])
     outputs = []
@@ -198,7 +219,7 @@ def ensemble_pbtxt(models: list[Model]) -> str:
     text += _tensors_pbtxt("output", outputs)
     steps = []
     for m in models:
-        renamed = RENAMED_INPUTS.get(m.name, {})
+        renamed = renamed_inputs().get(m.name, {})
         maps = "".join(f'      input_map {{ key: "{i.name}" value: "{renamed.get(i.name, i.name)}" }}\n' for i in m.inputs)
         maps += "".join(f'      output_map {{ key: "{o.name}" value: "{o.name}" }}\n' for o in m.outputs)
         steps.append(f'    {{\n      model_name: "{m.name}"\n      model_version: -1\n{maps}    }}')
@@ -221,15 +242,25 @@ def write_configs(weights: str, repository: Path = REPOSITORY) -> None:
         if any(t.label_filename for t in m.outputs):
             (folder / "labels.txt").write_text(labels)
     ensemble = repository / config.ENSEMBLE_NAME
+    remove_stale_models(repository, {m.name for m in models} | {config.ENSEMBLE_NAME})
     (ensemble / "1").mkdir(parents=True, exist_ok=True)
     (ensemble / "1" / ".gitkeep").write_text("")
     (ensemble / "config.pbtxt").write_text(ensemble_pbtxt(models))
     (ensemble / "labels.txt").write_text(labels)
 
 
+def remove_stale_models(repository: Path, keep: set[str]) -> None:
+    """Deletes the folders of models this script wrote before that the pipeline no longer has (the
+    mel model when AUDIO_INPUT is "whisper"): a model repository serves every folder in it. Folders
+    this script did not write are left alone."""
+    for pbtxt in repository.glob("*/config.pbtxt"):
+        if pbtxt.parent.name not in keep and pbtxt.read_text().startswith(HEADER):
+            shutil.rmtree(pbtxt.parent)
+
+
 def weights_description(weights_dir: Path) -> str:
     """Names the exact weight files the repository serves (their joint hash); MODEL_INFO carries it."""
-    files = [weights_dir / f"{part}.pt" for part in config.WEIGHT_PARTS]
+    files = [weights_dir / config.weight_file(part) for part in config.WEIGHT_PARTS]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise SystemExit(f"no trained weights: {', '.join(missing)} missing; `python build/train.py all` makes them")

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "build"))
 
 from fv2es import config  # noqa: E402
 from training import tasks  # noqa: E402
+from training.speech import audio_branch_task  # noqa: E402
 from training.loop import fit  # noqa: E402
-from training.weights import save_weights, weights_path  # noqa: E402
+from training.weights import load_weights, save_weights, weights_path  # noqa: E402
 
 DATA_DESCRIPTION = {
     "audio": f"RAVDESS speech, actors {sorted(set(range(1, 21)) - set(config.RAVDESS_VALIDATION_ACTORS))} train, "
@@ -38,21 +39,39 @@ DATA_DESCRIPTION = {
 }
 
 
-def make_task(branch: str, data_dir: Path, quick: bool):
-    return {"audio": tasks.audio_task, "visual": tasks.visual_task, "text": tasks.text_task}[branch](data_dir, quick)
+def make_task(branch: str, data_dir: Path, quick: bool, hp: dict):
+    if branch == "visual":
+        return tasks.visual_task(data_dir, quick, augment=hp.get("augment", "basic"))
+    return {"audio": audio_branch_task, "text": tasks.text_task}[branch](data_dir, quick)
+
+
+def init_branch(model: torch.nn.Module, branch: str, path: Path) -> None:
+    """--init: start from the weights of an existing record (a fine-tuning run), not from scratch."""
+    record = load_weights(path)
+    missing, unexpected = model.load_state_dict(record["state_dict"], strict=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad} | {n for n, _ in model.named_buffers()}
+    absent = sorted(n for n in set(missing) - frozen if not n.startswith("pooled_head."))
+    if unexpected or absent:
+        raise SystemExit(f"--init {path} does not fit the {branch} branch: missing {absent}, unexpected {unexpected}")
+    print(f"{branch}: initialised from {path} ({record.get('command')}, epoch {record.get('epoch')})")
 
 
 def train_branch(branch: str, args: argparse.Namespace) -> dict:
-    hp = dict(config.TRAINING[branch])
+    key = config.weight_file(branch).removesuffix(".pt")
+    if args.init is not None and f"{key}_finetune" in config.TRAINING:
+        key += "_finetune"
+    hp = dict(config.TRAINING[key])
     if args.quick:
         hp["epochs"] = 1
     if args.epochs:
         hp["epochs"] = args.epochs
     torch.manual_seed(args.seed)
     started = time.time()
-    task = make_task(branch, args.data, args.quick)
+    task = make_task(branch, args.data, args.quick, hp)
+    if args.init is not None:
+        init_branch(task.model, branch, args.init)
     print(f"{branch}: {task.n_train} training / {task.n_val} validation examples, {hp}")
-    best = fit(task, hp, args.runs / branch, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
+    best = fit(task, hp, args.runs / key, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
     minutes = (time.time() - started) / 60
     save_weights(
         weights_path(args.weights, branch),
@@ -61,10 +80,12 @@ def train_branch(branch: str, args: argparse.Namespace) -> dict:
         metrics=best["metrics"],
         epoch=best["epoch"],
         hyperparameters=hp,
-        data=DATA_DESCRIPTION[branch] + (" (quick: a few examples)" if args.quick else ""),
+        data=DATA_DESCRIPTION[branch] + (" (quick: a few examples)" if args.quick else "")
+        + (f"; initialised from {args.init} (trained: {load_weights(args.init).get('command')})" if args.init else ""),
         seed=args.seed,
         command="python build/train.py " + " ".join(sys.argv[1:]),
         minutes=round(minutes, 1),
+        **({"audio_input": config.AUDIO_INPUT} if branch == "audio" else {}),
     )
     print(f"{branch}: saved {weights_path(args.weights, branch)} after {minutes:.1f} min")
     return best
@@ -114,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fe2e", type=Path, help="multimodal: the FE2E data folder (IEMOCAP_RAW_PROCESSED, ...)")
     parser.add_argument("--dataset", choices=("iemocap", "mosei"), default="iemocap", help="multimodal: which corpus")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--init", type=Path, help="start a branch from the weights in this weights record "
+                        "(e.g. weights/visual.pt) instead of from scratch: fine-tuning")
     args = parser.parse_args(argv)
     # A smoke run never overwrites the shipped weights unless asked to.
     out = ROOT / "build" / "out" / ("quick" if args.quick else "")
@@ -132,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
             train_fusion(args)
         else:
             train_branch(part, args)
+            if part == "visual" and args.part == "all" and not args.quick:  # the shipped visual branch is fine-tuned once
+                args.init = weights_path(args.weights, "visual")
+                train_branch(part, args)
+                args.init = None
 
 
 if __name__ == "__main__":

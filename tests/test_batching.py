@@ -20,7 +20,8 @@ def stats(server, model: str) -> tuple[int, int, int]:
     return int(s["inference_stats"]["success"].get("count", 0)), int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
 
-INPUT_NAMES = {"audio_encoder": ["MEL_CHUNKS"], "visual_encoder": ["FACES"], "text_encoder": ["TEXT_IDS", "TEXT_MASK"]}
+AUDIO_ROWS = "SPEECH_ROWS" if config.AUDIO_INPUT == "whisper" else "MEL_CHUNKS"
+INPUT_NAMES = {"audio_encoder": [AUDIO_ROWS], "visual_encoder": ["FACES"], "text_encoder": ["TEXT_IDS", "TEXT_MASK"]}
 OUTPUT_NAME = {"audio_encoder": "AUDIO_FEATURES", "visual_encoder": "VISUAL_FEATURES", "text_encoder": "TEXT_FEATURES"}
 
 

@@ -219,7 +219,7 @@ def shm_files(regions) -> list[str]:
 def test_stop_leaves_no_stub_and_no_shared_memory(sample_bytes):
     server = EmbeddedServer().start()
     regions = set(backend_regions(server))
-    kill_stub(server, "mel")  # a crash, and the watchdog's reload, before the stop
+    kill_stub(server, "assign_faces")  # a crash, and the watchdog's reload, before the stop
     wait_for(lambda: len(server.watchdog.recoveries) == 1 and not server.watchdog.recovering, timeout_s=60)
     regions |= set(backend_regions(server))
     started = time.monotonic()

@@ -71,10 +71,14 @@ def fusion_inputs(segments: int = 3) -> dict[str, np.ndarray]:
     }
 
 
+# The audio encoder's input: Whisper-state rows from asr, or the mel model's chunks (config.AUDIO_INPUT).
+AUDIO_ROWS = "SPEECH_ROWS" if config.AUDIO_INPUT == "whisper" else "MEL_CHUNKS"
+AUDIO_ROW_SHAPE = (2 * config.SPEECH_STATE_DIM,) if config.AUDIO_INPUT == "whisper" else (config.N_MELS, config.CHUNK_FRAMES)
+
 GOOD = {
     "fusion": fusion_inputs,
     "text_encoder": lambda: {"TEXT_IDS": np.full((2, TOKENS), 1000, np.int64), "TEXT_MASK": np.ones((2, TOKENS), np.int64)},
-    "audio_encoder": lambda: {"MEL_CHUNKS": np.zeros((2, config.N_MELS, config.CHUNK_FRAMES), np.float32)},
+    "audio_encoder": lambda: {AUDIO_ROWS: np.zeros((2, *AUDIO_ROW_SHAPE), np.float32)},
     "visual_encoder": lambda: {"FACES": np.zeros((2, 1, config.FACE_SIZE, config.FACE_SIZE), np.float32)},
     "aggregate": lambda: {"SEGMENT_SCORES": np.full((3, C), 1 / C, np.float32), "SEGMENT_TIMES": times(3)},
     "mel": lambda: {"AUDIO": np.zeros(3 * SR, np.float32), "SEGMENT_TIMES": times(3)},
@@ -124,8 +128,8 @@ BAD = {
          "batch"),
     ],
     "audio_encoder": [
-        ("NaN", {"MEL_CHUNKS": with_nan(GOOD["audio_encoder"]()["MEL_CHUNKS"])}, "MEL_CHUNKS holds NaN"),
-        ("huge", {"MEL_CHUNKS": with_nan(GOOD["audio_encoder"]()["MEL_CHUNKS"], 1e30)}, "MEL_CHUNKS holds a value of magnitude"),
+        ("NaN", {AUDIO_ROWS: with_nan(GOOD["audio_encoder"]()[AUDIO_ROWS])}, f"{AUDIO_ROWS} holds NaN"),
+        ("huge", {AUDIO_ROWS: with_nan(GOOD["audio_encoder"]()[AUDIO_ROWS], 1e30)}, f"{AUDIO_ROWS} holds a value of magnitude"),
     ],
     "visual_encoder": [
         ("NaN", {"FACES": with_nan(GOOD["visual_encoder"]()["FACES"])}, "FACES holds NaN"),
@@ -172,6 +176,8 @@ BAD = {
         ("duration past the limit", {"DURATION": np.array([1e5], np.float32)}, "over the server's limit"),
     ],
 }
+if config.AUDIO_INPUT != "mel":  # the repository has no mel model then
+    del GOOD["mel"], BAD["mel"]
 CASES = [(model, case, changes, fragment) for model, cases in BAD.items() for case, changes, fragment in cases]
 
 

@@ -145,17 +145,47 @@ def load_fer2013(data_dir: Path, *, validation: bool, quick: bool = False) -> Sp
     return quick_subset(split, config.QUICK_EXAMPLES) if quick else split
 
 
-def augment_faces(faces: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random flip, rotation (+-10 deg), scale (0.85-1.15) and shift (+-10 %): a face tracker's jitter."""
+def augment_faces(faces: torch.Tensor, generator: torch.Generator, strong: bool = False) -> torch.Tensor:
+    """Random flip, rotation (+-10 deg), scale (0.85-1.15) and shift (+-10 %): a face tracker's jitter.
+
+    strong (TRAINING["visual_finetune"]["augment"] = "strong"): rotation +-20 deg, then brightness (+-0.4) and
+    contrast (0.7-1.3x) jitter of the normalised faces, and one random-erasing patch (cutout, 10-30 %
+    of the face, filled with noise) on half of them.
+    """
     n = faces.shape[0]
-    angle = (torch.rand(n, generator=generator) - 0.5) * (2 * np.pi / 18)
+    angle = (torch.rand(n, generator=generator) - 0.5) * (2 * np.pi / (9 if strong else 18))
     scale = 0.85 + 0.3 * torch.rand(n, generator=generator)
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, list(faces.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(faces, grid, padding_mode="border", align_corners=False)
+    faces = torch.nn.functional.grid_sample(faces, grid, padding_mode="border", align_corners=False)
+    if strong:
+        faces = _jitter_and_erase(faces, generator)
+    return faces
+
+
+def _jitter_and_erase(faces: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    n, _, height, width = faces.shape
+    contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.8
+    mean = faces.mean(dim=(1, 2, 3), keepdim=True)
+    faces = (faces - mean) * contrast + mean + brightness
+    # Random erasing: a rectangle of 10-30 % of the area, aspect 0.5-2, on half of the faces.
+    area = (0.1 + 0.2 * torch.rand(n, generator=generator)) * height * width
+    aspect = torch.exp((torch.rand(n, generator=generator) - 0.5) * 2 * np.log(2))
+    h = (area * aspect).sqrt().round().clamp(1, height).long()
+    w = (area / aspect).sqrt().round().clamp(1, width).long()
+    top = (torch.rand(n, generator=generator) * (height - h + 1)).floor().long()
+    left = (torch.rand(n, generator=generator) * (width - w + 1)).floor().long()
+    erase = torch.rand(n, generator=generator) < 0.5
+    rows, cols = torch.arange(height), torch.arange(width)
+    inside_rows = (rows[None] >= top[:, None]) & (rows[None] < (top + h)[:, None])
+    inside_cols = (cols[None] >= left[:, None]) & (cols[None] < (left + w)[:, None])
+    mask = (inside_rows[:, :, None] & inside_cols[:, None, :] & erase[:, None, None]).unsqueeze(1)
+    noise = torch.randn(faces.shape, generator=generator)
+    return torch.where(mask, noise, faces)
 
 
 # --- MELD (text) --------------------------------------------------------------------------------
@@ -176,3 +206,21 @@ def clean_meld_text(text: str) -> str:
     for fancy, plain in (("\u2019", "'"), ("\u2018", "'"), ("\u201c", '"'), ("\u201d", '"'), ("\u2014", "-"), ("\u2026", "...")):
         text = text.replace(fancy, plain)
     return " ".join(text.split())
+
+
+# --- EmoDB (audio, cross-corpus validation only) ------------------------------------------------
+
+# EmoDB's emotion letters (German names) -> RAVDESS classes; boredom (L) has no RAVDESS class.
+EMODB_TO_RAVDESS = {"W": "angry", "E": "disgust", "A": "fearful", "F": "happy", "T": "sad", "N": "neutral"}
+
+
+def load_emodb(data_dir: Path) -> Split:
+    """EmoDB clips of the six classes it shares with RAVDESS, as waveforms, with RAVDESS class
+    indices as targets; groups = speaker. Never trained on: the audio branch's cross-corpus check."""
+    files = sorted((data_dir / "emodb").glob("*.flac"))
+    if not files:
+        raise FileNotFoundError(f"no EmoDB clips under {data_dir / 'emodb'} (expected SSTTTEv.flac)")
+    chosen = [(f, EMODB_TO_RAVDESS[f.stem[5]]) for f in files if f.stem[5] in EMODB_TO_RAVDESS]
+    waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _ in chosen]
+    targets = torch.tensor([config.RAVDESS_CLASSES.index(c) for _, c in chosen])
+    return Split(waves, targets, config.RAVDESS_CLASSES, np.array([int(f.stem[:2]) for f, _ in chosen]))

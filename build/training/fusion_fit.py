@@ -7,6 +7,11 @@ modality weights and sharpness are fitted on clips from one half of every valida
 actors 17-18, even FER2013 indices, even MELD dialogues) with each modality dropped 20 % of the time
 (as when a segment has no face or no speech); the fused metrics come from clips composed from the
 other half only (actors 19-20, odd indices, odd dialogues), all modalities present.
+
+In most real videos the words are neutral while the voice and the face carry the emotion. A share
+of the clips (TRAINING["fusion"]["neutral_words"]) therefore get neutral words whatever their label:
+a MELD utterance labelled neutral or one of RAVDESS's own two sentences. The fused result on clips
+whose words are all neutral is reported as its own row.
 """
 
 from __future__ import annotations
@@ -21,15 +26,19 @@ import torch
 from tqdm import tqdm
 
 from fv2es import config, models
+from fv2es.text import load_tokenizer, tokenize
 
 from . import data
 from .loop import predict
 from .metrics import classification_metrics, format_metrics
-from .tasks import audio_task, text_task, visual_task
+from .speech import audio_branch_task
+from .tasks import text_task, visual_task
 from .weights import BRANCHES, load_branch, save_weights, weights_path
 
 CLIPS_PER_HALF = 4000
 DROP_MODALITY = 0.2
+# The two sentences every RAVDESS clip speaks: neutral words, added to the neutral text examples.
+RAVDESS_SENTENCES = ("Kids are talking by the door", "Dogs are sitting by the door")
 
 
 @dataclass
@@ -38,12 +47,17 @@ class BranchOutputs:
     targets: np.ndarray  # [N] corpus class index
     classes: tuple[str, ...]
     fit_half: np.ndarray  # [N] bool: used to fit the fusion (else: to evaluate it)
+    neutral_extra: torch.Tensor | None = None  # [K, corpus classes]: more neutral examples, for both halves
+
+    def all_logits(self) -> torch.Tensor:
+        """The examples' logits, then the extra neutral ones (index len(logits) + k)."""
+        return self.logits if self.neutral_extra is None else torch.cat([self.logits, self.neutral_extra])
 
 
 def validation_outputs(branch: str, weights_dir: Path, data_dir: Path, quick: bool) -> BranchOutputs:
     """The trained branch's logits on its whole validation split (the same batches as in training)."""
     if branch == "audio":
-        task = audio_task(data_dir, quick)
+        task = audio_branch_task(data_dir, quick)
         groups = data.load_ravdess(data_dir, validation=True, quick=quick).groups
         fit_half = np.isin(groups, config.RAVDESS_VALIDATION_ACTORS[: len(config.RAVDESS_VALIDATION_ACTORS) // 2])
     elif branch == "visual":
@@ -55,11 +69,19 @@ def validation_outputs(branch: str, weights_dir: Path, data_dir: Path, quick: bo
         fit_half = groups % 2 == 0
     task.model = load_branch(branch, weights_dir)
     logits, targets = predict(task.model, task.val_batches(64))
-    return BranchOutputs(torch.from_numpy(logits), targets, task.classes, fit_half)
+    neutral_extra = None
+    if branch == "text":  # RAVDESS's sentences: neutral words for the composed clips
+        ids, mask = tokenize(load_tokenizer(), list(RAVDESS_SENTENCES))
+        with torch.no_grad():
+            neutral_extra = task.model(torch.from_numpy(ids), torch.from_numpy(mask))
+    return BranchOutputs(torch.from_numpy(logits), targets, task.classes, fit_half, neutral_extra)
 
 
-def compose_clips(outputs: dict[str, BranchOutputs], fit: bool, n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per composed clip: the index of its example in each branch's outputs, and its served label."""
+def compose_clips(
+    outputs: dict[str, BranchOutputs], fit: bool, n: int, seed: int, neutral_words: float = 0.0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per composed clip: the index of its example in each branch's outputs, and its served label.
+    A share `neutral_words` of the clips takes a neutral text example whatever the label."""
     rng = np.random.default_rng(seed + (0 if fit else 1))
     pools: dict[str, dict[int, np.ndarray]] = {}
     for branch, out in outputs.items():
@@ -71,13 +93,18 @@ def compose_clips(outputs: dict[str, BranchOutputs], fit: bool, n: int, seed: in
         raise ValueError("no label has examples in every validation set")
     labels = rng.choice(usable, size=n)
     index = {branch: np.array([rng.choice(pools[branch][y]) for y in labels]) for branch in outputs}
+    text = outputs["text"]
+    neutral_words_pool = np.concatenate([pools["text"][config.LABELS.index("neutral")],
+                                         len(text.logits) + np.arange(len(text.all_logits()) - len(text.logits))])
+    swap = rng.random(n) < neutral_words
+    index["text"][swap] = rng.choice(neutral_words_pool, size=int(swap.sum()))
     return index, labels
 
 
 def clip_scores(fusion: models.fusion.Fv2esFusion, outputs: dict[str, BranchOutputs], index: dict[str, np.ndarray]) -> torch.Tensor:
     """[n, 3, C] per-modality scores over the served labels, by the fusion model's own mapping."""
     with torch.no_grad():
-        return fusion.to_labels(*(outputs[b].logits[index[b]] for b in BRANCHES))
+        return fusion.to_labels(*(outputs[b].all_logits()[index[b]] for b in BRANCHES))
 
 
 def fit_fusion_weights(fusion, scores: torch.Tensor, labels: np.ndarray, epochs: int, lr: float, seed: int) -> None:
@@ -94,15 +121,19 @@ def fit_fusion_weights(fusion, scores: torch.Tensor, labels: np.ndarray, epochs:
 
 
 def evaluate_fusion(fusion, outputs: dict[str, BranchOutputs], seed: int, n: int = CLIPS_PER_HALF) -> dict[str, dict]:
-    """Metrics over the served labels on the evaluation half's composed clips: fused and each branch alone."""
-    index, labels = compose_clips(outputs, fit=False, n=n, seed=seed)
-    scores = clip_scores(fusion, outputs, index)
-    present = torch.ones(scores.shape[:2], dtype=torch.bool)
-    with torch.no_grad():
-        fused = fusion.fuse(scores, present)
-    result = {"fused": classification_metrics(labels, fused.argmax(1).numpy(), config.LABELS)}
-    for i, branch in enumerate(BRANCHES):
-        result[f"{branch} alone"] = classification_metrics(labels, scores[:, i].argmax(1).numpy(), config.LABELS)
+    """Metrics over the served labels on the evaluation half's composed clips: fused and each branch
+    alone with words that carry the label, and fused with neutral words."""
+    result = {}
+    for name, neutral_words in (("fused", 0.0), ("fused, neutral words", 1.0)):
+        index, labels = compose_clips(outputs, fit=False, n=n, seed=seed, neutral_words=neutral_words)
+        scores = clip_scores(fusion, outputs, index)
+        present = torch.ones(scores.shape[:2], dtype=torch.bool)
+        with torch.no_grad():
+            fused = fusion.fuse(scores, present)
+        result[name] = classification_metrics(labels, fused.argmax(1).numpy(), config.LABELS)
+        if not neutral_words:
+            for i, branch in enumerate(BRANCHES):
+                result[f"{branch} alone"] = classification_metrics(labels, scores[:, i].argmax(1).numpy(), config.LABELS)
     return result
 
 
@@ -116,7 +147,7 @@ def train_fusion(args: argparse.Namespace) -> dict:
         hp["epochs"] = 5
     outputs = all_validation_outputs(args.weights, args.data, args.quick)
     fusion = models.create("fusion")
-    index, labels = compose_clips(outputs, fit=True, n=CLIPS_PER_HALF, seed=args.seed)
+    index, labels = compose_clips(outputs, fit=True, n=CLIPS_PER_HALF, seed=args.seed, neutral_words=hp["neutral_words"])
     fit_fusion_weights(fusion, clip_scores(fusion, outputs, index), labels, hp["epochs"], hp["lr"], args.seed)
     metrics = evaluate_fusion(fusion, outputs, args.seed)
     for name, m in metrics.items():

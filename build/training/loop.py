@@ -33,12 +33,27 @@ class Task:
     val_batches: Callable[[int], Iterator[Batch]]
     select_by: str = "accuracy"  # the validation metric that picks the best epoch
     multi_label: bool = False
+    # Training examples per class (single-label tasks); hp["class_weight_power"] > 0 weights the loss by them.
+    class_counts: tuple[int, ...] | None = None
 
 
-def loss_function(task: Task, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def class_weights(counts: tuple[int, ...], power: float) -> torch.Tensor:
+    """Per-class loss weights (n_total / (n_classes * count_c)) ** power: 0 = all ones, 1 = inverse
+    frequency ("balanced"). An absent class (count 0) gets the weight of a class seen once."""
+    counts_t = torch.tensor(counts, dtype=torch.float32).clamp(min=1.0)
+    return (counts_t.sum() / (len(counts) * counts_t)) ** power
+
+
+def loss_function(task: Task, label_smoothing: float, class_weight_power: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy (BCE for multi-label); class_weight_power > 0 weights each class by class_weights."""
     if task.multi_label:
         return nn.BCEWithLogitsLoss()
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    weight = None
+    if class_weight_power:
+        if task.class_counts is None:
+            raise ValueError(f"{task.name}: class_weight_power needs the task's class_counts")
+        weight = class_weights(task.class_counts, class_weight_power)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
 @torch.no_grad()
@@ -86,7 +101,7 @@ def fit(task: Task, hp: dict, run_dir: Path, *, seed: int, resume: bool = False,
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(1, hp["epochs"] * steps_per_epoch), pct_start=0.15
     )
-    criterion = loss_function(task, hp.get("label_smoothing", 0.0))
+    criterion = loss_function(task, hp.get("label_smoothing", 0.0), hp.get("class_weight_power", 0.0))
     state = {"epoch": 0, "best": None, "history": []}
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.exists():
@@ -118,10 +133,10 @@ def fit(task: Task, hp: dict, run_dir: Path, *, seed: int, resume: bool = False,
             total, seen = total + loss.item() * len(target), seen + len(target)
             bar.set_postfix(loss=f"{total / seen:.3f}")
         metrics = evaluate(task, hp["batch_size"])
-        record = {"epoch": epoch, "train_loss": total / max(seen, 1), **{k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "wacc")}}
+        record = {"epoch": epoch, "train_loss": total / max(seen, 1), **{k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "mean_weighted_macro_f1", "wacc")}}
         state["history"].append(record)
         print(f"{task.name} epoch {epoch}: train loss {record['train_loss']:.4f}, validation " + format_metrics("", metrics).strip(": "))
-        if state["best"] is None or metrics[task.select_by] > state["best"]["metrics"][task.select_by]:
+        if state["best"] is None or metrics[task.select_by] > state["best"]["metrics"].get(task.select_by, -math.inf):
             state["best"] = {"epoch": epoch, "metrics": metrics}
             torch.save({"model": trained_state(model), "epoch": epoch, "metrics": metrics}, best_path)
         state["epoch"] = epoch

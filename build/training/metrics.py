@@ -31,11 +31,15 @@ def metrics_from_confusion(matrix: np.ndarray, classes: tuple[str, ...]) -> dict
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
     wacc = np.divide(tp * negatives / np.maximum(positives, 1) + tn, 2 * negatives, out=np.zeros_like(tp), where=negatives > 0)
     present = positives > 0
+    macro_f1 = float(f1[present].mean()) if present.any() else 0.0
+    weighted_f1 = float((f1 * positives).sum() / max(total, 1))
     return {
         "n": int(total),
         "accuracy": float(tp.sum() / max(total, 1)),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "weighted_f1": float((f1 * positives).sum() / max(total, 1)),
+        "macro_f1": macro_f1,
+        "weighted_f1": weighted_f1,
+        # Their mean: an epoch-selection metric that rewards the rare classes as well as the frequent ones.
+        "mean_weighted_macro_f1": (weighted_f1 + macro_f1) / 2,
         "wacc": float(wacc[present].mean()) if present.any() else 0.0,
         "per_class_f1": {name: round(float(v), 4) for name, v in zip(classes, f1)},
         "confusion": matrix.tolist(),
@@ -56,11 +60,14 @@ def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, classes: tuple[s
         for j in range(len(classes))
     ]
     f1 = [m["per_class_f1"]["yes"] for m in per_label]
+    macro_f1 = float(np.mean(f1))
+    weighted_f1 = float(np.average(f1, weights=truth.sum(0) + 1e-9))
     return {
         "n": int(len(targets)),
         "accuracy": float(np.mean([m["accuracy"] for m in per_label])),
-        "macro_f1": float(np.mean(f1)),
-        "weighted_f1": float(np.average(f1, weights=truth.sum(0) + 1e-9)),
+        "macro_f1": macro_f1,
+        "weighted_f1": weighted_f1,
+        "mean_weighted_macro_f1": (weighted_f1 + macro_f1) / 2,
         "wacc": float(np.mean([m["wacc"] for m in per_label])),
         "per_class_f1": dict(zip(classes, f1)),
         "classes": list(classes),

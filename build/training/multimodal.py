@@ -3,8 +3,9 @@
 The paper's setting: every utterance brings its frames, its audio and its transcript; the three
 branches and the fusion train together on the fused output (cross-entropy, or BCE with logits for
 MOSEI's multi-hot labels). Frames go through the server's face detector and crop, audio through
-its decoder and mel chunks, text through its tokenizer. The result is saved as the same four weight
-files as the per-corpus training, so `make build` exports it unchanged (with LABEL_SET set to match).
+its decoder and the audio encoder's input (Whisper states or mel chunks), text through its
+tokenizer. The result is saved as the same four weight files as the per-corpus training, so
+`make build` exports it unchanged (with LABEL_SET set to match).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from fv2es import config, models
-from fv2es.faces import FaceDetector, video_faces
+from fv2es.faces import make_face_detector, video_faces
 from fv2es.media import demux
 from fv2es.models.branches import create_branch
 from fv2es.text import load_tokenizer, tokenize
@@ -26,6 +27,7 @@ from fv2es.text import load_tokenizer, tokenize
 from . import data
 from .fe2e import Fe2eSample, load_fe2e
 from .loop import Batch, Task
+from .speech import AudioRows
 
 
 class V2EM(nn.Module):
@@ -65,7 +67,7 @@ def sample_faces(sample: Fe2eSample, detector: FaceDetector) -> torch.Tensor:
 def multimodal_task(root: Path, dataset: str, quick: bool) -> Task:
     labels = config.LABEL_SETS[dataset]
     multi_label = dataset in config.MULTI_LABEL_SETS
-    detector, chunker, tokenizer = FaceDetector(), data.MelChunker(), load_tokenizer()
+    detector, tokenizer = make_face_detector(), load_tokenizer()
 
     def prepare(split: str) -> dict:
         samples = load_fe2e(root, dataset, split)
@@ -74,8 +76,9 @@ def multimodal_task(root: Path, dataset: str, quick: bool) -> Task:
         if not samples:
             raise ValueError(f"{root}: the {split} split of {dataset} is empty")
         ids, mask = tokenize(tokenizer, [s.text for s in samples])
+        waves = [torch.from_numpy(demux(s.audio_path.read_bytes()).audio) for s in samples]
         return {
-            "waves": [torch.from_numpy(demux(s.audio_path.read_bytes()).audio) for s in samples],
+            "audio": AudioRows(f"fe2e-{dataset}-{split}{'-quick' if quick else ''}", waves),
             "faces": [sample_faces(s, detector) for s in samples],
             "ids": ids,
             "mask": mask,
@@ -83,14 +86,14 @@ def multimodal_task(root: Path, dataset: str, quick: bool) -> Task:
         }
 
     train, val = prepare("train"), prepare("valid")
-    val["chunks"] = [chunker(w) for w in val["waves"]]
+    val_chunks = [val["audio"](i) for i in range(len(val["targets"]))]  # fixed: computed once
 
     def batches(split: dict, generator: torch.Generator | None, batch_size: int) -> Iterator[Batch]:
         n = len(split["targets"])
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size].numpy()
-            chunks = [split["chunks"][i] if generator is None else chunker(split["waves"][i], generator) for i in index]
+            chunks = [val_chunks[i] if generator is None else split["audio"](i, generator) for i in index]
             faces = [split["faces"][i] for i in index]
             if generator is not None:
                 faces = [data.augment_faces(f, generator) if len(f) else f for f in faces]

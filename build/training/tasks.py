@@ -42,10 +42,12 @@ def audio_task(data_dir: Path, quick: bool) -> Task:
     )
 
 
-def visual_task(data_dir: Path, quick: bool) -> Task:
+def visual_task(data_dir: Path, quick: bool, augment: str = "basic") -> Task:
+    """FER2013; `augment` "strong" adds data.augment_faces's stronger set (the fine-tuning run's)."""
     train = data.load_fer2013(data_dir, validation=False, quick=quick)
     val = data.load_fer2013(data_dir, validation=True, quick=quick)
     no_padding = torch.zeros(1, 1, dtype=torch.bool)
+    strong = augment == "strong"
 
     def batches(split: data.Split, generator: torch.Generator | None, batch_size: int) -> Iterator[Batch]:
         order = _order(len(split), generator)
@@ -53,7 +55,7 @@ def visual_task(data_dir: Path, quick: bool) -> Task:
             index = order[start : start + batch_size]
             faces = split.inputs[index]
             if generator is not None:
-                faces = data.augment_faces(faces, generator)
+                faces = data.augment_faces(faces, generator, strong=strong)
             # A still image is a sequence of one frame for the visual sequence encoder.
             yield (faces.unsqueeze(1), no_padding.expand(len(index), 1)), split.targets[index]
 
@@ -95,5 +97,7 @@ def text_task(data_dir: Path, quick: bool) -> Task:
         len(val),
         lambda generator, bs: batches(train, generator, bs),
         lambda bs: batches(val, None, bs),
-        select_by="weighted_f1",
+        # MELD is mostly neutral: picking by weighted F1 alone favours an epoch that ignores fear and disgust.
+        select_by="mean_weighted_macro_f1",
+        class_counts=tuple(torch.bincount(train.targets, minlength=len(train.classes)).tolist()),
     )

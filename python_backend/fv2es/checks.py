@@ -34,6 +34,7 @@ MAX_ROWS_PER_SEGMENT = 2 * (math.ceil(LONGEST_SEGMENT_S / min(CHUNK_S, config.FR
 # audio); faces are grey levels normalised to about +-2.
 AUDIO_MAX_ABS = 1e3
 MEL_MAX_ABS = 1e4
+SPEECH_MAX_ABS = 1e4  # Whisper encoder states (layer-normalised) stay far below
 FACE_MAX_ABS = 1e2
 SCORE_TOLERANCE = 1e-3  # segment scores are probabilities, up to float rounding
 
@@ -223,6 +224,13 @@ def mel_chunks(chunks: np.ndarray) -> None:
     chunks = shape(chunks, "MEL_CHUNKS", (None, config.N_MELS, config.CHUNK_FRAMES))
     rows(chunks, "MEL_CHUNKS", at_least=1)
     finite(chunks, "MEL_CHUNKS", max_abs=MEL_MAX_ABS)
+
+
+def speech_rows(rows_: np.ndarray) -> None:
+    """SPEECH_ROWS [N, 2 x SPEECH_STATE_DIM]: mean and std of Whisper encoder states."""
+    rows_ = shape(rows_, "SPEECH_ROWS", (None, 2 * config.SPEECH_STATE_DIM))
+    rows(rows_, "SPEECH_ROWS", at_least=1)
+    finite(rows_, "SPEECH_ROWS", max_abs=SPEECH_MAX_ABS)
 
 
 def faces(crops: np.ndarray) -> None:

@@ -79,12 +79,28 @@ ASR_TEMPERATURE = 0.0
 # in the server ASR runs beside the face step, which then gets the other core.
 ASR_CPU_THREADS = 1
 # Speech is transcribed in blocks of at most this much, cut at pauses (VAD also splits longer speech
-# here), so that ASR memory does not grow with the length of the video. 30 s blocks were slower
-# (600 s clip: 18.2 s against 16.6 s for 60 s blocks and for all the speech at once).
-ASR_BLOCK_S = 60.0
+# here), so that ASR memory does not grow with the length of the video. One Whisper window (30 s):
+# the encoder output of a block's transcription is then all of its speech, and is kept as the audio
+# branch's input (AUDIO_INPUT "whisper") instead of being computed again.
+ASR_BLOCK_S = 30.0
 WINDOW_S = 4.0  # fixed windows cut the stretches without speech
 MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
 MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
+
+# --- Audio branch input ------------------------------------------------------------------------
+# "whisper": the Whisper encoder states of the speech, which the ASR step computes anyway (a
+# pretrained speech representation: it carries over to voices and languages the branch never heard;
+# MODEL_CARD.md has both inputs' numbers). "mel": the paper's log-mel chunks from the mel model (the
+# hierarchical-attention spectrum encoder; weights/audio_mel.pt). `make build` builds the ensemble
+# for the input named here; the audio weights must have been trained for it.
+AUDIO_INPUT = "whisper"
+AUDIO_INPUTS = ("whisper", "mel")
+SPEECH_STATE_DIM = 384  # Whisper tiny's encoder width (base: 512, small: 768); checked at export
+SPEECH_CHUNK_STATES = 20  # encoder states (20 ms each) per audio-encoder row: 0.4 s, as a mel chunk
+SPEECH_MIN_STATES = 5  # a segment with less than 0.1 s of speech gets no audio row
+# Transformer layers of the audio branch's sequence encoder, per input. On Whisper states (already
+# contextual) one layer did better on RAVDESS's held-out actors than four (MODEL_CARD.md).
+AUDIO_SEQUENCE_DEPTH = {"whisper": 1, "mel": 4}
 
 # --- Mel spectrogram (reference: n_fft 400, win 400, hop 200, 128 mels, power 2) -----------------
 # n_fft 1024 with a 400-sample window: same time resolution as the reference, but enough frequency
@@ -101,9 +117,13 @@ CHUNK_FRAMES = 32  # 0.4 s of audio per encoder input, the last chunk of a segme
 # OpenCV Haar cascade shipped in opencv-python-headless; with the settings below alt2 finds the
 # sample's face in 16 of its 17 sampled frames, the default cascade in none.
 FACE_CASCADE = "haarcascade_frontalface_alt2.xml"
+# The face detector: "mtcnn", the FV2ES paper's (facenet-pytorch's pretrained P/R/O-Nets, on the
+# model instance's device), or "haar", the cascade below (OpenCV only, no torch: the CPU fallback).
+# docs/face_detectors.md compares them (benchmarks/faces.py).
+FACE_DETECTOR = "mtcnn"
 FACE_SIZE = 48  # encoder input: 48 x 48 grey, as FER2013
 FACE_MARGIN = 0.1  # context added around a detected box, as a fraction of its size
-# Faces are detected on a copy scaled down to this width, with this pyramid step: 14 ms per 720p
+# Haar: faces are detected on a copy scaled down to this width, with this pyramid step: 14 ms per 720p
 # frame instead of 42 ms at 640 px / 1.1, same hits on the generated clips (320 px misses small faces).
 FACE_DETECT_WIDTH = 480
 FACE_SCALE_FACTOR = 1.2
@@ -114,6 +134,24 @@ FACE_MIN_SIZE = 20  # px on the detection copy; smaller detections are ignored
 FACE_TRACK_REGION = 2.5
 FACE_TRACK_SIZE_CHANGE = 1.5
 FACE_TRACK_FRAMES = 3
+# MTCNN. Whole-frame searches run on a copy MTCNN_DETECT_WIDTH wide, for faces of at least
+# MTCNN_MIN_FACE px there: P-Net's first pyramid level is the copy scaled by 12 / MTCNN_MIN_FACE,
+# and the cost grows with its pixels. Grey frames are given as RGB with the channel replicated.
+MTCNN_DETECT_WIDTH = 320
+MTCNN_MIN_FACE = 20
+MTCNN_PYRAMID_FACTOR = 0.709  # scale step between pyramid levels (the paper's)
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)  # P-, R-, O-Net face scores (the paper's)
+# MTCNN finds faces tilted up to ~15 degrees: a frame where the whole-frame search finds none is
+# searched again turned by each of these angles, in turn (faceless frames pay for each).
+MTCNN_MISS_ROTATIONS = (30, -30)
+# Tracked searches scale the region around the last face so that face is this many px: a small
+# pyramid whatever the frame's resolution.
+MTCNN_TRACK_FACE = 20
+# Whole-frame searches of up to this many consecutive same-size frames run as one batch (fewer,
+# larger tensor operations; on a GPU most of the gain). Only that many frames are held at once.
+MTCNN_BATCH = 8
+# torch threads of face_crop on CPU: on 2 shared cores, 2 threads made P-Net 40x slower than 1.
+MTCNN_CPU_THREADS = 1
 # Grey-level normalisation on the 0-255 scale: mean and std of all pixels of FER2013 train
 # (np.load("../shared/data/fer2013/train.npz")["images"]: 131.0 and 78.2).
 FACE_MEAN = 131.0
@@ -137,14 +175,27 @@ DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
 WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <part>.pt for each part
 BRANCHES = ("audio", "visual", "text")  # the order of the fusion's modality weights
 WEIGHT_PARTS = (*BRANCHES, "fusion")
+AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
+
+
+def weight_file(part: str) -> str:
+    """File name, in a weights folder, of one of WEIGHT_PARTS (the audio branch's follows AUDIO_INPUT)."""
+    return f"{AUDIO_WEIGHTS[AUDIO_INPUT] if part == 'audio' else part}.pt"
+
+
 TRAIN_SEED = 0
 # RAVDESS validation = these actors, never seen in training (2 male, 2 female).
 RAVDESS_VALIDATION_ACTORS = (17, 18, 19, 20)
 TRAINING = {
-    "audio": {"epochs": 60, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    # The audio branch's entry follows its weights file (AUDIO_WEIGHTS): "audio" on Whisper input, "audio_mel" on Mel.
+    "audio": {"epochs": 40, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    "audio_mel": {"epochs": 60, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
     "visual": {"epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
-    "text": {"epochs": 4, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1},
-    "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0},
+    # A second run from the first one's weights (build/train.py visual --init; `train.py all` runs both).
+    "visual_finetune": {"epochs": 8, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1, "augment": "strong"},
+    "text": {"epochs": 4, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "class_weight_power": 0.5},
+    # neutral_words: the share of composed clips whose words are neutral whatever their label (fusion_fit.py)
+    "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0, "neutral_words": 0.5},
     "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
 }
 TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)

@@ -15,7 +15,7 @@ import torch
 from . import config, stages
 from .asr import SpeechRecognizer
 from .audio import mel_transform
-from .faces import FaceDetector
+from .faces import make_face_detector
 from .models import load_for_inference
 from .text import load_tokenizer
 
@@ -24,7 +24,7 @@ TORCHSCRIPT_MODELS = ("audio_encoder", "visual_encoder", "text_encoder", "fusion
 
 class InProcessPipeline:
     def __init__(self, repository: Path):
-        self.detector = FaceDetector()
+        self.detector = make_face_detector()
         self.recognizer = SpeechRecognizer()
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
@@ -41,13 +41,17 @@ class InProcessPipeline:
         return self.infer(media, faces)
 
     def infer(self, media: stages.Arrays, faces: stages.Arrays) -> dict[str, np.ndarray]:
-        """Everything after demux and face_crop: ASR, Mel, the encoders, fusion and aggregation."""
+        """Everything after demux and face_crop: ASR (and Mel, for the "mel" audio input), the encoders, fusion and aggregation."""
         speech = stages.asr(media["AUDIO"], media["DURATION"], self.recognizer, self.tokenizer)
-        mel = stages.mel(media["AUDIO"], speech["SEGMENT_TIMES"], self.transform)
+        if config.AUDIO_INPUT == "whisper":
+            audio_rows, audio_segment = speech["SPEECH_ROWS"], speech["SPEECH_SEGMENT"]
+        else:
+            mel = stages.mel(media["AUDIO"], speech["SEGMENT_TIMES"], self.transform)
+            audio_rows, audio_segment = mel["MEL_CHUNKS"], mel["MEL_SEGMENT"]
         owners = stages.assign_faces(faces["FACE_TIMES"], speech["SEGMENT_TIMES"])
         scores = self.run_model(
             "fusion",
-            self.run_model("audio_encoder", mel["MEL_CHUNKS"]), mel["MEL_SEGMENT"],
+            self.run_model("audio_encoder", audio_rows), audio_segment,
             self.run_model("visual_encoder", faces["FACES"]), owners["FACE_SEGMENT"],
             self.run_model("text_encoder", speech["TEXT_IDS"], speech["TEXT_MASK"]), speech["SEGMENT_HAS_SPEECH"],
         )

@@ -75,20 +75,28 @@ def asr(
     *,
     window_s: float = config.WINDOW_S,
     max_duration_s: float = config.MAX_DURATION_S,
+    speech_rows: bool = config.AUDIO_INPUT == "whisper",
 ) -> Arrays:
-    """AUDIO, DURATION -> the timeline's segments, their transcripts and their token ids."""
+    """AUDIO, DURATION -> the timeline's segments, their transcripts and their token ids; with
+    `speech_rows`, also the audio encoder's input from the Whisper encoder states of the speech:
+    SPEECH_ROWS [N, 2 x SPEECH_STATE_DIM] and SPEECH_SEGMENT [N] (-1: a placeholder row)."""
+    from .asr import speech_chunks
+
     audio, seconds = checks.audio_and_duration(audio, duration, checks.Limits(max_duration_s))
-    speech = recognizer.transcribe(audio.astype(np.float32, copy=False))
-    segments = segment_timeline(speech, seconds, window_s=window_s)
+    speech = recognizer.listen(audio.astype(np.float32, copy=False))
+    segments = segment_timeline(speech.segments, seconds, window_s=window_s)
     texts = [s.text for s in segments]
     ids, mask = tokenize(tokenizer, texts)
-    return {
+    out = {
         "SEGMENT_TIMES": np.array([[s.start, s.end] for s in segments], np.float32),
         "TRANSCRIPTS": np.array([t.encode("utf-8") for t in texts], dtype=np.object_),
         "SEGMENT_HAS_SPEECH": np.array([s.has_speech for s in segments], bool),
         "TEXT_IDS": ids,
         "TEXT_MASK": mask,
     }
+    if speech_rows:
+        out["SPEECH_ROWS"], out["SPEECH_SEGMENT"] = speech_chunks(speech.states, speech.times, out["SEGMENT_TIMES"])
+    return out
 
 
 def mel(

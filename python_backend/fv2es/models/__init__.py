@@ -13,9 +13,9 @@ ENCODER_NAMES = ("audio_encoder", "visual_encoder", "text_encoder", "fusion")
 def create(name: str, **kwargs) -> torch.nn.Module:
     """A freshly initialised model (training form) by its repository name."""
     if name == "audio_encoder":
-        from .audio import HierarchicalSpectrumEncoder
+        from .audio import HierarchicalSpectrumEncoder, SpeechStateEncoder
 
-        return HierarchicalSpectrumEncoder(**kwargs)
+        return SpeechStateEncoder(**kwargs) if config.AUDIO_INPUT == "whisper" else HierarchicalSpectrumEncoder(**kwargs)
     if name == "visual_encoder":
         from .visual import RepVGGEncoder
 
@@ -34,6 +34,8 @@ def create(name: str, **kwargs) -> torch.nn.Module:
 def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
     """Inputs of the serving shapes, for tracing and for the eager == TorchScript checks."""
     if name == "audio_encoder":
+        if config.AUDIO_INPUT == "whisper":
+            return (torch.randn(batch, 2 * config.SPEECH_STATE_DIM),)
         return (torch.randn(batch, config.N_MELS, config.CHUNK_FRAMES),)
     if name == "visual_encoder":
         return (torch.randn(batch, 1, config.FACE_SIZE, config.FACE_SIZE),)

@@ -85,3 +85,27 @@ class HierarchicalSpectrumEncoder(nn.Module):
         x = self.level2(self.merge1(x))
         x = self.level3(self.merge2(x))
         return self.head(self.norm(x.flatten(2).mean(-1)))
+
+
+class SpeechStateEncoder(nn.Module):
+    """The audio encoder on Whisper input (config.AUDIO_INPUT "whisper"): one row per 0.4 s of speech,
+    the mean and standard deviation of the Whisper encoder states in it ([2 x SPEECH_STATE_DIM]), ->
+    one feature per row. The states are already a contextual, pretrained representation (four
+    transformer layers over 30 s of audio): what is left to learn is a projection, kept small
+    because RAVDESS has 960 training clips; attention across the rows of a segment is the branch's
+    sequence encoder, as on Mel input."""
+
+    def __init__(self, *, state_dim: int = config.SPEECH_STATE_DIM, hidden: int = 256, feature_dim: int = config.FEATURE_DIM, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(2 * state_dim),
+            nn.Dropout(dropout),
+            nn.Linear(2 * state_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, feature_dim),
+        )
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [B, 2 x SPEECH_STATE_DIM] -> features [B, feature_dim]."""
+        return self.net(rows)

@@ -86,7 +86,7 @@ def create_branch(modality: str, n_classes: int) -> nn.Module:
     from . import create
 
     if modality == "audio":
-        return SequenceBranch(create("audio_encoder"), n_classes)
+        return SequenceBranch(create("audio_encoder"), n_classes, depth=config.AUDIO_SEQUENCE_DEPTH[config.AUDIO_INPUT])
     if modality == "visual":
         return SequenceBranch(create("visual_encoder"), n_classes)
     if modality == "text":

@@ -12,6 +12,8 @@ scores are sigmoids, as in the reference.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -88,10 +90,11 @@ class Fv2esFusion(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
 
     def load_branches(self, audio: SequenceBranch, visual: SequenceBranch, text: TextBranch) -> None:
-        """Takes the sequence encoders and heads of trained branches (their encoders export separately)."""
-        self.audio_sequence.load_state_dict(audio.sequence.state_dict())
+        """Takes the sequence encoders and heads of trained branches (their encoders export separately).
+        The sequence encoders are taken whole: their depth differs between branches and audio inputs."""
+        self.audio_sequence = copy.deepcopy(audio.sequence)
         self.audio_head.load_state_dict(audio.head.state_dict())
-        self.visual_sequence.load_state_dict(visual.sequence.state_dict())
+        self.visual_sequence = copy.deepcopy(visual.sequence)
         self.visual_head.load_state_dict(visual.head.state_dict())
         self.text_head.load_state_dict(text.head.state_dict())
 

@@ -1,4 +1,6 @@
-"""asr: AUDIO, DURATION -> segments of the timeline, their transcripts and token ids."""
+"""asr: AUDIO, DURATION -> segments of the timeline, their transcripts and token ids; with the
+"whisper" audio input also SPEECH_ROWS, SPEECH_SEGMENT (the audio encoder's input, from the Whisper
+encoder states that the transcription computes)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ class TritonPythonModel(PipelineModel):
         )
         self.tokenizer = load_tokenizer(self.parameter("text_model", config.TEXT_MODEL))
         self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
+        self.speech_rows = self.parameter("audio_input", config.AUDIO_INPUT) == "whisper"
         self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
         return stages.asr(
             inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer,
-            window_s=self.window_s, max_duration_s=self.max_duration_s,
+            window_s=self.window_s, max_duration_s=self.max_duration_s, speech_rows=self.speech_rows,
         )

@@ -40,6 +40,8 @@ def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> C
     names = tuple(model.input_names)
     if names == ("MEL_CHUNKS",):
         return lambda x: checks.mel_chunks(x["MEL_CHUNKS"])
+    if names == ("SPEECH_ROWS",):
+        return lambda x: checks.speech_rows(x["SPEECH_ROWS"])
     if names == ("FACES",):
         return lambda x: checks.faces(x["FACES"])
     if names == ("TEXT_IDS", "TEXT_MASK"):

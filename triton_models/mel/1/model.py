@@ -1,9 +1,0 @@
-"""Triton entry point; the implementation is fv2es.serving.mel."""
-
-import sys
-from pathlib import Path
-
-# The repository layout: <root>/triton_models/<model>/<version>/model.py, code in <root>/python_backend.
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python_backend"))
-
-from fv2es.serving.mel import TritonPythonModel  # noqa: E402,F401
