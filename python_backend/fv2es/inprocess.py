@@ -41,7 +41,8 @@ class InProcessPipeline:
         return self.infer(media, faces)
 
     def infer(self, media: stages.Arrays, faces: stages.Arrays) -> dict[str, np.ndarray]:
-        """Everything after demux and face_crop: ASR (and Mel, for the "mel" audio input), the encoders, fusion and aggregation."""
+        """Everything after demux and face_crop: ASR (and Mel, on the "mel" audio input), the encoders,
+        fusion and aggregation."""
         speech = stages.asr(media["AUDIO"], media["DURATION"], self.recognizer, self.tokenizer)
         if config.AUDIO_INPUT == "whisper":
             audio_rows, audio_segment = speech["SPEECH_ROWS"], speech["SPEECH_SEGMENT"]
