@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from . import config
-from .watchdog import StubWatchdog, orphaned_stubs, process_state, remove_shm_regions
+from .watchdog import SHM_DIR, StubWatchdog, orphaned_stubs, process_state, remove_shm_regions
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 
@@ -149,6 +149,9 @@ class EmbeddedServer:
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.work_dir = Path(tempfile.mkdtemp(prefix="fv2es-triton-"))
+        # Every stub's /dev/shm region starts with this: stop() finds this server's stubs and regions
+        # by it, also those the watchdog had not seen yet when the server was killed.
+        self.shm_prefix = f"fv2es_{secrets.token_hex(4)}_"
         self.admin_key, self.admin_key_source = (admin_key, "argument") if admin_key else load_admin_key()
         if not self.admin_key_source:  # generated: only the server's user can read it back
             self.admin_key_source = str(self.work_dir / "admin-key")
@@ -200,6 +203,7 @@ class EmbeddedServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--exit-timeout-secs={config.SERVER_EXIT_TIMEOUT_S}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *config.SERVER_ARGS,
             *self.extra_args,
         ]
@@ -252,7 +256,8 @@ class EmbeddedServer:
         except ProcessLookupError:
             pass
         self.process.wait()
-        stubs = orphaned_stubs(regions)  # any that left the process group
+        regions = regions | {f.name for f in SHM_DIR.glob(f"{self.shm_prefix}*")}
+        stubs = orphaned_stubs(regions, self.shm_prefix)  # any that left the process group
         for pid in stubs:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -217,8 +217,9 @@ class StubWatchdog:
         print(f"fv2es: {message}", file=sys.stderr, flush=True)
 
 
-def orphaned_stubs(regions: set[str]) -> list[int]:
-    """Stub processes (any parent) that still use one of `regions`: left behind by a killed server."""
+def orphaned_stubs(regions: set[str], prefix: str | None = None) -> list[int]:
+    """Stub processes (any parent) that still use one of `regions`, or a region named with `prefix`:
+    left behind by a killed server."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -227,6 +228,7 @@ def orphaned_stubs(regions: set[str]) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) > 2 and argv[0].decode(errors="replace").endswith(STUB_NAME) and argv[2].decode() in regions:
+        region = argv[2].decode(errors="replace") if len(argv) > 2 else ""
+        if argv[0].decode(errors="replace").endswith(STUB_NAME) and (region in regions or (prefix and region.startswith(prefix))):
             pids.append(int(entry.name))
     return pids
