@@ -173,8 +173,8 @@ def write_table(path: Path, rows, command: str) -> None:
     text = f"""# Face detectors: MTCNN (default) and Haar cascade (fallback)
 
 Measured by `{command}` on {datetime.date.today().isoformat()} ({machine}; CPU only, torch threads
-{config.MTCNN_CPU_THREADS} as face_crop sets them; the machine was shared with other jobs, so times
-are noisy: compare the two columns of a row, measured in the same run). How each set is made and
+{config.MTCNN_CPU_THREADS} as face_crop sets them; times from one run, on a machine whose load can
+vary: compare the two columns of a row, measured side by side). How each set is made and
 what counts as a hit: the docstring of benchmarks/faces.py. Settings: fv2es/config.py, "Faces".
 
 {chr(10).join(lines)}
