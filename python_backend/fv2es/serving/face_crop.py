@@ -19,11 +19,11 @@ from .base import PipelineModel, bytes_input, input_limits
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
-        if self.device == "cpu":
+        name, cascade = self.parameter("detector", config.FACE_DETECTOR), self.parameter("cascade", config.FACE_CASCADE)
+        if name == "mtcnn" and self.device == "cpu":  # the Haar fallback stays free of torch
             import torch
 
             torch.set_num_threads(config.MTCNN_CPU_THREADS)
-        name, cascade = self.parameter("detector", config.FACE_DETECTOR), self.parameter("cascade", config.FACE_CASCADE)
         self.detector = make_face_detector(name, self.device, cascade)
         self.limits = input_limits(self)
 
