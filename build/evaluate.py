@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +121,14 @@ def emodb_metrics(args: argparse.Namespace, audio_input: str) -> dict:
     return metrics
 
 
-class audio_input_set:
+@contextmanager
+def audio_input_set(audio_input: str):
     """Within the block, config.AUDIO_INPUT is `audio_input` (the models and the weights file follow it)."""
-
-    def __init__(self, audio_input: str):
-        self.audio_input = audio_input
-
-    def __enter__(self):
-        self.saved, config.AUDIO_INPUT = config.AUDIO_INPUT, self.audio_input
-
-    def __exit__(self, *exc):
-        config.AUDIO_INPUT = self.saved
+    saved, config.AUDIO_INPUT = config.AUDIO_INPUT, audio_input
+    try:
+        yield
+    finally:
+        config.AUDIO_INPUT = saved
 
 
 def audio_inputs(args: argparse.Namespace) -> dict[str, dict]:

@@ -29,7 +29,7 @@ from fv2es import config  # noqa: E402
 from training import tasks  # noqa: E402
 from training.speech import audio_branch_task  # noqa: E402
 from training.loop import fit  # noqa: E402
-from training.weights import load_weights, save_weights, weights_path  # noqa: E402
+from training.weights import load_trained_state, load_weights, save_weights, weights_path  # noqa: E402
 
 DATA_DESCRIPTION = {
     "audio": f"RAVDESS speech, actors {sorted(set(range(1, 21)) - set(config.RAVDESS_VALIDATION_ACTORS))} train, "
@@ -48,11 +48,10 @@ def make_task(branch: str, data_dir: Path, quick: bool, hp: dict):
 def init_branch(model: torch.nn.Module, branch: str, path: Path) -> None:
     """--init: start from the weights of an existing record (a fine-tuning run), not from scratch."""
     record = load_weights(path)
-    missing, unexpected = model.load_state_dict(record["state_dict"], strict=False)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad} | {n for n, _ in model.named_buffers()}
-    absent = sorted(n for n in set(missing) - frozen if not n.startswith("pooled_head."))
-    if unexpected or absent:
-        raise SystemExit(f"--init {path} does not fit the {branch} branch: missing {absent}, unexpected {unexpected}")
+    try:
+        load_trained_state(model, record, branch)
+    except ValueError as error:
+        raise SystemExit(f"--init {path}: {error}") from None
     print(f"{branch}: initialised from {path} ({record.get('command')}, epoch {record.get('epoch')})")
 
 

@@ -2,8 +2,8 @@
 
 States come from `fv2es.asr.SpeechRecognizer.listen`, the asr model's own code (VAD, blocks of
 speech, the Whisper encoder), and rows from `fv2es.asr.speech_chunks`, as on the server. Encoding
-is the slow part (0.4 s per 30 s window on one CPU core), so each clip's states are computed once
-and cached under build/out/speech_cache/.
+is the slow part (0.4 s per 30 s window on one CPU core), so each clip's rows are computed once
+and cached under build/out/speech_cache/ (keyed by the clips and the ASR and row settings).
 
 Each training clip is seen several ways: alone (a short video: its speech padded to a 30 s window,
 as the server pads it), and packed with other training clips into windows of continuous speech (a
@@ -43,7 +43,8 @@ def _key(name: str, waves: list[torch.Tensor], extra: str = "") -> Path:
     digest = hashlib.sha256()
     for w in waves:
         digest.update(w.numpy().tobytes()[:4096] + str(len(w)).encode())
-    digest.update(f"{config.ASR_MODEL} {config.ASR_BLOCK_S} {extra}".encode())
+    settings = (config.ASR_MODEL, config.ASR_BLOCK_S, config.SPEECH_CHUNK_STATES, config.SPEECH_MIN_STATES, extra)
+    digest.update(" ".join(map(str, settings)).encode())
     return CACHE / f"{name}-{digest.hexdigest()[:12]}.pt"
 
 

@@ -52,11 +52,16 @@ def load_branch(branch: str, weights_dir: Path) -> torch.nn.Module:
         raise ValueError(f"{weights_path(weights_dir, branch)} was trained on {record.get('audio_input', 'mel')} input, "
                          f"but config.AUDIO_INPUT is {config.AUDIO_INPUT!r}")
     model = create_branch(branch, len(record["classes"]))
+    load_trained_state(model, record, branch)
+    return model.eval()
+
+
+def load_trained_state(model: torch.nn.Module, record: dict, branch: str) -> None:
+    """A weights record's state into a branch, refused when it does not fit. A text branch's file
+    holds only its trained part (the frozen rest comes from the pretrained model); the training-only
+    pooled head is not needed to serve."""
     missing, unexpected = model.load_state_dict(record["state_dict"], strict=False)
-    # A text branch's file holds only its trained part (the frozen rest comes from the pretrained
-    # model); the training-only pooled head is not needed to serve.
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad} | {n for n, _ in model.named_buffers()}
     absent = {n for n in set(missing) - frozen if not n.startswith("pooled_head.")}
     if unexpected or absent:
         raise ValueError(f"{branch} weights do not fit the model: missing {sorted(absent)}, unexpected {unexpected}")
-    return model.eval()
