@@ -4,19 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := triton_models/fusion/1/model.pt
+# The runtime package's copies in the model repository (build/repository.py says why).
+CODE := triton_models/demux/1/fv2es/__init__.py
+RUNTIME := $(shell find python_backend/fv2es -name '*.py')
 
 .PHONY: demo test serve build configs train evaluate bench clean
 
-demo: $(MODELS)
+demo: $(MODELS) $(CODE)
 	$(BIN)/fv2es-demo
 
-test: $(MODELS)
+test: $(MODELS) $(CODE)
 	$(BIN)/pytest -q tests
 
-serve: $(MODELS)
+serve: $(MODELS) $(CODE)
 	$(BIN)/fv2es-serve
 
-build: $(MODELS)
+build: $(MODELS) $(CODE)
 
 # Installs once; re-runs only when the pins change. espeak-ng (Debian) speaks the generated test media;
 # libjemalloc2 (Debian) is the server's allocator (config.SERVER_ENV: it returns memory after large requests).
@@ -33,25 +36,31 @@ $(STAMP): requirements.txt pyproject.toml
 		echo "libjemalloc2 not installed: the server keeps memory after large requests (tests/test_oversize.py fails)"
 	touch $(STAMP)
 
-$(MODELS): $(STAMP) $(wildcard python_backend/fv2es/models/*.py) $(wildcard weights/*.pt) build/export.py build/repository.py python_backend/fv2es/config.py
-	$(BIN)/python build/repository.py
+# Configs, code copies and the TorchScript export of weights/; a change to the runtime code alone
+# only re-copies it.
+$(MODELS): $(STAMP) $(wildcard python_backend/fv2es/models/*.py) $(wildcard weights/*.pt) build/export.py build/repository.py \
+		python_backend/fv2es/config.py python_backend/fv2es/pipeline.py
+	$(BIN)/fv2es-build
+
+$(CODE): $(STAMP) $(RUNTIME) build/repository.py
+	$(BIN)/fv2es-build --configs
 
 # Retrain the shipped weights from ../shared/data (see MODEL_CARD.md for the time it takes), then
 # print the validation metrics and write them into MODEL_CARD.md; `make build` exports them.
 train: $(STAMP)
-	$(BIN)/python build/train.py all
+	$(BIN)/fv2es-train all
 
 evaluate: $(STAMP)
-	$(BIN)/python build/evaluate.py --write-card
+	$(BIN)/fv2es-evaluate --write-card
 
 # Speed: the server against the in-process, two-phase and floor baselines, perf_analyzer at
 # concurrency 1..4 (installs its binary once), 10/60/600 s 720p clips -> BENCHMARKS.md (7 min in the
 # last run, plus about 3 min the first time to generate the clips).
-bench: $(MODELS)
+bench: $(MODELS) $(CODE)
 	$(BIN)/python benchmarks/run.py
 
 configs: $(STAMP)
-	$(BIN)/python build/repository.py --configs
+	$(BIN)/fv2es-build --configs
 
 clean:
-	rm -f triton_models/*/1/model.pt triton_models/*/1/provenance.json
+	rm -rf triton_models/*/1/model.pt triton_models/*/1/provenance.json triton_models/*/1/fv2es

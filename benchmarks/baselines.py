@@ -52,33 +52,21 @@ class TwoPhasePipeline:
         speech = stages.asr(audio, np.array([duration]), self.models.recognizer, self.models.tokenizer)
         transcript = {"segments": speech["SEGMENT_TIMES"].tolist(), "text": [t.decode() for t in speech["TRANSCRIPTS"]]}
         (work / "transcript.json").write_text(json.dumps(transcript))
-        np.save(work / "text_ids.npy", speech["TEXT_IDS"])
-        np.save(work / "text_mask.npy", speech["TEXT_MASK"])
-        if config.AUDIO_INPUT == "whisper":  # the audio encoder's rows come out of ASR
-            rows, owners = speech["SPEECH_ROWS"], speech["SPEECH_SEGMENT"]
-        else:
-            mel = stages.mel(read_wav(work / "audio.wav"), np.array(transcript["segments"], np.float32), self.models.transform)
-            rows, owners = mel["MEL_CHUNKS"], mel["MEL_SEGMENT"]
-        np.save(work / "audio_rows.npy", rows)
-        np.save(work / "audio_segment.npy", owners)
-        faces = faces_from_images(work / "frames", self.models.detector)
-        np.save(work / "faces.npy", faces["FACES"])
-        np.save(work / "face_times.npy", faces["FACE_TIMES"])
+        arrays = {name: speech[name] for name in ("TEXT_IDS", "TEXT_MASK", "SPEECH_ROWS", "SPEECH_SEGMENT") if name in speech}
+        if config.AUDIO_INPUT == "mel":  # the audio encoder's rows from the WAV file; on "whisper" they come out of ASR
+            arrays |= stages.mel(read_wav(work / "audio.wav"), np.array(transcript["segments"], np.float32), self.models.transform)
+        arrays |= faces_from_images(work / "frames", self.models.detector)
+        for name, array in arrays.items():
+            np.save(work / f"{name}.npy", array)
 
-    # Phase 2: read everything back, infer.
+    # Phase 2: read everything back; the in-process pipeline runs the steps that are left.
     def infer(self, work: Path) -> dict[str, np.ndarray]:
-        m = self.models
         transcript = json.loads((work / "transcript.json").read_text())
-        times = np.array(transcript["segments"], np.float32).reshape(-1, 2)
-        has_speech = np.array([bool(t.strip()) for t in transcript["text"]])
-        owners = stages.assign_faces(np.load(work / "face_times.npy"), times)
-        scores = m.run_model(
-            "fusion",
-            m.run_model("audio_encoder", np.load(work / "audio_rows.npy")), np.load(work / "audio_segment.npy"),
-            m.run_model("visual_encoder", np.load(work / "faces.npy")), owners["FACE_SEGMENT"],
-            m.run_model("text_encoder", np.load(work / "text_ids.npy"), np.load(work / "text_mask.npy")), has_speech,
-        )
-        return {"SEGMENT_SCORES": scores, **stages.aggregate(scores, times, list(config.LABELS))}
+        tensors = {path.stem: np.load(path) for path in work.glob("*.npy")}
+        tensors["SEGMENT_TIMES"] = np.array(transcript["segments"], np.float32).reshape(-1, 2)
+        tensors["TRANSCRIPTS"] = np.array([t.encode() for t in transcript["text"]], dtype=np.object_)
+        tensors["SEGMENT_HAS_SPEECH"] = np.array([bool(t.strip()) for t in transcript["text"]])
+        return self.models.run(tensors)
 
 
 def extract_audio(video_path: Path, wav_path: Path) -> None:

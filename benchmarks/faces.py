@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/faces.py [--per-condition 200] [--repeat 3] [--output docs/face_detectors.md]
 
 (a) samples/talking_head.mp4, frames from fv2es.media.sample_frames, and (b) generated clips
-(fv2es.synth.talking_head_frames, one frame per FRAME_INTERVAL_S, grey and scaled to FRAME_MAX_WIDTH
+(fv2es_build.synth.talking_head_frames, one frame per FRAME_INTERVAL_S, grey and scaled to FRAME_MAX_WIDTH
 as sample_frames does) go through fv2es.faces.video_faces: tracking and batches, as face_crop runs
 them. Hit rate: frames with a face found (every frame holds one); time: the median over --repeat
 runs of the clip's time per frame (decoding not counted).
@@ -32,7 +32,8 @@ import cv2
 import numpy as np
 import torch
 
-from fv2es import config, synth
+from fv2es import config
+from fv2es_build import synth
 from fv2es.faces import make_face_detector, video_faces
 from fv2es.media import sample_frames
 

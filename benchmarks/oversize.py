@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +36,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
 
 import numpy as np  # noqa: E402
 
@@ -243,7 +241,7 @@ def infer_http(url: str, payload: bytes, timeout_s: float = 600):
 
 def clip(seconds: int) -> bytes:
     """The talking-head clip `make bench` uses (cached in benchmarks/out/clips/, as benchmarks/run.py does)."""
-    from fv2es import synth
+    from fv2es_build import synth
 
     width, height, fps = config.BENCH_CLIP_FORMAT
     path = ROOT / "benchmarks" / "out" / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run.py [--clips 10 60 600] [--no-perf]
 
 1. Generates (once; cached in benchmarks/out/clips/) 1280x720 30 fps talking-head clips of 10, 60
-   and 600 s: the astronaut's face and espeak-ng speech (fv2es.synth).
+   and 600 s: the astronaut's face and espeak-ng speech (fv2es_build.synth).
 2. Without a server, per clip of 10 and 60 s: the floors (decode alone, ASR alone), (a) the same
    models called one after another in this process, (b) the two-phase files-then-infer pipeline
    (benchmarks/baselines.py says exactly what each does). One warm-up, then the median of the runs.
@@ -26,21 +26,18 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-sys.path.insert(0, str(ROOT / "client"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 import baselines  # noqa: E402
 import perf  # noqa: E402
-from fv2es import config, stages, synth  # noqa: E402
+from fv2es import config, pipeline, stages  # noqa: E402
+from fv2es_build import synth  # noqa: E402
 from fv2es.asr import SpeechRecognizer  # noqa: E402
 from fv2es.inprocess import InProcessPipeline  # noqa: E402
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer  # noqa: E402
@@ -50,8 +47,7 @@ from monitor import PeakMemory, process_tree, pss_bytes  # noqa: E402
 OUT = ROOT / "benchmarks" / "out"
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 REPORT = ROOT / "BENCHMARKS.md"
-STAGES = ("demux", "face_crop", "asr", "assign_faces", *(("mel",) if config.AUDIO_INPUT == "mel" else ()),
-          "audio_encoder", "visual_encoder", "text_encoder", "fusion", "aggregate")
+STAGES = tuple(step.name for step in pipeline.steps())
 MIB = 1024 * 1024
 
 
@@ -198,7 +194,7 @@ def markdown(results: dict) -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory_gib']} GiB; GPU: {m['gpu']}",
         f"- {m['os']}; Python {m['python']}; torch {m['torch']} ({m['torch_threads']} threads); "
         f"tritonserver {results['server']['triton_version']} (the nvidia-pytriton wheel's binary)",
-        f"- clips: generated talking heads, {width}x{height} {fps} fps H.264 + AAC, speech with pauses (fv2es.synth)",
+        f"- clips: generated talking heads, {width}x{height} {fps} fps H.264 + AAC, speech with pauses (fv2es_build.synth)",
         "",
         "## Targets",
         "",

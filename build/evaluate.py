@@ -1,7 +1,7 @@
 """Evaluates the trained weights: prints every metric of MODEL_CARD.md and writes it there.
 
-    python build/evaluate.py                 # validation metrics, export check, RepVGG speed
-    python build/evaluate.py --write-card    # ... and rewrite MODEL_CARD.md's results section
+    fv2es-evaluate                 # validation metrics, export check, RepVGG speed
+    fv2es-evaluate --write-card    # ... and rewrite MODEL_CARD.md's results section
 
 Branch metrics are on each corpus's validation split (RAVDESS actors 17-20, 8 classes; FER2013
 PublicTest; MELD dev); the audio branch also on EmoDB (German, other speakers and studio, never
@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,20 +23,18 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-sys.path.insert(0, str(ROOT / "build"))
 
-from fv2es import config, models  # noqa: E402
-from fv2es.models.visual import reparameterise  # noqa: E402
-from training.fusion_fit import all_validation_outputs, evaluate_fusion  # noqa: E402
-from training import data  # noqa: E402
-from training.loop import predict  # noqa: E402
-from training.speech import clip_inputs, clip_logits  # noqa: E402
-from training.metrics import classification_metrics, format_metrics, plot_confusion  # noqa: E402
-from training.tasks import visual_task  # noqa: E402
-from training.weights import load_branch, load_weights, weights_path  # noqa: E402
+from fv2es import config, models
+from fv2es.models.visual import reparameterise
+from .training.fusion_fit import all_validation_outputs, evaluate_fusion
+from .training import data
+from .training.loop import predict
+from .training.speech import clip_inputs, clip_logits
+from .training.metrics import classification_metrics, format_metrics, plot_confusion
+from .training.tasks import visual_task
+from .training.weights import load_branch, load_weights, weights_path
 
-from export import export_difference, trained_models  # noqa: E402
+from .export import export_difference, trained_models
 
 # The targets of issue 11: (what, metric, threshold) per branch on its validation split.
 TARGETS = {
@@ -133,7 +130,7 @@ def audio_input_set(audio_input: str):
 
 def audio_inputs(args: argparse.Namespace) -> dict[str, dict]:
     """Both audio inputs side by side (where their weights exist): RAVDESS held-out actors and EmoDB."""
-    from training.fusion_fit import validation_outputs  # noqa: PLC0415
+    from .training.fusion_fit import validation_outputs  # noqa: PLC0415
 
     out = {}
     for audio_input in config.AUDIO_INPUTS:
@@ -201,7 +198,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def card_section(results: dict) -> str:
     """The results section of MODEL_CARD.md, generated from one evaluate.py run."""
-    lines = [MARK_START, "", f"Written by `python build/evaluate.py --write-card` on {time.strftime('%Y-%m-%d')}.", ""]
+    lines = [MARK_START, "", f"Written by `fv2es-evaluate --write-card` on {time.strftime('%Y-%m-%d')}.", ""]
     lines += ["| branch / check | validation data | accuracy | macro F1 | weighted F1 | WAcc |", "|---|---|---|---|---|---|"]
     rows = [(f"{b} branch", VALIDATION_DATA[b], m) for b, m in results["branches"].items()]
     rows += [(f"composed clips, {name}", "held-out half, 7 labels", m) for name, m in results["fusion"].items()]

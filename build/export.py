@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-sys.path.insert(0, str(ROOT / "build"))
 
-from fv2es import config, models  # noqa: E402
-from training.weights import load_branch, load_weights, weights_path  # noqa: E402
+from fv2es import config, models
+from .training.weights import load_branch, load_weights, weights_path
 
 MAX_EXPORT_DIFFERENCE = 1e-4
 

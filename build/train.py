@@ -1,9 +1,9 @@
 """Trains the V2EM branches on the corpora in ../shared/data, then fits the fusion weights.
 
-    python build/train.py all              # audio, visual, text, then fusion: the shipped weights
-    python build/train.py visual --resume  # one branch; continue an interrupted run
-    python build/train.py all --quick      # a few examples, one epoch: a smoke run in seconds
-    python build/train.py multimodal --fe2e DIR --dataset iemocap   # the paper's joint setting
+    fv2es-train all              # audio, visual, text, then fusion: the shipped weights
+    fv2es-train visual --resume  # one branch; continue an interrupted run
+    fv2es-train all --quick      # a few examples, one epoch: a smoke run in seconds
+    fv2es-train multimodal --fe2e DIR --dataset iemocap   # the paper's joint setting
 
 Each branch trains on its own corpus (audio: RAVDESS, actors 17-20 held out; visual: FER2013 train,
 validated on its PublicTest split; text: MELD train, validated on dev) with the preprocessing code the
@@ -22,14 +22,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-sys.path.insert(0, str(ROOT / "build"))
 
-from fv2es import config  # noqa: E402
-from training import tasks  # noqa: E402
-from training.speech import audio_branch_task  # noqa: E402
-from training.loop import fit  # noqa: E402
-from training.weights import load_trained_state, load_weights, save_weights, weights_path  # noqa: E402
+from fv2es import config
+from .training import tasks
+from .training.speech import audio_branch_task
+from .training.loop import fit
+from .training.weights import load_trained_state, load_weights, save_weights, weights_path
 
 DATA_DESCRIPTION = {
     "audio": f"RAVDESS speech, actors {sorted(set(range(1, 21)) - set(config.RAVDESS_VALIDATION_ACTORS))} train, "
@@ -82,7 +80,7 @@ def train_branch(branch: str, args: argparse.Namespace) -> dict:
         data=DATA_DESCRIPTION[branch] + (" (quick: a few examples)" if args.quick else "")
         + (f"; initialised from {args.init} (trained: {load_weights(args.init).get('command')})" if args.init else ""),
         seed=args.seed,
-        command="python build/train.py " + " ".join(sys.argv[1:]),
+        command="fv2es-train " + " ".join(sys.argv[1:]),
         minutes=round(minutes, 1),
         **({"audio_input": config.AUDIO_INPUT} if branch == "audio" else {}),
     )
@@ -91,7 +89,7 @@ def train_branch(branch: str, args: argparse.Namespace) -> dict:
 
 
 def train_multimodal(args: argparse.Namespace) -> dict:
-    from training.multimodal import multimodal_task  # noqa: PLC0415
+    from .training.multimodal import multimodal_task  # noqa: PLC0415
 
     if args.fe2e is None:
         raise SystemExit("multimodal training needs --fe2e DIR (the FE2E data folder) and --dataset")
@@ -108,7 +106,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
         "epoch": best["epoch"],
         "hyperparameters": hp,
         "seed": args.seed,
-        "command": "python build/train.py " + " ".join(sys.argv[1:]),
+        "command": "fv2es-train " + " ".join(sys.argv[1:]),
     }
     model = task.model
     for branch in config.BRANCHES:
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = ("audio", "visual", "text", "fusion") if args.part == "all" else (args.part,)
     for part in parts:
         if part == "fusion":
-            from training.fusion_fit import train_fusion  # noqa: PLC0415
+            from .training.fusion_fit import train_fusion  # noqa: PLC0415
 
             train_fusion(args)
         else:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-sys.path.insert(0, str(ROOT / "client"))
-sys.path.insert(0, str(ROOT / "build"))  # repository.py, export.py, training/
 
-from fv2es import config, synth  # noqa: E402
-from fv2es.media import demux  # noqa: E402
-from fv2es.tritonserver import REPOSITORY, EmbeddedServer  # noqa: E402
-from fv2es_client import Fv2esClient  # noqa: E402
+from fv2es import config
+from fv2es.media import demux
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer
+from fv2es_build import synth
+from fv2es_client import Fv2esClient
 
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import make_video
 from tritonclient.utils import InferenceServerException
 
-from fv2es import config, synth
+from fv2es import config
+from fv2es_build import synth
 from fv2es.errors import InputError
 from fv2es.media import demux
 

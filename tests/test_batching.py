@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from fv2es import config, models
+from fv2es import config, models, pipeline
 
-ENCODERS = ("audio_encoder", "visual_encoder", "text_encoder")
+BATCHED = {step.name: step for step in pipeline.batched_steps()}
+ENCODERS = tuple(BATCHED)
 
 
 def stats(server, model: str) -> tuple[int, int, int]:
@@ -20,9 +21,8 @@ def stats(server, model: str) -> tuple[int, int, int]:
     return int(s["inference_stats"]["success"].get("count", 0)), int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
 
-AUDIO_ROWS = "SPEECH_ROWS" if config.AUDIO_INPUT == "whisper" else "MEL_CHUNKS"
-INPUT_NAMES = {"audio_encoder": [AUDIO_ROWS], "visual_encoder": ["FACES"], "text_encoder": ["TEXT_IDS", "TEXT_MASK"]}
-OUTPUT_NAME = {"audio_encoder": "AUDIO_FEATURES", "visual_encoder": "VISUAL_FEATURES", "text_encoder": "TEXT_FEATURES"}
+INPUT_NAMES = {name: [t.name for t in step.inputs] for name, step in BATCHED.items()}
+OUTPUT_NAME = {name: step.outputs[0].name for name, step in BATCHED.items()}
 
 
 def encoder_request(model: str, seed: int):

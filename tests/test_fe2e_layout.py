@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import fe2e
+from fv2es_build.training import fe2e
 
 # Smallest valid JPEG (1x1 grey pixel); the loader only lists frames, so the bytes matter little.
 JPEG_1X1 = bytes.fromhex(

@@ -197,7 +197,7 @@ def test_a_dead_stub_is_replaced_and_readiness_says_so_meanwhile(own_server, sam
 
 def run_probe(server, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fv2es_client.probe", "--url", server.grpc_url, "--video", str(SAMPLE)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_the_probe_runs_an_inference_and_sees_what_ready_misses(sample_bytes):

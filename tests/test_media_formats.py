@@ -15,7 +15,8 @@ import av
 import numpy as np
 import pytest
 
-from fv2es import config, synth
+from fv2es import config
+from fv2es_build import synth
 from fv2es.faces import FaceDetector
 from fv2es.media import decode_audio, demux, sample_frames
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import ROOT, make_video
-from repository import weights_description
+from fv2es_build.repository import weights_description
 
 from fv2es import config
 from fv2es.tritonserver import REPOSITORY

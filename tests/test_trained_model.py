@@ -12,8 +12,8 @@ from conftest import ROOT
 from fv2es import config
 from fv2es.faces import normalise_faces
 from fv2es.text import load_tokenizer, tokenize
-from training import data
-from training.weights import load_branch
+from fv2es_build.training import data
+from fv2es_build.training.weights import load_branch
 
 DATA = ROOT / config.DATA_DIR
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"the validation corpora are not at {DATA}")

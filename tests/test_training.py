@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from fv2es import config, models, synth
+from fv2es import config, models
+from fv2es_build import synth
 from fv2es.models.fusion import class_map
 
-from training.metrics import classification_metrics
+from fv2es_build.training.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def test_every_label_set_builds_a_fusion_model(label_set):
 def test_quick_training_evaluation_and_export(tmp_path):
     """Every branch and the fusion train on a few real examples; the weights export to a working repository."""
     weights, runs, repo = tmp_path / "weights", tmp_path / "runs", tmp_path / "repo"
-    run("build/train.py", "all", "--quick", "--runs", str(runs), "--weights", str(weights))
+    run("-m", "fv2es_build.train", "all", "--quick", "--runs", str(runs), "--weights", str(weights))
     for part in config.WEIGHT_PARTS:
         record = torch.load(weights / f"{part}.pt", weights_only=False)
         assert record["label_set"] == config.LABEL_SET and "quick" in record["command"]
@@ -81,14 +82,14 @@ def test_quick_training_evaluation_and_export(tmp_path):
     text = torch.load(weights / "text.pt", weights_only=False)["state_dict"]
     assert any(k.startswith("encoder.") for k in text) and sum(v.numel() for v in text.values()) < 5_000_000
 
-    result = run("build/evaluate.py", "--quick", "--weights", str(weights), "--figures", str(tmp_path / "fig"), "--json", str(tmp_path / "eval.json"))
+    result = run("-m", "fv2es_build.evaluate", "--quick", "--weights", str(weights), "--figures", str(tmp_path / "fig"), "--json", str(tmp_path / "eval.json"))
     results = json.loads((tmp_path / "eval.json").read_text())
     assert set(results["branches"]) == set(config.BRANCHES) and "fused" in results["fusion"]
     assert all(v <= 1e-4 for v in results["export"].values())
     assert {p.name for p in (tmp_path / "fig").iterdir()} == {"audio.png", "visual.png", "text.png", "fused.png"}
     assert "RepVGG, batch of 64 faces" in result.stdout
 
-    run("build/repository.py", "--repository", str(repo), "--weights", str(weights))
+    run("-m", "fv2es_build.repository", "--repository", str(repo), "--weights", str(weights))
     provenance = json.loads((repo / "fusion" / "1" / "provenance.json").read_text())
     assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{p}.pt") for p in config.WEIGHT_PARTS]
     served = torch.jit.load(str(repo / "visual_encoder" / "1" / "model.pt"))
@@ -97,7 +98,7 @@ def test_quick_training_evaluation_and_export(tmp_path):
 
 @needs_data
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    common = ["build/train.py", "visual", "--quick", "--epochs", "2", "--threads", "1"]
+    common = ["-m", "fv2es_build.train", "visual", "--quick", "--epochs", "2", "--threads", "1"]
     run(*common, "--runs", str(tmp_path / "a"), "--weights", str(tmp_path / "wa"))
     run(*common, "--runs", str(tmp_path / "b"), "--weights", str(tmp_path / "wb"), "--stop-after", "1")
     resumed = run(*common, "--runs", str(tmp_path / "b"), "--weights", str(tmp_path / "wb"), "--resume")
@@ -143,7 +144,7 @@ def test_multimodal_training_on_the_fe2e_layout(tmp_path, dataset):
     speech = synth.speak("I am so happy to see you again")
     write_fe2e_corpus(tmp_path / "data", dataset, speech)
     weights = tmp_path / "weights"
-    result = run("build/train.py", "multimodal", "--fe2e", str(tmp_path / "data"), "--dataset", dataset, "--quick",
+    result = run("-m", "fv2es_build.train", "multimodal", "--fe2e", str(tmp_path / "data"), "--dataset", dataset, "--quick",
                  "--runs", str(tmp_path / "runs"), "--weights", str(weights))
     assert "4 training / 2 validation utterances" in result.stdout
     for part in config.WEIGHT_PARTS:
@@ -151,5 +152,5 @@ def test_multimodal_training_on_the_fe2e_layout(tmp_path, dataset):
         assert record["label_set"] == dataset
     assert tuple(torch.load(weights / "audio.pt", weights_only=False)["classes"]) == config.LABEL_SETS[dataset]
     # The served label set is configuration: weights for another set refuse to export, and say why.
-    refused = run("build/repository.py", "--repository", str(tmp_path / "repo"), "--weights", str(weights), check=False)
+    refused = run("-m", "fv2es_build.repository", "--repository", str(tmp_path / "repo"), "--weights", str(weights), check=False)
     assert refused.returncode != 0 and f"trained for label set '{dataset}'" in refused.stderr

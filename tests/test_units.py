@@ -61,13 +61,13 @@ def test_aggregate_is_duration_weighted():
 
 
 def test_committed_configs_match_the_builder(tmp_path):
-    from repository import REPOSITORY, ROOT, weights_description, write_configs
+    from fv2es_build.repository import REPOSITORY, ROOT, weights_description, write_configs
 
     write_configs(weights_description(ROOT / config.WEIGHTS_DIR), tmp_path)
     for generated in tmp_path.rglob("*"):
         if generated.is_file():
             committed = REPOSITORY / generated.relative_to(tmp_path)
-            assert committed.read_text() == generated.read_text(), f"{committed} is stale: run `make configs`"
+            assert committed.read_text() == generated.read_text(), f"{committed} is stale: run `make build`"
 
 
 def test_docker_compose_file_is_valid():

@@ -163,6 +163,6 @@ def train_fusion(args: argparse.Namespace) -> dict:
         data="clips composed from the RAVDESS / FER2013 / MELD validation splits (build/training/fusion_fit.py)",
         hyperparameters=hp,
         seed=args.seed,
-        command="python build/train.py " + " ".join(sys.argv[1:]),
+        command="fv2es-train " + " ".join(sys.argv[1:]),
     )
     return metrics

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fv2es import config, models
-from fv2es.faces import make_face_detector, video_faces
+from fv2es.faces import FaceDetector, make_face_detector, video_faces
 from fv2es.media import demux
 from fv2es.models.branches import create_branch
 from fv2es.text import load_tokenizer, tokenize

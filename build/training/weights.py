@@ -36,7 +36,7 @@ def save_weights(path: Path, model: torch.nn.Module, **record) -> None:
 
 def load_weights(path: Path) -> dict:
     if not path.exists():
-        raise FileNotFoundError(f"no trained weights at {path}: run `python build/train.py` (see MODEL_CARD.md)")
+        raise FileNotFoundError(f"no trained weights at {path}: run `fv2es-train` (see MODEL_CARD.md)")
     record = torch.load(path, map_location="cpu", weights_only=False)
     if record.get("label_set") != config.LABEL_SET:
         raise ValueError(

@@ -1,5 +1,5 @@
-"""The whole pipeline in one Python process, without a server: the same steps (`fv2es.stages`) and
-the same exported TorchScript models, called one after another for one video at a time.
+"""The whole pipeline in one Python process, without a server: the steps of `fv2es.pipeline`, in its
+order, each run by the same function its Triton model runs (`fv2es.stages`, the exported TorchScript).
 
 This is what a user would write by hand; the benchmarks compare the server with it, and a test
 checks that both give the same scores.
@@ -8,60 +8,64 @@ checks that both give the same scores.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from . import config, stages
+from . import config, pipeline, stages
 from .asr import SpeechRecognizer
 from .audio import mel_transform
 from .faces import make_face_detector
 from .models import load_for_inference
 from .text import load_tokenizer
 
-TORCHSCRIPT_MODELS = ("audio_encoder", "visual_encoder", "text_encoder", "fusion")
+Arrays = dict[str, np.ndarray]
 
 
 class InProcessPipeline:
     def __init__(self, repository: Path):
+        self.steps = pipeline.steps()
         self.detector = make_face_detector()
         self.recognizer = SpeechRecognizer()
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
-        self.models = {name: load_for_inference(str(repository / name / "1" / "model.pt")) for name in TORCHSCRIPT_MODELS}
+        self.models = {s.name: load_for_inference(str(repository / s.name / "1" / "model.pt")) for s in self.steps if s.torchscript}
+        # The in-process twin of each serving runner (fv2es/serving/<runner>.py): inputs by name -> outputs by name.
+        self.runners: dict[str, Callable[[pipeline.Step, dict], Arrays]] = {
+            "demux": lambda s, x: stages.demux(x["VIDEO"]),
+            "face_crop": lambda s, x: stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"]),
+            "asr": lambda s, x: stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer),
+            "mel": lambda s, x: stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform),
+            "assign_faces": lambda s, x: stages.assign_faces(x["FACE_TIMES"], x["SEGMENT_TIMES"]),
+            "torchscript": lambda s, x: {s.outputs[0].name: self.run_model(s.name, *(x[i.name] for i in s.inputs))},
+            "aggregate": lambda s, x: stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS)),
+        }
 
     def run_model(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.models[name](*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)).numpy()
 
-    def analyze(self, video: bytes) -> dict[str, np.ndarray]:
+    def analyze(self, video: bytes) -> Arrays:
         """The ensemble's outputs for one video (MODEL_INFO aside)."""
-        media = stages.demux(video)
-        faces = stages.face_crop(video, self.detector)
-        return self.infer(media, faces)
+        return self.run({"VIDEO": video})
 
-    def infer(self, media: stages.Arrays, faces: stages.Arrays) -> dict[str, np.ndarray]:
-        """Everything after demux and face_crop: ASR (and Mel, on the "mel" audio input), the encoders,
-        fusion and aggregation."""
-        speech = stages.asr(media["AUDIO"], media["DURATION"], self.recognizer, self.tokenizer)
-        if config.AUDIO_INPUT == "whisper":
-            audio_rows, audio_segment = speech["SPEECH_ROWS"], speech["SPEECH_SEGMENT"]
-        else:
-            mel = stages.mel(media["AUDIO"], speech["SEGMENT_TIMES"], self.transform)
-            audio_rows, audio_segment = mel["MEL_CHUNKS"], mel["MEL_SEGMENT"]
-        owners = stages.assign_faces(faces["FACE_TIMES"], speech["SEGMENT_TIMES"])
-        scores = self.run_model(
-            "fusion",
-            self.run_model("audio_encoder", audio_rows), audio_segment,
-            self.run_model("visual_encoder", faces["FACES"]), owners["FACE_SEGMENT"],
-            self.run_model("text_encoder", speech["TEXT_IDS"], speech["TEXT_MASK"]), speech["SEGMENT_HAS_SPEECH"],
-        )
-        video = stages.aggregate(scores, speech["SEGMENT_TIMES"], list(config.LABELS))
-        return {
-            "SEGMENT_TIMES": speech["SEGMENT_TIMES"],
-            "TRANSCRIPTS": speech["TRANSCRIPTS"],
-            "SEGMENT_SCORES": scores,
-            "SEGMENT_HAS_SPEECH": speech["SEGMENT_HAS_SPEECH"],
-            "SEGMENT_HAS_FACE": owners["SEGMENT_HAS_FACE"],
-            **video,
-        }
+    def plan(self, available: set[str]) -> list[pipeline.Step]:
+        """The steps that the ensemble's outputs need, given the tensors already `available`."""
+        needed = set(pipeline.ENSEMBLE_OUTPUTS) - available
+        chosen = []
+        for step in reversed(self.steps):
+            if {step.target(o.name) for o in step.outputs} & needed:
+                chosen.append(step)
+                needed |= {step.source(i.name) for i in step.inputs} - available
+        return chosen[::-1]
+
+    def run(self, tensors: dict) -> Arrays:
+        """Runs the steps that the ensemble's outputs need from `tensors` (all of them from
+        {"VIDEO": bytes}; those after preprocessing from what a two-phase pipeline read back from its
+        files), in the pipeline's order, and returns the ensemble's outputs (MODEL_INFO aside)."""
+        tensors = dict(tensors)
+        for step in self.plan(set(tensors)):
+            outputs = self.runners[step.runner](step, {i.name: tensors[step.source(i.name)] for i in step.inputs})
+            tensors.update({step.target(name): value for name, value in outputs.items()})
+        return {name: tensors[name] for name in pipeline.ENSEMBLE_OUTPUTS if name in tensors}

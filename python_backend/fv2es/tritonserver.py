@@ -82,7 +82,9 @@ def prepare_backends(work_dir: Path) -> Path:
     return backends
 
 
-def server_env(embedded: bool = True) -> dict[str, str]:
+def server_env(embedded: bool = True, stub_env: Path | None = None) -> dict[str, str]:
+    """The server's environment. The stubs run in the Python environment `stub_env` (a venv's root;
+    default: the running one): the stub finds it through the `python` first on PATH."""
     env = {**config.SERVER_ENV, **os.environ}  # the caller's settings win
     # A preload that is not installed (no libjemalloc2) would print an ld.so error in every process.
     preload = [p for p in re.split(r"[: ]", env.get("LD_PRELOAD", "")) if p and Path(p).exists()]
@@ -91,7 +93,7 @@ def server_env(embedded: bool = True) -> dict[str, str]:
     else:
         env.pop("LD_PRELOAD", None)
     env.pop(config.ADMIN_KEY_ENV, None)  # the stubs run model code: they have no use for the key
-    venv_bin = str(Path(sys.executable).parent)
+    venv_bin = str(Path(stub_env) / "bin") if stub_env else str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     libs = [sysconfig.get_config_var("LIBDIR")]
     if embedded:
@@ -119,6 +121,11 @@ def limited_repository(target: Path, max_input_bytes: int, repository: Path = RE
     return target
 
 
+def is_remote(repository: Path | str) -> bool:
+    """Whether a model repository is a cloud-storage URL that tritonserver reads itself."""
+    return isinstance(repository, str) and repository.split("://", 1)[0] in ("s3", "gs", "as")
+
+
 class EmbeddedServer:
     """Starts tritonserver and waits until every model is ready; use as a context manager.
 
@@ -129,7 +136,7 @@ class EmbeddedServer:
 
     def __init__(
         self,
-        repository: Path = REPOSITORY,
+        repository: Path | str = REPOSITORY,
         *,
         address: str = config.BIND_ADDRESS,
         http_port: int | None = None,
@@ -142,8 +149,10 @@ class EmbeddedServer:
         log_file: Path | None = None,
         verbose: bool = False,
         extra_args: list[str] | None = None,
+        stub_env: Path | None = None,
     ):
-        self.repository = Path(repository)
+        # A local folder, or a URL Triton reads itself (s3://host:port/bucket/path, gs://, as://).
+        self.repository = repository if is_remote(repository) else Path(repository)
         self.address = address
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
@@ -165,6 +174,7 @@ class EmbeddedServer:
         self.log_file = log_file or self.work_dir / "tritonserver.log"
         self.verbose = verbose
         self.extra_args = extra_args or []
+        self.stub_env = stub_env
         self.process: subprocess.Popen | None = None
 
     @property
@@ -209,12 +219,13 @@ class EmbeddedServer:
         ]
 
     def start(self, timeout_s: float = 300.0) -> "EmbeddedServer":
-        missing = [str(p) for p in self.repository.glob("*_encoder/1") if not (p / "model.pt").exists()]
-        if missing or not (self.repository / "fusion" / "1" / "model.pt").exists():
-            raise RuntimeError(f"model repository {self.repository} has no exported models: run `make build` first")
+        if not is_remote(self.repository):
+            missing = [str(p) for p in self.repository.glob("*_encoder/1") if not (p / "model.pt").exists()]
+            if missing or not (self.repository / "fusion" / "1" / "model.pt").exists():
+                raise RuntimeError(f"model repository {self.repository} has no exported models: run `make build` first")
         out = None if self.verbose else open(self.log_file, "wb")
         self.process = subprocess.Popen(
-            self.command(), env=server_env(embedded=self.tritonserver is None), stdout=out, stderr=subprocess.STDOUT,
+            self.command(), env=server_env(embedded=self.tritonserver is None, stub_env=self.stub_env), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
@@ -283,7 +294,8 @@ class EmbeddedServer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the FV2ES model repository with tritonserver.")
-    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--repository", default=str(REPOSITORY),
+                        help="model repository: a folder, or s3://host:port/bucket/path (default %(default)s)")
     parser.add_argument("--address", default=os.environ.get("FV2ES_BIND_ADDRESS", config.BIND_ADDRESS),
                         help="address to bind HTTP, gRPC and metrics to (default %(default)s; 0.0.0.0 for all)")
     parser.add_argument("--http-port", type=int, default=8000)
@@ -293,7 +305,7 @@ def main() -> None:
     parser.add_argument("--backend-directory", type=Path, help="its backends folder (default: the wheel's, with this Python's stub)")
     args = parser.parse_args()
     server = EmbeddedServer(
-        args.repository, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
+        args.repository if is_remote(args.repository) else Path(args.repository), address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, tritonserver=args.tritonserver, backend_directory=args.backend_directory,
         verbose=True,
     )

@@ -1,9 +1,3 @@
-"""Triton entry point; the implementation is fv2es.serving.aggregate."""
+"""Triton entry point of "aggregate": fv2es.serving.aggregate, from the fv2es package in this folder."""
 
-import sys
-from pathlib import Path
-
-# The repository layout: <root>/triton_models/<model>/<version>/model.py, code in <root>/python_backend.
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python_backend"))
-
-from fv2es.serving.aggregate import TritonPythonModel  # noqa: E402,F401
+from fv2es.serving.aggregate import TritonPythonModel  # noqa: F401

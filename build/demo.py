@@ -9,9 +9,9 @@ from pathlib import Path
 from fv2es_client.cli import format_result
 from fv2es_client.client import Fv2esClient
 
-from .tritonserver import REPOSITORY, EmbeddedServer
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer
 
-SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "talking_head.mp4"
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "talking_head.mp4"
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from . import config
+from fv2es import config
 
 SAMPLE_SENTENCES = (
     "I am so happy to see you again today.",

@@ -1,0 +1,176 @@
+"""The pipeline as data: the ensemble's steps, their tensors and their serving settings, in order.
+
+This one description drives everything that knows the graph:
+- `fv2es_build.repository` writes every config.pbtxt and model.py from it (the model.py of a step
+  imports `fv2es.serving.<runner>`), and the ensemble's wiring;
+- `fv2es.inprocess` runs the same steps in the same order in one process;
+- the benchmarks and tests read stage names, batched models and tensor names from it.
+
+Values come from `fv2es.config`; `steps()` depends on config.AUDIO_INPUT (the Whisper states from
+asr, or the mel step's chunks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import config
+
+F = config.FEATURE_DIM
+C = len(config.LABELS)
+LABELS_FILE = "labels.txt"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # Triton's data type without "TYPE_": FP32, INT64, BOOL, STRING
+    dims: tuple[int, ...]  # per request (without the batch dimension of a batched model)
+    labels: bool = False  # carries label_filename labels.txt (the scores' class names)
+
+
+def fp32(name: str, *dims: int) -> Tensor:
+    return Tensor(name, "FP32", dims)
+
+
+def int64(name: str, *dims: int) -> Tensor:
+    return Tensor(name, "INT64", dims)
+
+
+def boolean(name: str, *dims: int) -> Tensor:
+    return Tensor(name, "BOOL", dims)
+
+
+def string(name: str, *dims: int) -> Tensor:
+    return Tensor(name, "STRING", dims)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model of the ensemble. `runner` is the implementation, `fv2es.serving.<runner>` on the
+    server and the runner of the same name in `fv2es.inprocess`; "torchscript" steps run the
+    exported `<name>/1/model.pt`. Tensor names are the ensemble's, except where `sources` maps an
+    input to the ensemble tensor it reads and `targets` an output to the ensemble tensor it writes."""
+
+    name: str
+    runner: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    sources: dict[str, str] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)
+    max_batch_size: int = 0  # > 0: dynamic batching across requests
+    kind: str = "KIND_CPU"
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def torchscript(self) -> bool:
+        return self.runner == "torchscript"
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def source(self, input_name: str) -> str:
+        """The ensemble tensor an input reads."""
+        return self.sources.get(input_name, input_name)
+
+    def target(self, output_name: str) -> str:
+        """The ensemble tensor an output writes."""
+        return self.targets.get(output_name, output_name)
+
+    @property
+    def instance_count(self) -> int:
+        return config.INSTANCE_COUNTS.get(self.name, 1)
+
+
+ENSEMBLE_INPUT = string("VIDEO", 1)
+ENSEMBLE_OUTPUTS = ("SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE",
+                    "VIDEO_SCORES", "LABELS", "MODEL_INFO")
+
+INPUT_LIMITS = {"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)}
+# The steps after demux validate times, audio lengths and segment counts against the same limit.
+DURATION_LIMIT = {"max_duration_s": str(config.MAX_DURATION_S)}
+
+
+def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
+    """The steps of the ensemble, in an order where every input is produced before it is read.
+    `weights` describes the served weights (MODEL_INFO carries it; `fv2es_build.repository`)."""
+    audio_input = audio_input or config.AUDIO_INPUT
+    if audio_input not in config.AUDIO_INPUTS:
+        raise ValueError(f"AUDIO_INPUT {audio_input!r} is not one of {config.AUDIO_INPUTS}")
+    whisper = audio_input == "whisper"
+    m, t, s = config.N_MELS, config.CHUNK_FRAMES, config.FACE_SIZE
+    tokens, speech_dim, text_dim = config.TEXT_MAX_TOKENS, 2 * config.SPEECH_STATE_DIM, config.TEXT_FEATURE_DIM
+    batch = config.ENCODER_MAX_BATCH
+
+    def encoder(name: str, inputs: tuple[Tensor, ...], output: Tensor) -> Step:
+        return Step(name, "torchscript", inputs, (output,), max_batch_size=batch[name], kind="KIND_AUTO",
+                    parameters={"weights": weights, "rows_per_forward": str(config.ENCODER_ROWS_PER_FORWARD[name])})
+
+    asr_outputs = (fp32("SEGMENT_TIMES", -1, 2), string("TRANSCRIPTS", -1), boolean("SEGMENT_HAS_SPEECH", -1),
+                   int64("TEXT_IDS", -1, tokens), int64("TEXT_MASK", -1, tokens))
+    if whisper:
+        asr_outputs += (fp32("SPEECH_ROWS", -1, speech_dim), int64("SPEECH_SEGMENT", -1))
+    mel = Step("mel", "mel", (fp32("AUDIO", -1), fp32("SEGMENT_TIMES", -1, 2)),
+               (fp32("MEL_CHUNKS", -1, m, t), int64("MEL_SEGMENT", -1)), kind="KIND_AUTO", parameters=DURATION_LIMIT)
+    audio_rows = fp32("SPEECH_ROWS", speech_dim) if whisper else fp32("MEL_CHUNKS", m, t)
+    return [
+        Step("demux", "demux", (ENSEMBLE_INPUT,), (fp32("AUDIO", -1), fp32("DURATION", 1)), parameters=INPUT_LIMITS),
+        Step("face_crop", "face_crop", (ENSEMBLE_INPUT, fp32("DURATION", 1)), (fp32("FACES", -1, 1, s, s), fp32("FACE_TIMES", -1)),
+             kind="KIND_AUTO", parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS}),
+        Step("asr", "asr", (fp32("AUDIO", -1), fp32("DURATION", 1)), asr_outputs, kind="KIND_AUTO",
+             parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
+                         "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
+                         "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL,
+                         "window_s": str(config.WINDOW_S), "audio_input": audio_input, **DURATION_LIMIT}),
+        *([] if whisper else [mel]),
+        Step("assign_faces", "assign_faces", (fp32("FACE_TIMES", -1), fp32("SEGMENT_TIMES", -1, 2)),
+             (int64("FACE_SEGMENT", -1), boolean("SEGMENT_HAS_FACE", -1)), parameters=DURATION_LIMIT),
+        encoder("audio_encoder", (audio_rows,), fp32("AUDIO_FEATURES", F)),
+        encoder("visual_encoder", (fp32("FACES", 1, s, s),), fp32("VISUAL_FEATURES", F)),
+        encoder("text_encoder", (int64("TEXT_IDS", tokens), int64("TEXT_MASK", tokens)), fp32("TEXT_FEATURES", text_dim)),
+        Step("fusion", "torchscript",
+             (fp32("AUDIO_FEATURES", -1, F), int64("AUDIO_SEGMENT", -1), fp32("VISUAL_FEATURES", -1, F),
+              int64("VISUAL_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim), boolean("TEXT_PRESENT", -1)),
+             (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=True),),
+             sources={"AUDIO_SEGMENT": "SPEECH_SEGMENT" if whisper else "MEL_SEGMENT",
+                      "VISUAL_SEGMENT": "FACE_SEGMENT", "TEXT_PRESENT": "SEGMENT_HAS_SPEECH"},
+             kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT}),
+        Step("aggregate", "aggregate", (fp32("SEGMENT_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
+             (Tensor("VIDEO_SCORES", "FP32", (C,), labels=True), string("LABELS", C), string("MODEL_INFO", 1)),
+             parameters={"weights": weights, "labels_file": LABELS_FILE, **DURATION_LIMIT}),
+    ]
+
+
+def step(name: str, audio_input: str | None = None) -> Step:
+    return next(s for s in steps(audio_input=audio_input) if s.name == name)
+
+
+def batched_steps(audio_input: str | None = None) -> list[Step]:
+    """The steps with dynamic batching (the encoders)."""
+    return [s for s in steps(audio_input=audio_input) if s.batched]
+
+
+def ensemble_outputs(pipeline: list[Step]) -> list[Tensor]:
+    """The ensemble's outputs as the client sees them (a batched step's outputs gain the row dimension)."""
+    produced = {s.target(t.name): (s, t) for s in pipeline for t in s.outputs}
+    outputs = []
+    for name in ENSEMBLE_OUTPUTS:
+        owner, tensor = produced[name]
+        outputs.append(Tensor(name, tensor.dtype, (-1, *tensor.dims) if owner.batched else tensor.dims, tensor.labels))
+    return outputs
+
+
+def check_wiring(pipeline: list[Step]) -> None:
+    """Every input is produced by an earlier step (or is the ensemble's input), once."""
+    available = {ENSEMBLE_INPUT.name}
+    for s in pipeline:
+        missing = [s.source(i.name) for i in s.inputs if s.source(i.name) not in available]
+        if missing:
+            raise ValueError(f"step {s.name} reads {', '.join(missing)}, which no earlier step produces")
+        produced = [s.target(t.name) for t in s.outputs]
+        twice = [name for name in produced if name in available]
+        if twice:
+            raise ValueError(f"step {s.name} produces {', '.join(twice)} again")
+        available |= set(produced)
+
