@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from fv2es import config, models
+from fv2es.models.checked import checked
 from .training.weights import load_branch, load_weights, weights_path
 
 MAX_EXPORT_DIFFERENCE = 1e-4
@@ -70,13 +71,17 @@ def weight_file_record(path: Path) -> dict:
     }
 
 
-def export_all(repository: Path, weights_dir: Path) -> None:
+def export_all(repository: Path, weights_dir: Path, backend: str = "python") -> None:
+    """Every TorchScript file of the repository, checked against eager. For Triton's PyTorch backend
+    ("libtorch") the text encoder and the fusion carry their input checks inside (models/checked.py)."""
     sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(config.WEIGHT_PARTS)}
     for name, module in trained_models(weights_dir).items():
         scripted = models.to_torchscript(name, module)
         difference = export_difference(name, module, scripted)
         if difference > MAX_EXPORT_DIFFERENCE:
             raise SystemExit(f"{name}: TorchScript differs from eager by {difference:.2e} (> {MAX_EXPORT_DIFFERENCE})")
+        if backend == "libtorch":
+            scripted = checked(name, scripted)
         target = repository / name / "1" / "model.pt"
         scripted.save(str(target))
         provenance = {
@@ -84,6 +89,7 @@ def export_all(repository: Path, weights_dir: Path) -> None:
             "pretrained": f"{config.TEXT_MODEL}, top {config.TEXT_TRAINABLE_LAYERS} layers fine-tuned" if name == "text_encoder" else None,
             "max_abs_difference_to_eager": difference,
             "torch": torch.__version__,
+            "backend": backend,
         }
         (target.parent / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
         print(f"exported {name}: {target.stat().st_size / 1e6:.1f} MB, TorchScript vs eager max abs difference {difference:.1e}")

@@ -7,7 +7,7 @@ files, model.py entry points, labels, our runtime package and the exported Torch
                                          # encoders and fusion as pytorch_libtorch models (NGC image)
 
 The repository is self-contained: each Python-backend model's version folder holds a copy of the
-runtime package `fv2es` (Triton puts that folder on the stub's sys.path), so the folder can be copied
+runtime package `fv2es`, which its model.py imports, so the folder can be copied
 into any model repository, a volume or a bucket, and load with only the third-party packages
 installed. Each model carries its own copy because Triton fetches cloud-storage repositories model
 by model: a shared folder beside the models would not travel with them.
@@ -33,7 +33,14 @@ BACKENDS = ("python", "libtorch")  # how the TorchScript steps are served
 
 MODEL_PY = '''"""Triton entry point of "{name}": fv2es.serving.{runner}, from the fv2es package in this folder."""
 
-from fv2es.serving.{runner} import TritonPythonModel  # noqa: F401
+import sys
+from pathlib import Path
+
+# Triton appends this folder to sys.path; first, so that an fv2es installed in Triton's Python (as in
+# docker/Dockerfile, for the launcher) cannot shadow the code this model was built with.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fv2es.serving.{runner} import TritonPythonModel  # noqa: E402,F401
 '''
 
 HEADER = "# Written by fv2es-build (build/repository.py) from fv2es/pipeline.py and config.py: edit those, not this file.\n"
@@ -180,7 +187,7 @@ def main() -> None:
     if not args.configs:
         from .export import export_all  # noqa: PLC0415 - torch is only needed for export
 
-        export_all(args.repository, args.weights)
+        export_all(args.repository, args.weights, args.torchscript_backend)
         if args.torchscript_backend == "libtorch":
             write_configs(description, args.repository, "libtorch")
     print(f"model repository ready: {args.repository} (TorchScript steps on the {args.torchscript_backend} backend)")

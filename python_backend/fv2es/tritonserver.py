@@ -131,7 +131,7 @@ class EmbeddedServer:
 
     Bound to `address` (config.BIND_ADDRESS), the admin APIs behind `admin_key` (config: where it
     comes from), every model loaded at start in explicit model-control mode so that the stub
-    watchdog can reload one. `stop()` leaves no stub process and no /dev/shm file behind.
+    watchdog can reload one. `stop()` leaves no stub process, no /dev/shm file and no work folder behind.
     """
 
     def __init__(
@@ -218,6 +218,14 @@ class EmbeddedServer:
             *self.extra_args,
         ]
 
+    def env(self) -> dict[str, str]:
+        env = server_env(embedded=self.tritonserver is None, stub_env=self.stub_env)
+        # Models of an s3:// repository are downloaded here, so they go with the work folder.
+        mount = self.work_dir / "s3"
+        mount.mkdir(exist_ok=True)
+        env.setdefault("TRITON_AWS_MOUNT_DIRECTORY", str(mount))
+        return env
+
     def start(self, timeout_s: float = 300.0) -> "EmbeddedServer":
         if not is_remote(self.repository):
             missing = [str(p) for p in self.repository.glob("*_encoder/1") if not (p / "model.pt").exists()]
@@ -225,21 +233,23 @@ class EmbeddedServer:
                 raise RuntimeError(f"model repository {self.repository} has no exported models: run `make build` first")
         out = None if self.verbose else open(self.log_file, "wb")
         self.process = subprocess.Popen(
-            self.command(), env=server_env(embedded=self.tritonserver is None, stub_env=self.stub_env), stdout=out, stderr=subprocess.STDOUT,
+            self.command(), env=self.env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{tail}")
             if self.ready():
                 if self.watch_stubs:
                     self.watchdog = StubWatchdog(self.process.pid, self.http_url, self.admin_key).start()
                 return self
             time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
-        raise TimeoutError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        raise TimeoutError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{tail}")
 
     def ready(self) -> bool:
         try:
@@ -278,6 +288,8 @@ class EmbeddedServer:
         while any(process_state(pid) not in (None, "Z") for pid in stubs) and time.monotonic() < deadline:
             time.sleep(0.05)
         remove_shm_regions(regions)
+        # The copied backends, the cache, s3:// downloads, a generated admin key and the default log.
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

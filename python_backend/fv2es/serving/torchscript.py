@@ -20,19 +20,10 @@ import triton_python_backend_utils as pb_utils
 from .. import checks
 from ..errors import InputError
 from ..models import prepare_for_inference
+from ..models.checked import embedding_rows
 from .base import PipelineModel, request_inputs
 
 FUSION_INPUTS = ("AUDIO_FEATURES", "AUDIO_SEGMENT", "VISUAL_FEATURES", "VISUAL_SEGMENT", "TEXT_FEATURES", "TEXT_PRESENT")
-
-
-def embedding_rows(model: torch.jit.ScriptModule, parameter_suffix: str = "word_embeddings.weight") -> int | None:
-    """Rows of the token embedding of a TorchScript text model (its vocabulary size), or None.
-
-    Read from the module as loaded, before freezing inlines its weights as constants."""
-    for name, parameter in model.named_parameters():
-        if name.endswith(parameter_suffix) and parameter.dim() == 2:
-            return int(parameter.shape[0])
-    return None
 
 
 def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> Callable[[dict[str, np.ndarray]], None]:

@@ -1,0 +1,74 @@
+"""Input checks inside TorchScript, for the models that Triton's PyTorch backend serves
+(`fv2es-build --torchscript-backend libtorch`). No Python runs before those models, so the checks of
+the Python runner (fv2es.checks) cannot; and an index past the end of a tensor on a GPU is a
+device-side assert that breaks the process's CUDA context for every later request. Each check here
+raises instead, which the backend returns as that request's error."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def check_index(index: Tensor, size: int, name: str, low: int) -> None:
+    if index.numel() > 0 and (bool((index < low).any()) or bool((index >= size).any())):
+        raise ValueError(name + " holds an index outside " + str(low) + ".." + str(size - 1))
+
+
+def check_rows(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(a_name + " and " + b_name + " have different row counts")
+
+
+class CheckedTextEncoder(nn.Module):
+    """Token ids within the vocabulary (an embedding lookup past it is such an assert)."""
+
+    def __init__(self, encoder: torch.jit.ScriptModule, vocab_size: int):
+        super().__init__()
+        self.encoder = encoder
+        self.vocab_size = vocab_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        check_index(input_ids, self.vocab_size, "TEXT_IDS", 0)
+        check_rows(input_ids, "TEXT_IDS", attention_mask, "TEXT_MASK")
+        return self.encoder(input_ids, attention_mask)
+
+
+class CheckedFusion(nn.Module):
+    """Segment ids in [-1, S) for S segments (one TEXT_FEATURES row each), consistent row counts."""
+
+    def __init__(self, fusion: torch.jit.ScriptModule):
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, audio_features: Tensor, audio_segment: Tensor, visual_features: Tensor, visual_segment: Tensor,
+                text_features: Tensor, text_present: Tensor) -> Tensor:
+        segments = text_features.shape[0]
+        check_rows(text_features, "TEXT_FEATURES", text_present, "TEXT_PRESENT")
+        check_rows(audio_features, "AUDIO_FEATURES", audio_segment, "AUDIO_SEGMENT")
+        check_rows(visual_features, "VISUAL_FEATURES", visual_segment, "VISUAL_SEGMENT")
+        check_index(audio_segment, segments, "AUDIO_SEGMENT", -1)
+        check_index(visual_segment, segments, "VISUAL_SEGMENT", -1)
+        return self.fusion(audio_features, audio_segment, visual_features, visual_segment, text_features, text_present)
+
+
+def embedding_rows(model: torch.jit.ScriptModule, parameter_suffix: str = "word_embeddings.weight") -> int | None:
+    """Rows of the token embedding of a TorchScript text model (its vocabulary size), or None.
+
+    Read from the module as loaded, before freezing inlines its weights as constants."""
+    for name, parameter in model.named_parameters():
+        if name.endswith(parameter_suffix) and parameter.dim() == 2:
+            return int(parameter.shape[0])
+    return None
+
+
+def checked(name: str, scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """`scripted` with its input checks, for the PyTorch backend (the encoders of float rows need none)."""
+    if name == "text_encoder":
+        vocab_size = embedding_rows(scripted)
+        if not vocab_size:
+            raise ValueError("text_encoder: no word embedding found, so no vocabulary size to check TEXT_IDS against")
+        return torch.jit.script(CheckedTextEncoder(scripted, vocab_size))
+    if name == "fusion":
+        return torch.jit.script(CheckedFusion(scripted))
+    return scripted
