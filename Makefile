@@ -54,7 +54,7 @@ evaluate: $(STAMP)
 	$(BIN)/fv2es-evaluate --write-card
 
 # Speed: the server against the in-process, two-phase and floor baselines, perf_analyzer at
-# concurrency 1..4 (installs its binary once), 10/60/600 s 720p clips -> BENCHMARKS.md (7 min in the
+# concurrency 1..4 (installs its binary once), 10/60/600 s 720p clips -> BENCHMARKS.md (8 min in the
 # last run, plus about 3 min the first time to generate the clips).
 bench: $(MODELS) $(CODE)
 	$(BIN)/python benchmarks/run.py

@@ -124,7 +124,8 @@ def copy_runtime_package(version_dir: Path) -> None:
     target = version_dir / "fv2es"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(RUNTIME_PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # copy, not copy2: the copies get the time of the build, which `make` compares with the sources.
+    shutil.copytree(RUNTIME_PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=shutil.copy)
 
 
 def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "python") -> None:
