@@ -158,7 +158,8 @@ def remove_stale_models(repository: Path, keep: set[str]) -> None:
     mel model when AUDIO_INPUT is "whisper"): a model repository serves every folder in it. Folders
     this script did not write are left alone."""
     for pbtxt in repository.glob("*/config.pbtxt"):
-        if pbtxt.parent.name not in keep and pbtxt.read_text().startswith(HEADER):
+        first_line = pbtxt.read_text().split("\n", 1)[0]
+        if pbtxt.parent.name not in keep and first_line.startswith("# Written by") and "build/repository.py" in first_line:
             shutil.rmtree(pbtxt.parent)
 
 
