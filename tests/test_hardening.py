@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from fv2es import config
 from fv2es.tritonserver import EmbeddedServer, restricted_api_args
-from fv2es.watchdog import SHM_DIR, live_stubs
+from fv2es.watchdog import SHM_DIR, live_stubs, process_state
 from fv2es_client import Fv2esClient, Fv2esError
 
 GRPC_KEY_HEADER = f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}"
@@ -234,7 +234,7 @@ def test_stop_leaves_no_stub_and_no_shared_memory(sample_bytes):
     os.kill(server.process.pid, signal.SIGKILL)
     server.stop()
     assert shm_files(regions) == []
-    assert [pid for pid in stub_pids if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]] == []
+    assert {pid: process_state(pid) for pid in stub_pids if process_state(pid) not in (None, "Z")} == {}
 
 
 # --- load with a fault -------------------------------------------------------------------------

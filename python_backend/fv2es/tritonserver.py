@@ -284,9 +284,13 @@ class EmbeddedServer:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + config.STUB_KILL_WAIT_S
         while any(process_state(pid) not in (None, "Z") for pid in stubs) and time.monotonic() < deadline:
             time.sleep(0.05)
+        left = {pid: process_state(pid) for pid in stubs if process_state(pid) not in (None, "Z")}
+        if left:
+            print(f"fv2es: {len(left)} stub(s) still alive {config.STUB_KILL_WAIT_S} s after SIGKILL "
+                  f"(pid: state {left})", file=sys.stderr, flush=True)
         remove_shm_regions(regions)
         # The copied backends, the cache, s3:// downloads, a generated admin key and the default log.
         shutil.rmtree(self.work_dir, ignore_errors=True)
