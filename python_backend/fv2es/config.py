@@ -248,7 +248,7 @@ ADMIN_KEY_FILE_ENV = "FV2ES_ADMIN_KEY_FILE"
 STUB_WATCH_INTERVAL_S = 0.5
 SERVER_EXIT_TIMEOUT_S = 10  # tritonserver --exit-timeout-secs: how long a stop waits for requests in flight
 # How long a stop waits for the stubs it SIGKILLed to be gone (a stub of 800 MB on a busy machine can
-# take seconds to tear down; a clean-clone CI run once saw three outlive a 5 s wait).
+# take seconds to tear down: clean-clone CI runs saw stubs still running after the stop returned).
 STUB_KILL_WAIT_S = 30
 # A stub's /dev/shm region grows to the largest request it saw and never shrinks; over this size the
 # watchdog reloads its model in place (0.2-0.5 s, readiness kept; benchmarks/oversize.py). A 60 s

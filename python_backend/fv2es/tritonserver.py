@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from . import config
-from .watchdog import SHM_DIR, StubWatchdog, orphaned_stubs, process_state, remove_shm_regions
+from .watchdog import SHM_DIR, StubWatchdog, orphaned_stubs, process_group_members, process_state, remove_shm_regions
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
 
@@ -278,7 +278,9 @@ class EmbeddedServer:
             pass
         self.process.wait()
         regions = regions | {f.name for f in SHM_DIR.glob(f"{self.shm_prefix}*")}
-        stubs = orphaned_stubs(regions, self.shm_prefix)  # any that left the process group
+        # The server's process group (stubs that are still tearing down have no command line left to
+        # recognise them by), and any stub that left the group.
+        stubs = sorted(set(process_group_members(self.process.pid)) | set(orphaned_stubs(regions, self.shm_prefix)))
         for pid in stubs:
             try:
                 os.kill(pid, signal.SIGKILL)

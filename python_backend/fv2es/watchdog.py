@@ -53,6 +53,22 @@ def process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]  # the name in parentheses may hold spaces
 
 
+def process_group_members(pgid: int) -> list[int]:
+    """The processes of process group `pgid`, read from /proc/<pid>/stat: unlike the command line,
+    the group stays readable while a killed process tears its memory down."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # state, ppid, pgrp
+            pids.append(int(entry.name))
+    return pids
+
+
 def _parent(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
