@@ -8,7 +8,7 @@ MODELS := triton_models/fusion/1/model.pt
 CODE := triton_models/demux/1/fv2es/__init__.py
 RUNTIME := $(shell find python_backend/fv2es -name '*.py')
 
-.PHONY: demo test serve build configs train evaluate bench clean
+.PHONY: demo test serve web build configs train evaluate bench clean
 
 demo: $(MODELS) $(CODE)
 	$(BIN)/fv2es-demo
@@ -18,6 +18,10 @@ test: $(MODELS) $(CODE)
 
 serve: $(MODELS) $(CODE)
 	$(BIN)/fv2es-serve
+
+# The web page on http://127.0.0.1:8080/ with an embedded tritonserver behind it, until Ctrl-C.
+web: $(MODELS) $(CODE)
+	$(BIN)/fv2es-web --embedded
 
 build: $(MODELS) $(CODE)
 
@@ -32,6 +36,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) || \
 		echo "espeak-ng not installed: tests that synthesise speech will fail"
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+		echo "chromium not installed: the web page's browser test is skipped"
 	test -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 || (apt-get update -qq && apt-get install -y -qq libjemalloc2) || \
 		echo "libjemalloc2 not installed: the server keeps memory after large requests (tests/test_oversize.py fails)"
 	touch $(STAMP)

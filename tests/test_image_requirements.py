@@ -31,9 +31,11 @@ CUDA_LABEL = "cu126"  # the CUDA of that image, 12.6: the torch builds must matc
 CUDA_BUILDS = ("torch", "torchaudio", "torchvision")  # installed by the Dockerfile from PyTorch's index
 # Pinned in requirements.txt for development and tests only, kept out of the image: the embedded
 # tritonserver (the image has its own), the test runner and the client's plots, and the tools of the
-# deployment tests (a local S3 endpoint, the Kubernetes schemas). A new pin in requirements.txt goes
-# into docker/requirements.txt or here (test_every_pin_of_requirements_txt_is_...).
-NOT_IN_IMAGE = ("nvidia-pytriton", "pytest", "matplotlib", "moto", "boto3", "kubernetes-validate")
+# deployment tests (a local S3 endpoint, the Kubernetes schemas), and the web page (fv2es-web runs next
+# to the server, not in its image) with its browser test. A new pin in requirements.txt goes into
+# docker/requirements.txt or here (test_every_pin_of_requirements_txt_is_...).
+NOT_IN_IMAGE = ("nvidia-pytriton", "pytest", "matplotlib", "moto", "boto3", "kubernetes-validate",
+                "fastapi", "starlette", "uvicorn", "python-multipart", "opentelemetry-api", "playwright")
 
 # The code that runs in the image: the models' package, the client (fv2es-probe is the image's health
 # check) and the models' entry points.

@@ -1,0 +1,143 @@
+"""The web page (fv2es-web) in a real headless browser: Debian's chromium driven by Playwright,
+against the page's FastAPI app, which talks gRPC to the session's real tritonserver.
+
+Skipped only when chromium or Playwright is missing (`make` installs both). The screenshot of the
+analysed sample is kept in build/out/test-artifacts/web_page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SAMPLE
+
+from tritonclient.utils import InferenceServerException
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "build" / "out" / "test-artifacts"
+ANALYSIS_TIMEOUT_MS = 180_000
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("chromium is not installed (Debian package chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def web_url(server):
+    import uvicorn
+
+    from fv2es_web.app import create_app
+
+    port = free_port()
+    web = uvicorn.Server(uvicorn.Config(create_app(server.grpc_url), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not web.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert web.started, "the web page's server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        # Debian's chromium (Playwright's own download cannot reach its host here; Debian's plays H.264).
+        instance = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        print(f"chromium {instance.version}")
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def page(browser, web_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(web_url)
+    page.wait_for_selector("#analyse:not([disabled])", timeout=30_000)  # the limits came back from the server
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def test_the_sample_shows_the_clients_result(page, client, sample_bytes):
+    expected = client.analyze(sample_bytes)
+    assert "MiB" in page.text_content("#limits") and client.url in page.text_content("#limits")
+
+    page.set_input_files("#file", str(SAMPLE))
+    page.click("#analyse")
+    page.wait_for_selector("#result:not([hidden])", timeout=ANALYSIS_TIMEOUT_MS)
+
+    assert page.text_content("#overall-emotion") == expected.emotion
+    assert page.locator("#timeline .segment").count() == len(expected.segments)
+    assert page.locator("#transcript li").count() == len(expected.segments)
+    shown = [page.text_content(f"#timeline .segment >> nth={i}") for i in range(len(expected.segments))]
+    assert shown == [s.emotion for s in expected.segments]
+    transcripts = " ".join(s.transcript for s in expected.segments if s.transcript)
+    assert transcripts.split()[0] in page.text_content("#transcript")
+
+    # The segment under the playhead is highlighted, in the timeline and in the transcript.
+    second = expected.segments[1]
+    page.eval_on_selector("#player", f"(v) => {{ v.currentTime = {(second.start + second.end) / 2}; }}")
+    page.wait_for_selector('#timeline .segment.current[data-index="1"]', timeout=10_000)
+    assert page.get_attribute("#transcript li.current", "data-index") == "1"
+    assert page.text_content("#current-emotion").startswith(second.emotion)
+
+    # The downloads are the client's formats of the same result.
+    document = json.loads(page.request.get(page.eval_on_selector("#download-json", "a => a.href")).text())
+    assert document["results"][0]["emotion"] == expected.emotion
+    assert len(document["results"][0]["segments"]) == len(expected.segments)
+    csv_text = page.request.get(page.eval_on_selector("#download-csv", "a => a.href")).text()
+    assert len(csv_text.strip().splitlines()) == 1 + len(expected.segments)
+    png = page.request.get(page.eval_on_selector("#download-png", "a => a.href")).body()
+    assert png.startswith(b"\x89PNG")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+    print(f"screenshot: {ARTIFACTS / 'web_page.png'}")
+
+
+def test_a_bad_file_shows_the_servers_message(page, client, tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_bytes(b"these are notes, not a video\n" * 40)
+    with pytest.raises(InferenceServerException) as raised:  # the server's own refusal, via the client
+        client.analyze(bad.read_bytes())
+    message = raised.value.message()
+
+    page.set_input_files("#file", str(bad))
+    page.click("#analyse")
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    shown = page.text_content("#error")
+    assert message in shown and shown.startswith("[INVALID_ARGUMENT]"), shown
+    assert page.is_hidden("#result")
+
+
+def test_a_file_over_the_limit_is_refused_before_the_upload(page, tmp_path):
+    limit = page.evaluate("limits.max_input_bytes")
+    page.evaluate(f"limits.max_input_bytes = {1000}")  # what the page does with the server's limit, on a small file
+    small = tmp_path / "clip.mp4"
+    small.write_bytes(b"\0" * 5000)
+    page.set_input_files("#file", str(small))
+    page.click("#analyse")
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert "over the server's limit" in page.text_content("#error") and limit > 1000
