@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from conftest import ROOT, SAMPLE
 
 from tritonclient.utils import InferenceServerException
 
+from fv2es.tritonserver import free_port
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "build" / "out" / "test-artifacts"
 ANALYSIS_TIMEOUT_MS = 180_000
@@ -26,12 +27,6 @@ ANALYSIS_TIMEOUT_MS = 180_000
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip("chromium is not installed (Debian package chromium)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +136,32 @@ def test_a_file_over_the_limit_is_refused_before_the_upload(page, tmp_path):
     page.click("#analyse")
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
     assert "over the server's limit" in page.text_content("#error") and limit > 1000
+
+
+def test_the_page_server_stops_an_upload_at_the_servers_limit(browser, tmp_path):
+    """The limit comes from the server's config: a server with a 100 kB limit; the page's server
+    stops reading the upload there and answers 413 with the limit in the message."""
+    import uvicorn
+
+    from fv2es.tritonserver import EmbeddedServer, limited_repository
+    from fv2es_web.app import create_app
+
+    limit = 100_000
+    with EmbeddedServer(limited_repository(tmp_path / "models", limit)) as small:
+        port = free_port()
+        web = uvicorn.Server(uvicorn.Config(create_app(small.grpc_url), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=web.run, daemon=True)
+        thread.start()
+        try:
+            while not web.started:
+                time.sleep(0.05)
+            context = browser.new_context()
+            reply = context.request.post(f"http://127.0.0.1:{port}/api/analyze", multipart={
+                "file": {"name": "big.mp4", "mimeType": "video/mp4", "buffer": SAMPLE.read_bytes() * 2}})
+            body = reply.json()
+            context.close()
+        finally:
+            web.should_exit = True
+            thread.join(10)
+    assert reply.status == 413 and body["error"]["code"] == "INPUT_TOO_LARGE"
+    assert f"({limit} bytes)" in body["error"]["message"] and "big.mp4" in body["error"]["message"]

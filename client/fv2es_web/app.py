@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from fv2es_client.cli import Analyzer, describe_error
-from fv2es_client.client import DEFAULT_URL, Fv2esClient, mib
+from fv2es_client.client import DEFAULT_URL, mib
 from fv2es_client.output import Outcome, json_document, outcome_to_dict, plot_timelines, write_csv
 
 STATIC = Path(__file__).resolve().parent / "static"
