@@ -137,10 +137,10 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
         (folder / "1").mkdir(parents=True, exist_ok=True)
         libtorch = backend == "libtorch" and s.torchscript
         (folder / "config.pbtxt").write_text(model_pbtxt(s, "libtorch" if libtorch else "python"))
-        for stale in ((folder / "1" / "model.py"), (folder / "1" / "fv2es")):
-            if libtorch and stale.exists():
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        if not libtorch:
+        if libtorch:  # the PyTorch backend reads model.pt alone
+            (folder / "1" / "model.py").unlink(missing_ok=True)
+            shutil.rmtree(folder / "1" / "fv2es", ignore_errors=True)
+        else:
             (folder / "1" / "model.py").write_text(MODEL_PY.format(name=s.name, runner=s.runner))
             copy_runtime_package(folder / "1")
         if any(t.labels for t in s.outputs):

@@ -7,6 +7,7 @@ analysed sample is kept in build/out/test-artifacts/web_page.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -29,25 +30,32 @@ if not Path(CHROMIUM).exists():
     pytest.skip("chromium is not installed (Debian package chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def web_url(server):
+@contextlib.contextmanager
+def page_server(grpc_url: str):
+    """fv2es-web's app on a free loopback port, in a thread, for the FV2ES server at `grpc_url`."""
     import uvicorn
 
     from fv2es_web.app import create_app
 
     port = free_port()
-    web = uvicorn.Server(uvicorn.Config(create_app(server.grpc_url), host="127.0.0.1", port=port, log_level="warning"))
+    web = uvicorn.Server(uvicorn.Config(create_app(grpc_url), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not web.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert web.started, "the web page's server did not start"
     try:
+        deadline = time.monotonic() + 30
+        while not web.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert web.started, "the web page's server did not start"
         yield f"http://127.0.0.1:{port}"
     finally:
         web.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def web_url(server):
+    with page_server(server.grpc_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -141,27 +149,14 @@ def test_a_file_over_the_limit_is_refused_before_the_upload(page, tmp_path):
 def test_the_page_server_stops_an_upload_at_the_servers_limit(browser, tmp_path):
     """The limit comes from the server's config: a server with a 100 kB limit; the page's server
     stops reading the upload there and answers 413 with the limit in the message."""
-    import uvicorn
-
     from fv2es.tritonserver import EmbeddedServer, limited_repository
-    from fv2es_web.app import create_app
 
     limit = 100_000
-    with EmbeddedServer(limited_repository(tmp_path / "models", limit)) as small:
-        port = free_port()
-        web = uvicorn.Server(uvicorn.Config(create_app(small.grpc_url), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=web.run, daemon=True)
-        thread.start()
-        try:
-            while not web.started:
-                time.sleep(0.05)
-            context = browser.new_context()
-            reply = context.request.post(f"http://127.0.0.1:{port}/api/analyze", multipart={
-                "file": {"name": "big.mp4", "mimeType": "video/mp4", "buffer": SAMPLE.read_bytes() * 2}})
-            body = reply.json()
-            context.close()
-        finally:
-            web.should_exit = True
-            thread.join(10)
+    with EmbeddedServer(limited_repository(tmp_path / "models", limit)) as small, page_server(small.grpc_url) as url:
+        context = browser.new_context()
+        reply = context.request.post(f"{url}/api/analyze", multipart={
+            "file": {"name": "big.mp4", "mimeType": "video/mp4", "buffer": SAMPLE.read_bytes() * 2}})
+        body = reply.json()
+        context.close()
     assert reply.status == 413 and body["error"]["code"] == "INPUT_TOO_LARGE"
     assert f"({limit} bytes)" in body["error"]["message"] and "big.mp4" in body["error"]["message"]

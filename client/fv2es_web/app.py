@@ -69,6 +69,12 @@ def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def attachment(outcome: Outcome, extension: str) -> dict[str, str]:
+    """The download's file name, from the uploaded one (only safe characters: it is a header value)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(outcome.video).stem)[:80] or "result"
+    return {"Content-Disposition": f'attachment; filename="{stem}.fv2es.{extension}"'}
+
+
 def create_app(url: str = DEFAULT_URL, timeout_s: float | None = None) -> FastAPI:
     app = FastAPI(title="FV2ES", docs_url=None, redoc_url=None, openapi_url=None)
     options = {} if timeout_s is None else {"timeout_s": timeout_s}
@@ -122,14 +128,14 @@ def create_app(url: str = DEFAULT_URL, timeout_s: float | None = None) -> FastAP
 
     @app.get("/api/results/{key}.json")
     def download_json(key: str):
-        document = json_document([results.get(key)], {"url": url})
-        return JSONResponse(document, headers=attachment(key, "json"))
+        outcome = results.get(key)
+        return JSONResponse(json_document([outcome], {"url": url}), headers=attachment(outcome, "json"))
 
     @app.get("/api/results/{key}.csv")
     def download_csv(key: str):
-        out = io.StringIO()
-        write_csv([results.get(key)], out)
-        return Response(out.getvalue(), media_type="text/csv", headers=attachment(key, "csv"))
+        outcome, out = results.get(key), io.StringIO()
+        write_csv([outcome], out)
+        return Response(out.getvalue(), media_type="text/csv", headers=attachment(outcome, "csv"))
 
     @app.get("/api/results/{key}.png")
     def download_png(key: str):
@@ -138,11 +144,7 @@ def create_app(url: str = DEFAULT_URL, timeout_s: float | None = None) -> FastAP
             target = Path(tmp) / "timeline.png"
             if not plot_timelines([outcome], target):
                 raise HTTPException(404, "the result has no segments to plot")
-            return Response(target.read_bytes(), media_type="image/png", headers=attachment(key, "png"))
-
-    def attachment(key: str, extension: str) -> dict[str, str]:
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(results.get(key).video).stem)[:80] or "result"  # a header value
-        return {"Content-Disposition": f'attachment; filename="{stem}.fv2es.{extension}"'}
+            return Response(target.read_bytes(), media_type="image/png", headers=attachment(outcome, "png"))
 
     return app
 

@@ -8,8 +8,6 @@ checks that both give the same scores.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -31,17 +29,6 @@ class InProcessPipeline:
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
         self.models = {s.name: load_for_inference(str(repository / s.name / "1" / "model.pt")) for s in self.steps if s.torchscript}
-        # The in-process twin of each serving runner (fv2es/serving/<runner>.py): inputs by name -> outputs by name.
-        self.runners: dict[str, Callable[[pipeline.Step, dict], Arrays]] = {
-            "demux": lambda s, x: stages.demux(x["VIDEO"]),
-            "face_crop": lambda s, x: stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"]),
-            "asr": lambda s, x: stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer),
-            "mel": lambda s, x: stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform),
-            "assign_faces": lambda s, x: stages.assign_faces(x["FACE_TIMES"], x["SEGMENT_TIMES"]),
-            "torchscript": lambda s, x: {s.outputs[0].name: self.run_model(s.name, *(x[i.name] for i in s.inputs))},
-            "aggregate": lambda s, x: stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS)),
-        }
-
     def run_model(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.models[name](*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)).numpy()
@@ -49,6 +36,24 @@ class InProcessPipeline:
     def analyze(self, video: bytes) -> Arrays:
         """The ensemble's outputs for one video (MODEL_INFO aside)."""
         return self.run({"VIDEO": video})
+
+    def run_step(self, step: pipeline.Step, x: dict) -> Arrays:
+        """The in-process twin of the serving runner fv2es/serving/<runner>.py: inputs by name -> outputs by name."""
+        if step.runner == "demux":
+            return stages.demux(x["VIDEO"])
+        if step.runner == "face_crop":
+            return stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"])
+        if step.runner == "asr":
+            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer)
+        if step.runner == "mel":
+            return stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform)
+        if step.runner == "assign_faces":
+            return stages.assign_faces(x["FACE_TIMES"], x["SEGMENT_TIMES"])
+        if step.runner == "torchscript":
+            return {step.outputs[0].name: self.run_model(step.name, *(x[i.name] for i in step.inputs))}
+        if step.runner == "aggregate":
+            return stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS))
+        raise ValueError(f"step {step.name}: no in-process runner {step.runner!r}")
 
     def plan(self, available: set[str]) -> list[pipeline.Step]:
         """The steps that the ensemble's outputs need, given the tensors already `available`."""
@@ -66,6 +71,6 @@ class InProcessPipeline:
         files), in the pipeline's order, and returns the ensemble's outputs (MODEL_INFO aside)."""
         tensors = dict(tensors)
         for step in self.plan(set(tensors)):
-            outputs = self.runners[step.runner](step, {i.name: tensors[step.source(i.name)] for i in step.inputs})
+            outputs = self.run_step(step, {i.name: tensors[step.source(i.name)] for i in step.inputs})
             tensors.update({step.target(name): value for name, value in outputs.items()})
         return {name: tensors[name] for name in pipeline.ENSEMBLE_OUTPUTS if name in tensors}

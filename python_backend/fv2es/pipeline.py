@@ -142,10 +142,6 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
     ]
 
 
-def step(name: str, audio_input: str | None = None) -> Step:
-    return next(s for s in steps(audio_input=audio_input) if s.name == name)
-
-
 def batched_steps(audio_input: str | None = None) -> list[Step]:
     """The steps with dynamic batching (the encoders)."""
     return [s for s in steps(audio_input=audio_input) if s.batched]
