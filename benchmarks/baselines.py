@@ -110,7 +110,7 @@ def faces_from_images(folder: Path, detector) -> dict[str, np.ndarray]:
                 grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             yield float(path.stem), grey
 
-    return stages.face_rows(*video_faces(frames(), detector))
+    return stages.face_rows(video_faces(frames(), detector))
 
 
 def decode_floor(video: bytes) -> int:

@@ -70,6 +70,8 @@ def model_pbtxt(step: Step, backend: str = "python") -> str:
     text += f"instance_group [ {{ count: {step.instance_count}, kind: {step.kind} }} ]\n"
     if step.batched:
         text += f"dynamic_batching {{ max_queue_delay_microseconds: {config.BATCH_QUEUE_DELAY_US} }}\n"
+    if step.decoupled:
+        text += "model_transaction_policy { decoupled: true }\n"
     return text + _parameters_pbtxt(step.parameters)
 
 
@@ -81,7 +83,7 @@ def ensemble_pbtxt(steps: list[Step]) -> str:
     for s in steps:
         maps = "".join(f'      input_map {{ key: "{i.name}" value: "{s.source(i.name)}" }}\n' for i in s.inputs)
         maps += "".join(f'      output_map {{ key: "{o.name}" value: "{s.target(o.name)}" }}\n' for o in s.outputs)
-        blocks.append(f'    {{\n      model_name: "{s.name}"\n      model_version: -1\n{maps}    }}')
+        blocks.append(f'    {{\n      model_name: "{s.model_name}"\n      model_version: -1\n{maps}    }}')
     text += "ensemble_scheduling {\n  step [\n" + ",\n".join(blocks) + "\n  ]\n}\n"
     # The input limits again, on the model clients address: the client reads them to refuse an
     # oversized file before sending it and to size its gRPC messages.
@@ -115,7 +117,7 @@ def served_steps(weights: str, repository: Path, backend: str = "python") -> lis
     """The pipeline's steps as this repository serves them."""
     steps = pipeline.steps(weights)
     if backend == "libtorch":
-        steps = [libtorch_step(s, forward_arguments(repository / s.name / "1" / "model.pt")) if s.torchscript else s for s in steps]
+        steps = [libtorch_step(s, forward_arguments(repository / s.model_name / "1" / "model.pt")) if s.torchscript else s for s in steps]
     return steps
 
 
@@ -132,7 +134,9 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
     """Every config.pbtxt, model.py, labels file and code copy; the TorchScript files are export's."""
     steps = served_steps(weights, repository, backend)
     labels = "\n".join(config.LABELS) + "\n"
-    for s in steps:
+    # The live stream calls the steps by their Python-backend tensor names: not in the libtorch variant.
+    models = pipeline.served_models(steps) + ([pipeline.stream_step(steps)] if backend == "python" else [])
+    for s in models:
         folder = repository / s.name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         libtorch = backend == "libtorch" and s.torchscript
@@ -146,7 +150,7 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
         if any(t.labels for t in s.outputs):
             (folder / pipeline.LABELS_FILE).write_text(labels)
     ensemble = repository / config.ENSEMBLE_NAME
-    remove_stale_models(repository, {s.name for s in steps} | {config.ENSEMBLE_NAME})
+    remove_stale_models(repository, {s.name for s in models} | {config.ENSEMBLE_NAME})
     (ensemble / "1").mkdir(parents=True, exist_ok=True)
     (ensemble / "1" / ".gitkeep").write_text("")
     (ensemble / "config.pbtxt").write_text(ensemble_pbtxt(steps))

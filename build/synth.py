@@ -1,7 +1,9 @@
 """Generated media for the demo, the tests and the benchmarks.
 
 Everything is public domain or synthetic: the face is `skimage.data.astronaut()` (NASA, public
-domain), the voice is espeak-ng. Files are encoded in memory with PyAV.
+domain); the second face of the two-person clip is Grace Hopper's official US Navy portrait (public
+domain), as matplotlib ships it (`matplotlib.cbook.get_sample_data("grace_hopper.jpg")`); the voices
+are espeak-ng. Files are encoded in memory with PyAV.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -24,13 +27,17 @@ SAMPLE_SENTENCES = (
 )
 
 
-def speak(text: str, *, rate: int = config.SAMPLE_RATE, words_per_minute: int = 150) -> np.ndarray:
-    """Speech for `text` from espeak-ng, as float32 mono at `rate` Hz."""
+def speak(
+    text: str, *, rate: int = config.SAMPLE_RATE, words_per_minute: int = 150, voice: str | None = None
+) -> np.ndarray:
+    """Speech for `text` from espeak-ng, as float32 mono at `rate` Hz; `voice`: espeak-ng's -v
+    (e.g. "en-us+f3": American English, female variant 3; default: espeak-ng's default voice)."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (Debian package 'espeak-ng')")
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", str(wav), text], check=True)
+        options = ["-v", voice] if voice else []
+        subprocess.run(["espeak-ng", *options, "-s", str(words_per_minute), "-w", str(wav), text], check=True)
         with av.open(str(wav)) as container:
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
             parts = [o.to_ndarray().reshape(-1) for f in container.decode(audio=0) for o in resampler.resample(f)]
@@ -80,6 +87,7 @@ def encode_video(
     display_rotation: int = 0,
     frame_times=None,
     audio_delay_s: float = 0.0,
+    container_options: dict[str, str] | None = None,
 ) -> bytes:
     """Encodes RGB frames and/or float audio into a container, returned as bytes.
 
@@ -90,10 +98,12 @@ def encode_video(
     and `height` stay those of the upright picture. `frame_times` (seconds, one per frame) makes
     the frame rate variable. `audio_delay_s` starts the sound that much after the picture (its
     timestamps, as a late-starting audio track has; the samples are unchanged).
+    `container_options` go to the muxer: {"movflags": "frag_keyframe+empty_moov"} writes fragmented
+    MP4 (readable while it is written, as a live stream), {"movflags": "faststart"} the index first.
     """
     turns = round(display_rotation / 90) % 4
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container_format) as out:
+    with av.open(buffer, mode="w", format=container_format, container_options=container_options) as out:
         vstream = astream = None
         if frames is not None:
             vstream = out.add_stream(video_codec, rate=fps)
@@ -169,6 +179,157 @@ def talking_head_video(
     n_frames = int(round(len(speech) / config.SAMPLE_RATE * fps))
     frames = talking_head_frames(n_frames, width, height)
     return encode_video(frames=frames, fps=fps, audio=speech, width=width, height=height, **encode_kwargs)
+
+
+# --- Two people: the two-person clip (one timeline per person) -----------------------------------
+
+SIDES = ("left", "right")
+# Who says what, in turn: the astronaut (left) speaks while Grace Hopper (right) is silent, then the other way round.
+TWO_PERSON_TURNS = (
+    ("left", "I am so happy to see you again today."),
+    ("right", "This is the best news I have heard all year."),
+    ("left", "We should celebrate together tonight."),
+)
+TWO_PERSON_VOICES = {"left": "en-us+f3", "right": "en+f5"}  # espeak-ng voices, one per side
+
+
+class Portrait(NamedTuple):
+    image: np.ndarray  # RGB uint8, square, the head in its middle
+    mouth: tuple[float, float, float]  # the mouth's centre x, y and width, px of `image`
+
+
+class Turn(NamedTuple):
+    side: str  # "left" or "right": the face that speaks
+    start: float  # seconds: the speech's first and last audible sample
+    end: float
+    text: str
+
+
+def hopper_image() -> np.ndarray:
+    """Grace Hopper's portrait (RGB uint8, 600 x 512), as matplotlib ships it (US Navy, public domain)."""
+    import cv2
+    from matplotlib import cbook
+
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def portraits() -> tuple[Portrait, Portrait]:
+    """The two faces of the two-person clip: the astronaut and Grace Hopper, each a square around the
+    head. Face boxes and mouth corners: MTCNN's on the full images."""
+    return (_portrait(face_image(), (181, 62, 268, 172), (202, 139), (245, 142)),
+            _portrait(hopper_image(), (174, 120, 356, 340), (233, 280), (307, 276)))
+
+
+def _portrait(
+    image: np.ndarray, face: tuple[int, int, int, int], left: tuple[int, int], right: tuple[int, int]
+) -> Portrait:
+    x1, y1, x2, y2 = face
+    side = min(int(2.0 * (y2 - y1)), *image.shape[:2])
+    x0 = min(max(0, (x1 + x2) // 2 - side // 2), image.shape[1] - side)
+    y0 = min(max(0, (y1 + y2) // 2 - side // 2), image.shape[0] - side)
+    mouth = ((left[0] + right[0]) / 2 - x0, (left[1] + right[1]) / 2 - y0, float(right[0] - left[0]))
+    return Portrait(np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side]), mouth)
+
+
+def open_mouth(portrait: Portrait, openness: float) -> np.ndarray:
+    """The portrait with its mouth opened by `openness` (0: closed, as photographed; 1: wide): the
+    lower lip and chin pushed down (squeezing the chin), a dark gap between the lips."""
+    import cv2
+
+    image = portrait.image
+    if openness <= 0:
+        return image
+    mx, my, mw = portrait.mouth
+    x0, x1 = max(0, int(mx - 0.8 * mw)), min(image.shape[1], int(mx + 0.8 * mw) + 1)
+    ya, yb = int(round(my)), min(image.shape[0], int(my + 0.9 * mw) + 1)
+    xs = np.arange(x0, x1, dtype=np.float32)
+    gap = min(openness, 1.0) * 0.4 * mw * np.clip(1 - ((xs - mx) / (0.55 * mw)) ** 2, 0, None)  # 0 at the corners
+    rel = np.arange(yb - ya, dtype=np.float32)[:, None]
+    length = float(yb - ya)
+    source = np.clip((rel - gap) * length / (length - gap), 0, None)  # where each output row comes from
+    map_x = np.broadcast_to(xs, source.shape).astype(np.float32)
+    region = cv2.remap(image, map_x, (ya + source).astype(np.float32), cv2.INTER_LINEAR)
+    inside = rel < gap
+    region[inside] = (0.25 * region[inside] + 0.75 * np.array([70, 25, 30])).astype(np.uint8)
+    out = image.copy()
+    out[ya:yb, x0:x1] = region
+    return out
+
+
+def two_person_frames(openness: np.ndarray, width: int = 640, height: int = 360, layouts=None):
+    """Yields RGB frames of two faces side by side on a grey background, still but for their mouths:
+    `openness` [n_frames, 2] (left, right; 0 to 1, open_mouth). `layouts`: per frame, which portrait
+    (0: the astronaut, 1: Grace Hopper, None: nobody) is on the left and on the right (default (0, 1))."""
+    import cv2
+
+    faces = portraits()
+    side = int(min(width / 2, height) * 0.85)
+    y0 = (height - side) // 2
+    xs = [(width // 2 - side) // 2, width // 2 + (width // 2 - side) // 2]
+    closed = [cv2.resize(p.image, (side, side), interpolation=cv2.INTER_AREA) for p in faces]
+    background = np.full((height, width, 3), 96, np.uint8)
+    for i, amounts in enumerate(np.asarray(openness, np.float32)):
+        frame = background.copy()
+        for slot, who in enumerate((0, 1) if layouts is None else layouts[i]):
+            if who is None:
+                continue
+            face = closed[who] if amounts[slot] <= 0 else cv2.resize(
+                open_mouth(faces[who], float(amounts[slot])), (side, side), interpolation=cv2.INTER_AREA)
+            frame[y0 : y0 + side, xs[slot] : xs[slot] + side] = face
+        yield frame
+
+
+def speech_envelope(speech: np.ndarray, times: np.ndarray, window_s: float = 0.05) -> np.ndarray:
+    """How open a speaker's mouth is at each of `times`: the speech's RMS over `window_s` around it,
+    over the 90th percentile of the audible frames' RMS, clipped to [0, 1]."""
+    half = int(window_s / 2 * config.SAMPLE_RATE)
+    centres = np.round(np.asarray(times) * config.SAMPLE_RATE).astype(int)
+    rms = np.array([np.sqrt(np.mean(speech[max(0, c - half) : c + half] ** 2)) if c - half < len(speech) else 0.0
+                    for c in centres])
+    audible = rms[rms > 0.02 * (rms.max() or 1.0)]
+    loud = np.percentile(audible, 90) if len(audible) else 1.0
+    return np.clip(rms / loud, 0, 1).astype(np.float32)
+
+
+def two_person_video(
+    turns=TWO_PERSON_TURNS,
+    *,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 25,
+    pause_s: float = 1.0,
+    voices: dict[str, str] = TWO_PERSON_VOICES,
+    container_format: str = "mp4",
+    **encode_kwargs,
+) -> tuple[bytes, list[Turn]]:
+    """Two different people side by side (the astronaut on the left, Grace Hopper on the right)
+    taking turns to speak: `turns` are (side, sentence), each read by that side's espeak-ng voice
+    after `pause_s` of silence, the speaking face's mouth opening and closing with the loudness of
+    its speech while the other face stays still. Returns the encoded clip (`container_format`, e.g.
+    "mp4", "mpegts", "matroska"; other encode_video arguments pass through) and the ground truth: one
+    Turn per sentence (its side and when it is heard)."""
+    pause = np.zeros(int(pause_s * config.SAMPLE_RATE), np.float32)
+    tracks = {side: [pause] for side in SIDES}
+    truth = []
+    cursor = len(pause)
+    for side, text in turns:
+        speech = speak(text, voice=voices.get(side))
+        loud = np.flatnonzero(np.abs(speech) > 0.01 * np.abs(speech).max())
+        start, end = (cursor + loud[0]) / config.SAMPLE_RATE, (cursor + loud[-1] + 1) / config.SAMPLE_RATE
+        truth.append(Turn(side, start, end, text))
+        for other in SIDES:
+            tracks[other] += [speech if other == side else np.zeros_like(speech), pause]
+        cursor += len(speech) + len(pause)
+    tracks = {side: np.concatenate(parts) for side, parts in tracks.items()}
+    audio = tracks["left"] + tracks["right"]
+    n_frames = int(round(len(audio) / config.SAMPLE_RATE * fps))
+    times = np.arange(n_frames) / fps
+    openness = np.stack([speech_envelope(tracks[side], times) for side in SIDES], axis=1)
+    frames = two_person_frames(openness, width, height)
+    data = encode_video(frames=frames, fps=fps, audio=audio, width=width, height=height,
+                        container_format=container_format, **encode_kwargs)
+    return data, truth
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ from conftest import ROOT, SAMPLE
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port, limited_repository
 from fv2es_client import Fv2esClient, Fv2esError, InputTooLargeError, ServerUnavailableError
 from fv2es_client.client import DEFAULT_MAX_INPUT_BYTES, MESSAGE_HEADROOM_BYTES, parse_limits
-from fv2es_client.output import CSV_COLUMNS, CSV_ERROR_COLUMNS, Outcome, plot_timelines, rounded
+from fv2es_client.output import (
+    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, Outcome, people_cell, plot_timelines, rounded,
+)
 
 SMALL_LIMIT = 200_000  # max_input_bytes of the limited server; the sample (78 kB) fits, OVERSIZE does not
 OVERSIZE = 250_000
@@ -99,7 +101,8 @@ def json_run(server, broken_file, tmp_path_factory):
 
 def check_result_entry(entry: dict, reference) -> None:
     """Every field of a successful JSON result, with its type, against the Python API's result."""
-    assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "model_info"}
+    assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "people",
+                          "model_info"}
     assert entry["ok"] is True
     assert isinstance(entry["seconds"], float) and entry["seconds"] > 0
     labels = entry["labels"]
@@ -115,8 +118,15 @@ def check_result_entry(entry: dict, reference) -> None:
     assert segments[0]["start"] == pytest.approx(0.0, abs=1e-3)
     for previous, current in zip(segments, segments[1:]):
         assert current["start"] == pytest.approx(previous["end"], abs=1e-4), "segments are contiguous"
-    for segment, expected in zip(segments, reference.segments):
-        assert set(segment) == {"start", "end", "transcript", "scores", "has_speech", "has_face", "emotion", "score"}
+    for i, (segment, expected) in enumerate(zip(segments, reference.segments)):
+        assert set(segment) == {"index", "start", "end", "transcript", "scores", "has_speech", "has_face", "speaker",
+                                "people", "emotion", "score"}
+        assert segment["index"] == i
+        assert isinstance(segment["speaker"], int) and segment["speaker"] == expected.speaker
+        assert set(segment["people"]) == {str(p) for p in expected.people}
+        for person, seen in segment["people"].items():
+            assert set(seen) == {"emotion", "score", "scores"} and list(seen["scores"]) == labels
+            assert seen["scores"] == pytest.approx(expected.people[int(person)], abs=1e-5)
         assert isinstance(segment["start"], float) and isinstance(segment["end"], float)
         assert segment["end"] > segment["start"]
         assert (segment["start"], segment["end"]) == pytest.approx((expected.start, expected.end), abs=1e-4)
@@ -129,6 +139,13 @@ def check_result_entry(entry: dict, reference) -> None:
         assert segment["emotion"] == max(segment["scores"], key=segment["scores"].get) == expected.emotion
         assert segment["score"] == segment["scores"][segment["emotion"]]
         assert segment["scores"] == pytest.approx(expected.scores, abs=1e-5)
+    people = entry["people"]
+    assert [p["person"] for p in people] == [p.person for p in reference.person_summaries()]
+    for person, expected in zip(people, reference.person_summaries()):
+        assert set(person) == {"person", "emotion", "score", "scores", "seconds", "speaking_segments"}
+        assert person["emotion"] == expected.emotion and person["scores"] == pytest.approx(expected.scores, abs=1e-5)
+        assert person["seconds"] == pytest.approx(expected.seconds, abs=1e-4)
+        assert person["speaking_segments"] == expected.speaking_segments
 
 
 def test_json_document_schema(json_run, reference, server):
@@ -183,7 +200,7 @@ def test_csv_and_plot(server, reference, tmp_path):
     done = run_cli("--csv", "--plot", str(png), "--url", server.grpc_url, str(SAMPLE))
     assert done.returncode == 0, done.stderr
     reader = csv.DictReader(io.StringIO(done.stdout))
-    assert reader.fieldnames == [*CSV_COLUMNS, *reference.labels, *CSV_ERROR_COLUMNS]
+    assert reader.fieldnames == [*CSV_COLUMNS, *reference.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS]
     rows = list(reader)
     assert len(rows) == len(reference.segments), "one row per segment"
     for row, segment in zip(rows, reference.segments):
@@ -197,6 +214,7 @@ def test_csv_and_plot(server, reference, tmp_path):
         assert row["emotion"] == max(scores, key=scores.get) == segment.emotion
         assert float(row["score"]) == pytest.approx(segment.score, abs=1e-4)
         assert row["error_code"] == row["error_message"] == ""
+        assert row["speaker"] == str(segment.speaker) and row["people"] == people_cell(segment)
     check_png(png)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SAMPLE
 from fv2es import config
-from fv2es.faces import FaceDetector, MtcnnFaceDetector, make_face_detector, video_faces
+from fv2es.faces import FaceDetector, MtcnnFaceDetector, main_faces, make_face_detector, video_faces
 from fv2es.media import sample_frames
 
 
@@ -26,7 +26,7 @@ def mtcnn():
 
 def test_mtcnn_finds_the_sample_face(frames, mtcnn):
     assert isinstance(mtcnn, MtcnnFaceDetector)
-    crops, times = video_faces(frames, mtcnn)
+    crops, times = main_faces(video_faces(frames, mtcnn))
     assert len(times) >= 0.9 * len(frames)
     assert crops.shape[1:] == (1, config.FACE_SIZE, config.FACE_SIZE)
 
@@ -34,7 +34,7 @@ def test_mtcnn_finds_the_sample_face(frames, mtcnn):
 def test_haar_fallback_still_works(frames):
     detector = make_face_detector("haar")
     assert isinstance(detector, FaceDetector)
-    _, times = video_faces(frames, detector)
+    _, times = main_faces(video_faces(frames, detector))
     assert len(times) >= 0.9 * len(frames)
 
 
@@ -64,8 +64,9 @@ def test_tracked_search_finds_the_face_near_the_last_one(frames, mtcnn):
 
 def test_faceless_frames_give_no_faces(mtcnn):
     blank = [(t, np.full((240, 320), 90, np.uint8)) for t in range(10)]
-    crops, times = video_faces(blank, mtcnn)
-    assert crops.shape[0] == 0 and times.shape == (0,)
+    rows = video_faces(blank, mtcnn)
+    assert rows["FACES"].shape == (0, 1, config.FACE_SIZE, config.FACE_SIZE) and rows["FACE_TIMES"].shape == (0,)
+    assert all(len(rows[key]) == 0 for key in ("FACE_PERSON", "FACE_MAIN", "FACE_MOUTH"))
 
 
 def _face_crop_model(monkeypatch, kind: str, device_id: int):

@@ -99,6 +99,18 @@ def test_the_sample_shows_the_clients_result(page, client, sample_bytes):
     transcripts = " ".join(s.transcript for s in expected.segments if s.transcript)
     assert transcripts.split()[0] in page.text_content("#transcript")
 
+    # One lane per person under the timeline, a cell per segment; the people table; the speakers.
+    people = expected.person_summaries()
+    assert page.locator("#people-lanes .lane").count() == len(people)
+    assert page.locator("#people-table tbody tr").count() == len(people)
+    assert page.is_hidden("#people-lanes") == page.is_hidden("#people") == (not people)
+    for person in people:
+        cells = page.locator(f'#people-lanes .lane[data-person="{person.person}"] .lane-cell')
+        assert cells.count() == len(expected.segments)
+        assert page.locator(f'#people-lanes .lane[data-person="{person.person}"] .lane-cell.speaking').count() == \
+            len(person.speaking_segments)
+    assert page.locator("#transcript .speaker").count() == sum(s.speaker >= 0 for s in expected.segments)
+
     # The segment under the playhead is highlighted, in the timeline and in the transcript.
     second = expected.segments[1]
     page.eval_on_selector("#player", f"(v) => {{ v.currentTime = {(second.start + second.end) / 2}; }}")

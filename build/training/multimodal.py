@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fv2es import config, models
-from fv2es.faces import FaceDetector, make_face_detector, video_faces
+from fv2es.faces import FaceDetector, main_faces, make_face_detector, video_faces
 from fv2es.media import demux
 from fv2es.models.branches import create_branch
 from fv2es.text import load_tokenizer, tokenize
@@ -60,7 +60,8 @@ def sample_faces(sample: Fe2eSample, detector: FaceDetector) -> torch.Tensor:
     if len(paths) > config.TRAIN_MAX_FRAMES:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, config.TRAIN_MAX_FRAMES).round().astype(int)]
     frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths) if f is not None]
-    crops, _ = video_faces(enumerate(frames), detector)  # the server's face step: frames without a face drop out
+    # The server's face step (the largest face of each frame, as the segment scores use): frames without a face drop out.
+    crops, _ = main_faces(video_faces(enumerate(frames), detector))
     return torch.from_numpy(crops)
 
 

@@ -1,13 +1,17 @@
 """fv2es-client VIDEO [VIDEO ...]: classify videos with a running FV2ES server and print the result.
+fv2es-client --stream SOURCE: send a live source to the server's stream model and print each
+segment as it arrives, then the summary. SOURCE: a file being written (--follow), a finished file,
+an RTSP/HTTP URL or a capture device such as /dev/video0 (read here; the server gets only bytes).
 
-Exit status: 0 when every video was analysed, 1 when any failed (each failure is reported with its
-file), 2 for a usage error or when no server / no ready model answers.
+Exit status: 0 when every video (the stream) was analysed, 1 when any failed (each failure is
+reported with its file), 2 for a usage error or when no server / no ready model answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -18,10 +22,14 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 from .client import (
-    DEFAULT_MAX_INPUT_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, MODEL_NAME, Fv2esClient, Fv2esError,
-    MiB, status_name,
+    DEFAULT_MAX_INPUT_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, MODEL_NAME, STREAM_MODEL_NAME,
+    Fv2esClient, Fv2esError, MiB, Segment, VideoResult, status_name,
 )
-from .output import Outcome, format_outcome, format_result, json_document, plot_timelines, write_csv
+from .output import (
+    TABLE_HEADER, CsvWriter, Outcome, format_outcome, format_result, format_row, format_summary, json_document,
+    plot_timelines, rounded, write_csv,
+)
+from .sources import DEFAULT_CHUNK_BYTES, DEFAULT_IDLE_TIMEOUT_S, source_chunks
 
 __all__ = ["main", "format_result"]  # format_result: used by fv2es.demo
 
@@ -31,17 +39,22 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fv2es-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format FFmpeg reads)")
+    parser.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (any format FFmpeg reads)")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print one JSON document for the run instead of tables")
-    out.add_argument("--csv", action="store_true", help="print CSV, one row per segment, instead of tables")
+    out.add_argument("--json", action="store_true",
+                     help="print one JSON document for the run instead of tables (--stream: one JSON line per segment, then the result)")
+    out.add_argument("--csv", action="store_true",
+                     help="print CSV, one row per segment, instead of tables (--stream: the summary goes to stderr)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the emotion timelines (one panel per video) to a PNG")
     server = parser.add_argument_group("server")
     server.add_argument("--url", default=DEFAULT_URL, help=f"gRPC address of the server (default {DEFAULT_URL})")
     server.add_argument("--model", default=MODEL_NAME, help=f"model name (default {MODEL_NAME})")
     server.add_argument("--model-version", default="", help="model version (default: the server's choice)")
     server.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                        help=f"time limit per video (default {DEFAULT_TIMEOUT_S:.0f})")
+                        help=f"time limit per video; with --stream, the longest wait on the server's answers "
+                             f"(default {DEFAULT_TIMEOUT_S:.0f})")
+    server.add_argument("--stream-model", default=STREAM_MODEL_NAME,
+                        help=f"model name for --stream (default {STREAM_MODEL_NAME})")
     server.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                         help=f"retries after UNAVAILABLE, with exponential backoff (default {DEFAULT_RETRIES})")
     server.add_argument("--default-max-input-mib", type=float, default=DEFAULT_MAX_INPUT_BYTES / MiB, metavar="MIB",
@@ -55,12 +68,51 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--concurrency", type=int, default=1, metavar="N", help="videos in flight at once (default 1)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when stderr is no terminal)")
+    live = parser.add_argument_group("live stream (Ctrl-C ends the stream and still prints the summary; twice aborts)")
+    live.add_argument("--stream", metavar="SOURCE",
+                      help="analyse SOURCE as a live stream instead of VIDEO files: a growing file (--follow), a finished "
+                           "file, an RTSP/HTTP URL or a capture device (/dev/video0); segments are printed as they arrive")
+    live.add_argument("--follow", action="store_true",
+                      help="SOURCE is a file still being written: tail it until SOURCE.done exists or it stops growing")
+    live.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S, metavar="SECONDS",
+                      help=f"--follow: end when the file has not grown for this long, 0: only SOURCE.done ends it "
+                           f"(default {DEFAULT_IDLE_TIMEOUT_S:.0f})")
+    live.add_argument("--seconds", type=float, metavar="SECONDS", help="capture at most this much of SOURCE (media time)")
+    live.add_argument("--input-format", metavar="FMT", help="FFmpeg input format of SOURCE (default: v4l2 for /dev/video*, else probed)")
+    live.add_argument("--input-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="FFmpeg input option, e.g. rtsp_transport=tcp or video_size=640x480 (repeatable)")
+    live.add_argument("--transcode", action="store_true",
+                      help="re-encode to H.264/AAC even when the codecs could be copied into MPEG-TS as they are")
+    live.add_argument("--realtime", action="store_true", help="send a finished file at the speed it plays")
+    live.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK_BYTES // 1024, metavar="KIB",
+                      help=f"most bytes per request, in KiB (default {DEFAULT_CHUNK_BYTES // 1024})")
     return parser
+
+
+STREAM_ONLY = ("follow", "seconds", "input_format", "input_option", "transcode", "realtime")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.stream is not None and args.videos:
+        parser.error("give VIDEO files or --stream SOURCE, not both")
+    if args.stream is None and not args.videos:
+        parser.error("give at least one VIDEO (or --stream SOURCE)")
+    if args.stream is None:
+        used = [f"--{name.replace('_', '-')}" for name in STREAM_ONLY if getattr(args, name)]
+        if used:
+            parser.error(f"{', '.join(used)}: only with --stream")
+    if args.seconds is not None and args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    if args.chunk_kib < 1:
+        parser.error("--chunk-kib must be at least 1")
+    if args.idle_timeout < 0:
+        parser.error("--idle-timeout must be 0 or more")
+    if args.follow and (args.seconds or args.input_format or args.input_option or args.transcode or args.realtime):
+        parser.error("--follow sends the file's bytes as they are: no capture options")
+    if any("=" not in option for option in args.input_option):
+        parser.error("--input-option takes KEY=VALUE")
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if args.retries < 0:
@@ -148,9 +200,118 @@ def analyze_all(args: argparse.Namespace, analyzer: Analyzer) -> list[Outcome]:
     return outcomes
 
 
+class StreamPrinter:
+    """What --stream prints: each segment as it arrives (table row, JSON line or CSV row), then the
+    summary, or the error."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.source, self.json, self.csv = args.stream, args.json, args.csv
+        self.writer = CsvWriter(sys.stdout) if self.csv else None
+        if not (self.json or self.csv):
+            print(f"{self.source} (live: each segment as it is final)", TABLE_HEADER, sep="\n", flush=True)
+
+    def segment(self, segment: Segment) -> None:
+        if self.json:
+            print(json.dumps({"event": "segment", "source": self.source, **rounded(segment.to_dict())}, ensure_ascii=False))
+        elif self.csv:
+            self.writer.segment(self.source, segment)
+        else:
+            print(format_row(segment))
+        sys.stdout.flush()
+
+    def end(self, result: VideoResult, seconds: float) -> None:
+        media = result.duration if result.duration is not None else (result.segments[-1].end if result.segments else 0.0)
+        if self.json:
+            print(json.dumps({"event": "end", "source": self.source, "seconds": round(seconds, 3), "duration": rounded(media),
+                              **rounded(result.to_dict())}, ensure_ascii=False), flush=True)
+            return
+        n = len(result.segments)
+        summary = (f"{format_summary(result)}\n  ({n} segment{'s' if n != 1 else ''}, {media:.2f} s of media, "
+                   f"{seconds:.2f} s end to end)")
+        if self.csv:  # stdout stays CSV
+            self.writer.header(result.labels)
+            sys.stdout.flush()
+            print(f"{self.source}\n{summary}", file=sys.stderr, flush=True)
+        else:
+            print(summary, flush=True)
+
+    def error(self, code: str, message: str) -> None:
+        if self.json:
+            print(json.dumps({"event": "error", "source": self.source, "error": {"code": code, "message": message}},
+                             ensure_ascii=False), flush=True)
+        elif self.csv:
+            self.writer.error(self.source, code, message)
+            sys.stdout.flush()
+        print(f"{self.source}: error [{code}]: {message}", file=sys.stderr, flush=True)
+
+
+def stop_on_interrupt(stop: threading.Event):
+    """First Ctrl-C: set `stop` (the stream ends normally, with its summary); the second aborts.
+    Returns the handler it replaced (None where signals cannot be set: not the main thread)."""
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("fv2es-client: stopping: the stream ends after what was sent (Ctrl-C again aborts)", file=sys.stderr, flush=True)
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
+
+
+def stream_main(args: argparse.Namespace, options: dict) -> int:
+    """fv2es-client --stream SOURCE."""
+    with Fv2esClient(args.url, stream_model=args.stream_model, **options) as client:
+        try:
+            client.connect_stream()
+        except Fv2esError as exc:  # no server, stream model not served or not ready
+            print(f"fv2es-client: {exc.message()}", file=sys.stderr)
+            return EXIT_USAGE
+        stop = threading.Event()
+        printer = StreamPrinter(args)
+        previous = stop_on_interrupt(stop)
+        started = time.monotonic()
+        result = None
+        try:
+            chunks = source_chunks(
+                args.stream, follow=args.follow, seconds=args.seconds, realtime=args.realtime, transcode=args.transcode or None,
+                input_format=args.input_format, options=dict(o.split("=", 1) for o in args.input_option),
+                chunk_bytes=args.chunk_kib * 1024, idle_timeout_s=args.idle_timeout or None, stop=stop)
+            for event in client.stream(chunks, timeout_s=args.timeout, stop=stop):
+                if isinstance(event, VideoResult):
+                    result = event
+                else:
+                    printer.segment(event)
+        except KeyboardInterrupt:
+            print("fv2es-client: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # the stream's failure: the server's error, the source's, a timeout
+            printer.error(*describe_error(exc, args.stream))
+            return EXIT_FAILED
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if result is None:
+            printer.error("STREAM_FAILED", "the stream ended without the server's result")
+            return EXIT_FAILED
+        printer.end(result, time.monotonic() - started)
+    if args.plot:
+        try:
+            plot_timelines([Outcome(args.stream, 0.0, result=result)], args.plot)
+        except (OSError, ValueError) as exc:
+            print(f"fv2es-client: cannot write the plot {args.plot}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"fv2es-client: timeline written to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = client_options(args)
+    if args.stream is not None:
+        return stream_main(args, options)
     with Fv2esClient(args.url, **options) as probe:
         try:
             limits = probe.connect()

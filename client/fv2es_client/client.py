@@ -9,15 +9,20 @@ opens a gRPC channel sized for the largest input the server accepts. Files over 
 refused before they are sent. Every error the client raises is an `Fv2esError` (a tritonclient
 `InferenceServerException`) with a `code`: the gRPC status name for errors from the server
 (e.g. `INVALID_ARGUMENT`), or one of the client's own codes below. Unreadable files raise `OSError`.
+
+Live streams go to the decoupled `fv2es_stream` model instead (`client.stream(chunks)`, see
+`fv2es_client.stream`): each segment is yielded as soon as the server has it, the whole result last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -25,8 +30,13 @@ from tritonclient.utils import InferenceServerException
 
 DEFAULT_URL = "127.0.0.1:8001"
 MODEL_NAME = "fv2es"
+STREAM_MODEL_NAME = "fv2es_stream"
 OUTPUTS = ("SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE",
            "VIDEO_SCORES", "LABELS", "MODEL_INFO")
+# One timeline per person: requested only when the model's metadata lists them (older servers do not
+# have them; their results then have no people).
+PERSON_OUTPUTS = ("SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "PERSON_SCORES")
+NO_SPEAKER = -1  # SEGMENT_SPEAKER of a segment whose speaker is unknown or that has none
 DEFAULT_TIMEOUT_S = 600.0  # per video, end to end
 DEFAULT_RETRIES = 3  # extra attempts after an UNAVAILABLE answer (no other status is retried)
 RETRY_BACKOFF_S = 0.5  # first wait; doubled after each attempt
@@ -76,6 +86,17 @@ def mib(n: int) -> str:
     return f"{n / MiB:.2f} MiB"
 
 
+def person_name(person: int) -> str:
+    """How a person id is shown: `person 0`, `person 1`, ..."""
+    return f"person {person}"
+
+
+def top(scores: dict[str, float]) -> tuple[str, float]:
+    """(label, score) of the highest score."""
+    label = max(scores, key=scores.get)
+    return label, scores[label]
+
+
 @dataclass
 class Segment:
     start: float
@@ -84,6 +105,9 @@ class Segment:
     scores: dict[str, float]
     has_speech: bool
     has_face: bool
+    speaker: int = NO_SPEAKER  # person id of who speaks in the segment; -1: unknown or nobody
+    people: dict[int, dict[str, float]] = field(default_factory=dict)  # person id -> scores in this segment
+    index: int = -1  # position in the video's timeline (0, 1, ...)
 
     @property
     def emotion(self) -> str:
@@ -93,8 +117,46 @@ class Segment:
     def score(self) -> float:
         return self.scores[self.emotion]
 
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "emotion": self.emotion, "score": self.score}
+        """JSON-shaped: `people` keyed by the person id as a string, each {emotion, score, scores}."""
+        people = {}
+        for person, scores in sorted(self.people.items()):
+            emotion, score = top(scores)
+            people[str(person)] = {"emotion": emotion, "score": score, "scores": dict(scores)}
+        return {
+            "index": self.index, "start": self.start, "end": self.end, "transcript": self.transcript,
+            "scores": dict(self.scores), "has_speech": self.has_speech, "has_face": self.has_face,
+            "speaker": self.speaker, "people": people, "emotion": self.emotion, "score": self.score,
+        }
+
+
+@dataclass
+class PersonSummary:
+    """One person over the whole video: overall scores, time on screen, segments where they speak."""
+
+    person: int
+    scores: dict[str, float]
+    seconds: float  # total duration of the segments the person is seen in
+    speaking_segments: list[int]  # indices of the segments whose speaker they are
+
+    @property
+    def emotion(self) -> str:
+        return top(self.scores)[0]
+
+    @property
+    def score(self) -> float:
+        return top(self.scores)[1]
+
+    def speaking_seconds(self, segments: Sequence[Segment]) -> float:
+        return sum(segments[i].duration for i in self.speaking_segments)
+
+    def to_dict(self) -> dict:
+        return {"person": self.person, "emotion": self.emotion, "score": self.score, "scores": dict(self.scores),
+                "seconds": self.seconds, "speaking_segments": list(self.speaking_segments)}
 
 
 @dataclass
@@ -104,10 +166,28 @@ class VideoResult:
     segments: list[Segment]
     labels: list[str]
     model_info: dict = field(default_factory=dict)
+    people: dict[int, dict[str, float]] = field(default_factory=dict)  # person id -> overall scores
+    duration: float | None = None  # seconds of media, when the server says (live streams)
 
     @property
     def score(self) -> float:
         return self.scores[self.emotion]
+
+    def person_summaries(self) -> list[PersonSummary]:
+        """Every person of PERSON_SCORES (ids 0..P-1), and anyone seen in a segment, in id order."""
+        ids = sorted(set(self.people) | {p for s in self.segments for p in s.people})
+        summaries = []
+        for person in ids:
+            seen = [s for s in self.segments if person in s.people]
+            scores = self.people.get(person)
+            if scores is None:  # seen, but no overall row: the duration-weighted mean of their segments
+                total = sum(s.duration for s in seen) or 1.0
+                scores = {label: sum(s.people[person][label] * s.duration for s in seen) / total for label in self.labels}
+            summaries.append(PersonSummary(
+                person=person, scores=dict(scores), seconds=sum(s.duration for s in seen),
+                speaking_segments=[i for i, s in enumerate(self.segments) if s.speaker == person],
+            ))
+        return summaries
 
     def to_dict(self) -> dict:
         return {
@@ -116,6 +196,7 @@ class VideoResult:
             "scores": dict(self.scores),
             "labels": list(self.labels),
             "segments": [s.to_dict() for s in self.segments],
+            "people": [p.to_dict() for p in self.person_summaries()],
             "model_info": self.model_info,
         }
 
@@ -133,22 +214,71 @@ class ServerLimits:
         return min(self.max_input_bytes + MESSAGE_HEADROOM_BYTES, GRPC_MAX_MESSAGE_BYTES)
 
 
+def _label_scores(labels: Sequence[str], row) -> dict[str, float]:
+    return {label: float(v) for label, v in zip(labels, row)}
+
+
+def person_rows(pairs: np.ndarray | None, pair_scores: np.ndarray | None, labels: Sequence[str],
+                n_segments: int, first_segment: int = 0) -> list[dict[int, dict[str, float]]]:
+    """PERSON_SEGMENTS [R, 2] (person, segment) and PERSON_SEGMENT_SCORES [R, C] -> for each of the
+    `n_segments` segments from `first_segment` on, {person id: scores}."""
+    people: list[dict[int, dict[str, float]]] = [{} for _ in range(n_segments)]
+    if pairs is None or pair_scores is None:
+        return people
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        return people
+    pair_scores = np.asarray(pair_scores, np.float32)
+    if pair_scores.shape != (len(pairs), len(labels)):
+        raise ValueError(f"PERSON_SEGMENT_SCORES is {list(pair_scores.shape)} for {len(pairs)} rows of "
+                         f"PERSON_SEGMENTS and {len(labels)} labels")
+    for (person, segment), row in zip(pairs, pair_scores):
+        position = int(segment) - first_segment
+        if not 0 <= position < n_segments or person < 0:
+            raise ValueError(f"PERSON_SEGMENTS names person {int(person)} in segment {int(segment)}, "
+                             f"outside segments {first_segment}..{first_segment + n_segments - 1}")
+        people[position][int(person)] = _label_scores(labels, row)
+    return people
+
+
+def overall_people(person_scores: np.ndarray | None, labels: Sequence[str]) -> dict[int, dict[str, float]]:
+    """PERSON_SCORES [P, C] -> {person id: scores}, ids 0..P-1."""
+    if person_scores is None:
+        return {}
+    rows = np.asarray(person_scores, np.float32)
+    if rows.size == 0:
+        return {}
+    if rows.ndim != 2 or rows.shape[1] != len(labels):
+        raise ValueError(f"PERSON_SCORES is {list(rows.shape)} for {len(labels)} labels")
+    return {person: _label_scores(labels, row) for person, row in enumerate(rows)}
+
+
 def parse_response(outputs: dict[str, np.ndarray]) -> VideoResult:
+    """The `fv2es` ensemble's outputs -> VideoResult; the person outputs are optional (no people)."""
     labels = [label.decode() for label in outputs["LABELS"]]
-    video_scores = {label: float(s) for label, s in zip(labels, outputs["VIDEO_SCORES"])}
+    video_scores = _label_scores(labels, outputs["VIDEO_SCORES"])
+    n = len(outputs["SEGMENT_TIMES"])
+    speakers = outputs.get("SEGMENT_SPEAKER")
+    speakers = np.full(n, NO_SPEAKER, np.int64) if speakers is None else np.asarray(speakers).reshape(-1)
+    if len(speakers) != n:
+        raise ValueError(f"SEGMENT_SPEAKER has {len(speakers)} entries for {n} segments")
+    people = person_rows(outputs.get("PERSON_SEGMENTS"), outputs.get("PERSON_SEGMENT_SCORES"), labels, n)
     segments = [
         Segment(
             start=float(times[0]),
             end=float(times[1]),
             transcript=text.decode("utf-8"),
-            scores={label: float(s) for label, s in zip(labels, scores)},
+            scores=_label_scores(labels, scores),
             has_speech=bool(speech),
             has_face=bool(face),
+            speaker=int(speaker),
+            people=persons,
+            index=i,
         )
-        for times, text, scores, speech, face in zip(
+        for i, (times, text, scores, speech, face, speaker, persons) in enumerate(zip(
             outputs["SEGMENT_TIMES"], outputs["TRANSCRIPTS"], outputs["SEGMENT_SCORES"],
-            outputs["SEGMENT_HAS_SPEECH"], outputs["SEGMENT_HAS_FACE"],
-        )
+            outputs["SEGMENT_HAS_SPEECH"], outputs["SEGMENT_HAS_FACE"], speakers, people,
+        ))
     ]
     return VideoResult(
         emotion=max(video_scores, key=video_scores.get),
@@ -156,6 +286,7 @@ def parse_response(outputs: dict[str, np.ndarray]) -> VideoResult:
         segments=segments,
         labels=labels,
         model_info=json.loads(outputs["MODEL_INFO"][0].decode()),
+        people=overall_people(outputs.get("PERSON_SCORES"), labels),
     )
 
 
@@ -190,6 +321,7 @@ class Fv2esClient:
         *,
         model: str = MODEL_NAME,
         model_version: str = "",
+        stream_model: str = STREAM_MODEL_NAME,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         ssl: bool = False,
@@ -201,6 +333,7 @@ class Fv2esClient:
         self.url = url
         self.model = model
         self.model_version = model_version
+        self.stream_model = stream_model
         self.timeout_s = timeout_s
         self.retries = retries
         self.ssl = ssl or any(p is not None for p in (root_certificates, private_key, certificate_chain))
@@ -210,6 +343,8 @@ class Fv2esClient:
         self.default_max_input_bytes = default_max_input_bytes
         self.limits: ServerLimits | None = None
         self.client: grpcclient.InferenceServerClient | None = None
+        self.outputs: tuple[str, ...] = OUTPUTS  # what infer_raw requests: OUTPUTS and the person outputs served
+        self.stream_config: dict | None = None  # the stream model's config, once it was found ready
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -233,6 +368,39 @@ class Fv2esClient:
         """Health check (server live, model ready), reads the limits, opens the sized channel. Once."""
         if self.limits is not None:
             return self.limits
+        with self._probing() as probe:
+            self._check_model_ready(probe)
+            config = self._retrying(lambda: probe.get_model_config(
+                self.model, self.model_version, as_json=True, client_timeout=HEALTH_TIMEOUT_S))
+            try:
+                metadata = self._retrying(lambda: probe.get_model_metadata(
+                    self.model, self.model_version, as_json=True, client_timeout=HEALTH_TIMEOUT_S))
+            except InferenceServerException as exc:
+                if status_name(exc) == "UNAVAILABLE":
+                    raise
+                metadata = {}
+        served = {o.get("name") for o in metadata.get("outputs", [])}
+        self.outputs = OUTPUTS + tuple(name for name in PERSON_OUTPUTS if name in served)
+        limits = parse_limits(config.get("config", {}), self.default_max_input_bytes)
+        self.client = self._open(limits.channel_bytes)
+        self.limits = limits
+        return limits
+
+    def connect_stream(self) -> dict:
+        """Health check for live streams (server live, the stream model ready); returns its config. Once."""
+        if self.stream_config is not None:
+            return self.stream_config
+        with self._probing() as probe:
+            self._check_model_ready(probe, self.stream_model, "", option="--stream-model")
+            config = self._retrying(lambda: probe.get_model_config(
+                self.stream_model, as_json=True, client_timeout=HEALTH_TIMEOUT_S))
+        self.stream_config = config.get("config", {})
+        return self.stream_config
+
+    @contextlib.contextmanager
+    def _probing(self) -> Iterator[grpcclient.InferenceServerClient]:
+        """A small channel for health and config calls, with the server's liveness checked; every
+        tritonclient error inside becomes an Fv2esError (UNAVAILABLE: a ServerUnavailableError)."""
         probe = self._open(MESSAGE_HEADROOM_BYTES)
         try:
             try:
@@ -241,9 +409,7 @@ class Fv2esClient:
                 raise ServerUnavailableError(SERVER_UNAVAILABLE, self._unavailable_message(exc)) from None
             if not live:
                 raise ServerUnavailableError(SERVER_UNAVAILABLE, f"the server at {self.url} answers but is not live")
-            self._check_model_ready(probe)
-            config = self._retrying(lambda: probe.get_model_config(
-                self.model, self.model_version, as_json=True, client_timeout=HEALTH_TIMEOUT_S))
+            yield probe
         except Fv2esError:
             raise
         except InferenceServerException as exc:
@@ -252,10 +418,6 @@ class Fv2esClient:
             raise Fv2esError(status_name(exc), exc.message()) from None
         finally:
             probe.close()
-        limits = parse_limits(config.get("config", {}), self.default_max_input_bytes)
-        self.client = self._open(limits.channel_bytes)
-        self.limits = limits
-        return limits
 
     def _unavailable_message(self, exc: InferenceServerException) -> str:
         details = exc.message() or ""
@@ -275,10 +437,15 @@ class Fv2esClient:
             reason = details
         return f"no FV2ES server answers at {self.url} ({reason}): {advice}"
 
-    def _check_model_ready(self, probe: grpcclient.InferenceServerClient) -> None:
-        name = self.model + (f" version {self.model_version}" if self.model_version else "")
+    def _check_model_ready(self, probe: grpcclient.InferenceServerClient, model: str | None = None,
+                           version: str | None = None, option: str = "--model") -> None:
+        """Raises ModelNotReadyError (MODEL_NOT_FOUND or MODEL_NOT_READY) unless `model` (default: the
+        client's) is ready; `option` is the command-line option the message suggests."""
+        model = self.model if model is None else model
+        version = self.model_version if version is None else version
+        name = model + (f" version {version}" if version else "")
         try:
-            if self._retrying(lambda: probe.is_model_ready(self.model, self.model_version, client_timeout=HEALTH_TIMEOUT_S)):
+            if self._retrying(lambda: probe.is_model_ready(model, version, client_timeout=HEALTH_TIMEOUT_S)):
                 return
         except InferenceServerException as exc:
             if status_name(exc) == "UNAVAILABLE":
@@ -291,18 +458,18 @@ class Fv2esClient:
             index = None
         if index is None:
             try:
-                probe.get_model_metadata(self.model, client_timeout=HEALTH_TIMEOUT_S)  # any version of it
+                probe.get_model_metadata(model, client_timeout=HEALTH_TIMEOUT_S)  # any version of it
             except InferenceServerException as exc:
                 if "unknown model" in (exc.message() or "").lower():
                     raise ModelNotReadyError(
-                        MODEL_NOT_FOUND, f"the server at {self.url} does not serve model '{name}': pass --model") from None
+                        MODEL_NOT_FOUND, f"the server at {self.url} does not serve model '{name}': pass {option}") from None
             raise ModelNotReadyError(MODEL_NOT_READY, f"the server at {self.url} answers but model '{name}' is not ready")
         models = index.get("models", [])
-        entries = [m for m in models if m.get("name") == self.model]
+        entries = [m for m in models if m.get("name") == model]
         if not entries:
             served = ", ".join(sorted({m.get("name", "?") for m in models})) or "none"
             raise ModelNotReadyError(
-                MODEL_NOT_FOUND, f"the server at {self.url} does not serve model '{name}' (models: {served}): pass --model")
+                MODEL_NOT_FOUND, f"the server at {self.url} does not serve model '{name}' (models: {served}): pass {option}")
         states = "; ".join(
             f"version {m.get('version', '?')}: {m.get('state', 'UNKNOWN')}" + (f" ({m['reason']})" if m.get("reason") else "")
             for m in entries
@@ -343,19 +510,40 @@ class Fv2esClient:
         self.connect()
         tensor = grpcclient.InferInput("VIDEO", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
-        outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+        names = self.outputs
+        outputs = [grpcclient.InferRequestedOutput(name) for name in names]
         try:
             result = self._retrying(lambda: self.client.infer(
                 self.model, [tensor], model_version=self.model_version, outputs=outputs, client_timeout=self.timeout_s))
         except InferenceServerException as exc:
             raise Fv2esError(status_name(exc), exc.message()) from None
-        return {name: result.as_numpy(name) for name in OUTPUTS}
+        return {name: result.as_numpy(name) for name in names}
+
+    def stream(self, chunks: Iterable[bytes], *, timeout_s: float | None = None,
+               stop: threading.Event | None = None) -> Iterator[Segment | VideoResult]:
+        """Sends a growing container stream (MPEG-TS, Matroska/WebM, fragmented MP4), chunk after chunk,
+        to the `fv2es_stream` model on one gRPC stream; yields each Segment as soon as the server has it,
+        then the whole VideoResult last.
+
+        The chunks are read and sent from a thread of their own, so segments come while chunks are still
+        being sent. `timeout_s` (default: the client's) bounds each wait on the server: for an earlier
+        chunk to be taken, and for the end once every chunk is sent. Setting `stop` ends the stream
+        early: no more chunks are read, and the server still sends the rest and the result. A server
+        error raises Fv2esError with its gRPC status name and message. The stream model's readiness is
+        checked here, before anything is sent (ModelNotReadyError otherwise).
+        """
+        from .stream import run_stream  # noqa: PLC0415 - one module per feature
+
+        config = self.connect_stream()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        return run_stream(self, config, chunks, timeout_s=timeout, stop=stop)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
         self.limits = None
+        self.stream_config = None
 
     def __enter__(self) -> "Fv2esClient":
         return self

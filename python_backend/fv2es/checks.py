@@ -61,8 +61,8 @@ class Limits:
 
     @property
     def max_faces(self) -> int:
-        """At most one face per sampled frame."""
-        return int(self.max_time_s / config.FRAME_INTERVAL_S) + 1
+        """At most MAX_FACES_PER_FRAME faces per sampled frame."""
+        return (int(self.max_time_s / config.FRAME_INTERVAL_S) + 1) * config.MAX_FACES_PER_FRAME
 
     @property
     def max_chunks(self) -> int:
@@ -167,12 +167,21 @@ def audio(samples: np.ndarray, limits: Limits, name: str = "AUDIO") -> np.ndarra
     return finite(samples, name, max_abs=AUDIO_MAX_ABS)
 
 
-def audio_and_duration(samples: np.ndarray, seconds: np.ndarray, limits: Limits) -> tuple[np.ndarray, float]:
-    """AUDIO and DURATION of one video: each valid, and the audio no longer than the video."""
+def audio_start(value: np.ndarray | int, limits: Limits, name: str = "AUDIO_START") -> int:
+    """AUDIO_START [1]: the sample of the timeline where AUDIO starts (0 for a whole file)."""
+    array = integers(shape(np.asarray(value).reshape(-1), name, (1,)), name)
+    start = int(array[0])
+    if not 0 <= start <= limits.max_samples:
+        raise InputError(f"{name} is {start}; it must be a sample index from 0 to {limits.max_samples}")
+    return start
+
+
+def audio_and_duration(samples: np.ndarray, seconds: np.ndarray, limits: Limits, *, start: int = 0) -> tuple[np.ndarray, float]:
+    """AUDIO (from sample `start` on) and DURATION of one video: each valid, and the audio no longer than the video."""
     samples, seconds = audio(samples, limits), duration(seconds, limits)
-    audio_s = samples.size / config.SAMPLE_RATE
+    audio_s = (start + samples.size) / config.SAMPLE_RATE
     if audio_s > seconds + 1.0:
-        raise InputError(f"AUDIO is {audio_s:.1f} s long but DURATION is {_fmt(seconds)} s: it cannot be longer than the video")
+        raise InputError(f"AUDIO ends at {audio_s:.1f} s but DURATION is {_fmt(seconds)} s: it cannot be longer than the video")
     return samples, seconds
 
 
@@ -249,6 +258,27 @@ def text_tokens(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> None:
     in_range(ids, "TEXT_IDS", 0, vocab_size, f"the text model's vocabulary has {vocab_size} tokens")
     if mask.size and not np.isin(mask, (0, 1)).all():
         raise InputError("TEXT_MASK must hold only 0 and 1")
+
+
+def flags(values: np.ndarray, name: str, n_rows: int, rows_from: str) -> np.ndarray:
+    """A BOOL [n_rows] input, one flag per row of `rows_from`."""
+    values = np.asarray(values)
+    if values.dtype != np.bool_:
+        raise InputError(f"{name} must hold booleans, got {values.dtype}")
+    shape(values, name, (None,))
+    if len(values) != n_rows:
+        raise InputError(f"{name} has {len(values)} rows but {rows_from} has {n_rows}: they must match")
+    return values
+
+
+def person_ids(ids: np.ndarray, name: str, n_rows: int, rows_from: str, limits: Limits) -> np.ndarray:
+    """Person id of each row: in [-1, max_faces) (-1: a placeholder row), one per row of `rows_from`."""
+    ids = integers(shape(ids, name, (None,)), name)
+    if len(ids) != n_rows:
+        raise InputError(f"{name} has {len(ids)} rows but {rows_from} has {n_rows}: they must match")
+    if ids.size and not (-1 <= int(ids.min()) and int(ids.max()) < limits.max_faces):
+        raise InputError(f"{name} holds person ids from {int(ids.min())} to {int(ids.max())}; they must be in [-1, {limits.max_faces})")
+    return ids.astype(np.int64, copy=False)
 
 
 def segment_ids(ids: np.ndarray, name: str, n_segments: int, segments_from: str) -> None:

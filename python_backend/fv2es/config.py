@@ -87,6 +87,17 @@ WINDOW_S = 4.0  # fixed windows cut the stretches without speech
 MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
 MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
 
+# Stretches: the timeline is cut at pauses into stretches of STRETCH_MIN_S to STRETCH_MAX_S, and
+# speech recognition and segmentation run on each stretch alone. The rule looks only backwards and
+# a short way ahead (fv2es.stretches), so a live stream (fv2es_stream) cuts where the whole file is
+# cut and each stretch's segments come out the same, as soon as the stretch is over.
+STRETCH_MIN_S = 20.0
+STRETCH_MAX_S = 30.0  # one Whisper window: a stretch's speech is transcribed in one call
+STRETCH_FRAME_S = 0.02  # the loudness frames (320 samples, one Whisper encoder state)
+STRETCH_PAUSE_S = 0.3  # a cut needs this much quiet around it (half before, half after)
+STRETCH_QUIET_RATIO = 0.1  # quiet: a frame's RMS under this share of the loudest frame of the stretch so far
+STRETCH_QUIET_FLOOR = 1e-3  # ... or under this RMS (digital silence; the stretch's start)
+
 # --- Audio branch input ------------------------------------------------------------------------
 # "whisper": the Whisper encoder states of the speech, which the ASR step computes anyway (a
 # pretrained speech representation: it carries over to voices and languages the branch never heard;
@@ -160,6 +171,22 @@ FACE_STD = 78.2
 # is small: MODEL_CARD.md gives the accuracy with and without).
 FACE_MIRROR_AVERAGE = True
 
+# --- People (one timeline per person; fv2es.faces, fv2es.people) -------------------------------
+MAX_FACES_PER_FRAME = 4  # the largest faces of a frame that are kept
+FACE_MIN_SIDE_RATIO = 0.4  # a face smaller than this share of the frame's largest face is ignored
+# A face continues the track whose last box it overlaps this much (intersection over union); two
+# boxes of one frame that overlap this much are one face (the larger kept).
+PERSON_IOU = 0.3
+# A track not seen for this long is lost (a face after that is re-identified by appearance), and
+# mouth motion (FACE_MOUTH) compares a face only with the person's face of at most this long ago.
+PERSON_TRACK_GAP_S = 2.0
+# Cosine similarity (fv2es.faces.face_descriptor: centred LBP histograms, so a correlation) of a
+# face to a person's mean descriptor that re-identifies them. Two-person clip (build/synth.py): a
+# person's own faces 0.80 or more, the other person's 0.53 at most; the astronaut of another clip,
+# at another size, 0.75; 1,500 FER2013 faces, pairs of different people: 0.06 % at 0.65 or more.
+PERSON_SIMILARITY = 0.65
+SPEAKER_MOUTH_RATIO = 1.5  # the speaker's mouth moves this many times more than anyone else's in the segment
+
 # --- Encoders and fusion ------------------------------------------------------------------------
 TEXT_MODEL = "packaged:all-MiniLM-L6-v2"
 TEXT_MAX_TOKENS = 100  # padded and truncated, as the reference
@@ -204,8 +231,8 @@ QUICK_EXAMPLES = 24  # --quick: examples per split, one epoch; a smoke run in se
 # --- Triton -------------------------------------------------------------------------------------
 ENSEMBLE_NAME = "fv2es"
 # Upper bounds of rows one video can send to a batched encoder, derived from the duration limit:
-# one face per sampled frame, one mel chunk per 0.4 s plus one padded chunk per segment.
-MAX_FACES_PER_VIDEO = int(MAX_DURATION_S / FRAME_INTERVAL_S) + 1
+# MAX_FACES_PER_FRAME faces per sampled frame, one mel chunk per 0.4 s plus one padded chunk per segment.
+MAX_FACES_PER_VIDEO = (int(MAX_DURATION_S / FRAME_INTERVAL_S) + 1) * MAX_FACES_PER_FRAME
 MAX_SEGMENTS_PER_VIDEO = int(MAX_DURATION_S / MIN_SEGMENT_S) + 1
 MAX_CHUNKS_PER_VIDEO = int(MAX_DURATION_S * SAMPLE_RATE / HOP_LENGTH / CHUNK_FRAMES) + MAX_SEGMENTS_PER_VIDEO
 ENCODER_MAX_BATCH = {
@@ -261,6 +288,14 @@ SHM_REGION_RESET_BYTES = 128 * 2**20
 # +400 MB and slower than at 32; the audio encoder is 20 % slower below 128).
 ENCODER_ROWS_PER_FORWARD = {"audio_encoder": 128, "visual_encoder": 32, "text_encoder": 32}
 BATCH_QUEUE_DELAY_US = 5_000  # how long an encoder waits to merge rows of concurrent videos
+
+# --- Live streams (fv2es_stream) ------------------------------------------------------------------
+STREAM_MODEL_NAME = "fv2es_stream"
+# Streams open at once, and how long one may go without a chunk before it is dropped (its memory
+# freed); its later chunks then get an error. A stream's bytes and duration have the limits of a file
+# (MAX_INPUT_BYTES, MAX_DURATION_S).
+STREAM_MAX_OPEN = 8
+STREAM_IDLE_S = 60.0
 
 # --- Benchmarks (benchmarks/run.py, `make bench`) -----------------------------------------------
 BENCH_CLIPS_S = (10, 60, 600)  # generated talking-head clips, seconds

@@ -28,7 +28,7 @@ class InProcessPipeline:
         self.recognizer = SpeechRecognizer()
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
-        self.models = {s.name: load_for_inference(str(repository / s.name / "1" / "model.pt")) for s in self.steps if s.torchscript}
+        self.models = {s.name: load_for_inference(str(repository / s.name / "1" / "model.pt")) for s in self.steps if s.torchscript and s.serves_model}
     def run_model(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.models[name](*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)).numpy()
@@ -44,33 +44,27 @@ class InProcessPipeline:
         if step.runner == "face_crop":
             return stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"])
         if step.runner == "asr":
-            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer)
+            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer, audio_start=x["AUDIO_START"])
         if step.runner == "mel":
-            return stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform)
+            return stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform, audio_start=x["AUDIO_START"])
         if step.runner == "assign_faces":
-            return stages.assign_faces(x["FACE_TIMES"], x["SEGMENT_TIMES"])
+            return stages.assign_faces(x["FACE_TIMES"], x["FACE_MAIN"], x["SEGMENT_TIMES"])
+        if step.runner == "people":
+            return stages.people(*(x[i.name] for i in step.inputs))
         if step.runner == "torchscript":
-            return {step.outputs[0].name: self.run_model(step.name, *(x[i.name] for i in step.inputs))}
+            return {step.outputs[0].name: self.run_model(step.model_name, *(x[i.name] for i in step.inputs))}
         if step.runner == "aggregate":
             return stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS))
+        if step.runner == "people_aggregate":
+            return stages.people_aggregate(x["PERSON_PAIRS"], x["PAIR_SCORES"], x["SEGMENT_TIMES"])
         raise ValueError(f"step {step.name}: no in-process runner {step.runner!r}")
-
-    def plan(self, available: set[str]) -> list[pipeline.Step]:
-        """The steps that the ensemble's outputs need, given the tensors already `available`."""
-        needed = set(pipeline.ENSEMBLE_OUTPUTS) - available
-        chosen = []
-        for step in reversed(self.steps):
-            if {step.target(o.name) for o in step.outputs} & needed:
-                chosen.append(step)
-                needed |= {step.source(i.name) for i in step.inputs} - available
-        return chosen[::-1]
 
     def run(self, tensors: dict) -> Arrays:
         """Runs the steps that the ensemble's outputs need from `tensors` (all of them from
         {"VIDEO": bytes}; those after preprocessing from what a two-phase pipeline read back from its
         files), in the pipeline's order, and returns the ensemble's outputs (MODEL_INFO aside)."""
         tensors = dict(tensors)
-        for step in self.plan(set(tensors)):
+        for step in pipeline.plan(self.steps, set(tensors)):
             outputs = self.run_step(step, {i.name: tensors[step.source(i.name)] for i in step.inputs})
             tensors.update({step.target(name): value for name, value in outputs.items()})
         return {name: tensors[name] for name in pipeline.ENSEMBLE_OUTPUTS if name in tensors}

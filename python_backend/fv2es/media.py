@@ -5,6 +5,10 @@ Audio and frames are decoded by two independent passes over the same bytes (`dec
 `sample_frames`), so the server runs them in parallel: speech recognition starts as soon as the
 audio is out, while frames are still being decoded and searched for faces. Frames are yielded one
 at a time and never held all at once: their memory does not grow with the video's length.
+
+Both passes read a `source`: the whole video as bytes, or a readable file-like object read from its
+start (it need not be seekable). A live stream (fv2es.livemedia) runs the same two passes on a
+growing buffer whose `read` blocks until more bytes come: what it decodes is what the whole bytes give.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import ctypes
 import ctypes.util
 import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TypeVar, Union
 
 import av
 import numpy as np
@@ -42,18 +47,40 @@ class Media:
     duration: float  # seconds covered by the streams
 
 
+# What the passes read: the whole video, or a file-like object with `read(n)` (seek is not needed).
+Source = Union[bytes, bytearray, memoryview, BinaryIO]
+
+# FFmpeg's probe reads at most 1 MiB (PROBE_BUF_MAX) before it picks a format; a file-like source
+# keeps that much of what it gave, to name a refused format (bytes are probed again in full).
+_PROBE_MAX = 1 << 20
+
+
 @contextmanager
-def open_media(data: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S):
-    """The opened container with its first audio and video streams; InputError for anything that is not a video."""
-    if len(data) == 0:
-        raise InputError("input is empty (0 bytes): send the bytes of a video file")
-    if len(data) > max_bytes:
-        raise InputError(f"input is {len(data)} bytes, over the server's limit of {max_bytes} bytes")
+def open_media(source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S):
+    """The opened container with its first audio and video streams; InputError for anything that is not a video.
+
+    `source` is the video's bytes, or a file-like object read from its current position (a live
+    stream: `max_bytes` is then its reader's to enforce, as its size is not known here).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise InputError("input is empty (0 bytes): send the bytes of a video file")
+        if len(source) > max_bytes:
+            raise InputError(f"input is {len(source)} bytes, over the server's limit of {max_bytes} bytes")
+        file = io.BytesIO(source)
+    else:
+        file = _Recorder(source)
     try:
-        container = av.open(io.BytesIO(data), mode="r", container_options=_OPEN_OPTIONS)
+        container = av.open(file, mode="r", container_options=_OPEN_OPTIONS)
+    except InputError:  # raised by a file-like source's read (it is a ValueError too)
+        raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(file, _Recorder) and file.count == 0:
+            raise InputError("input is empty (0 bytes): send the bytes of a video file") from None
         # A format off the allow-list fails with EINVAL and no name: probe again to name it.
-        fmt = _probe_format(data) if isinstance(exc, av.error.ArgumentError) else None
+        fmt = None
+        if isinstance(exc, av.error.ArgumentError):
+            fmt = _probe_format(bytes(file.head) if isinstance(file, _Recorder) else bytes(source[:_PROBE_MAX]))
         if fmt is not None and any(tag in fmt for tag in _IMAGE_FORMATS):
             raise InputError(f"input is a still image (format '{fmt}'), not a video") from None
         if fmt is not None and not _allowed(fmt):
@@ -61,6 +88,8 @@ def open_media(data: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_dura
                 f"container format '{fmt}' is not accepted; send a video file (mp4, mov, mkv, webm, avi, flv, ts, ...)"
             ) from None
         raise InputError(f"input is not a readable video file ({_reason(exc)})") from None
+    if isinstance(file, _Recorder):
+        file.head = None  # only an error message needs it: not kept while the stream is decoded
     with container:
         fmt = container.format.name
         audio_stream = next(iter(container.streams.audio), None)
@@ -74,17 +103,32 @@ def open_media(data: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_dura
 
 
 def decode_audio(
-    data: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S
+    source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S
 ) -> tuple[np.ndarray, float]:
     """The audio as float32 mono at SAMPLE_RATE (empty when there is none) and the video's duration.
 
     Video packets are read but not decoded: their timestamps give the duration of a video whose
     picture outlasts its sound.
     """
-    with open_media(data, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, audio_stream, video_stream):
+    parts: list[np.ndarray] = []
+    duration = drain(audio_pieces(source, max_bytes=max_bytes, max_duration_s=max_duration_s), parts.append)
+    audio = np.concatenate(parts, dtype=np.float32) if parts else np.zeros(0, np.float32)  # "flt": no copy to convert
+    return audio, duration
+
+
+def audio_pieces(
+    source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S
+) -> Generator[np.ndarray, None, float]:
+    """decode_audio as it goes: yields the audio's float32 pieces in order as they are decoded, and
+    returns the video's duration (StopIteration.value; `drain` gives it).
+
+    Every piece is final: the pieces joined are decode_audio's audio, whatever reads come after
+    (the resampler only gives out samples its filter has all the input for; its tail comes last).
+    """
+    with open_media(source, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, audio_stream, video_stream):
         origin = _origin(container)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=config.SAMPLE_RATE)
-        parts: list[np.ndarray] = []
+        n_samples = 0
         lead = None  # seconds of silence before the first audio frame
         end = 0.0
         last_start = -np.inf  # the video ends with its last frame in display order
@@ -106,22 +150,48 @@ def decode_audio(
                             # A sound track that starts after the picture (phones' empty edit, a cut
                             # stream) is put that late, so speech stays in sync with the frames.
                             lead = min(max(frame.time - origin, 0.0), max_duration_s) if frame.time is not None else 0.0
-                            parts.append(np.zeros(round(lead * config.SAMPLE_RATE), np.float32))
-                        parts.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+                            silence = np.zeros(round(lead * config.SAMPLE_RATE), np.float32)
+                            if silence.size:
+                                n_samples += silence.size
+                                yield silence
+                        for out in resampler.resample(frame):
+                            piece = out.to_ndarray().reshape(-1)
+                            n_samples += piece.size
+                            yield piece
             if audio_stream is not None:
-                parts.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+                for out in resampler.resample(None):
+                    piece = out.to_ndarray().reshape(-1)
+                    n_samples += piece.size
+                    yield piece
         except av.error.FFmpegError as exc:
-            if not parts and end == 0.0:
+            if lead is None and end == 0.0:
                 raise InputError(f"input could not be decoded ({_reason(exc)})") from None
             raise InputError(f"input is corrupt: decoding failed after {end:.1f} s ({_reason(exc)})") from None
-    audio = np.concatenate(parts, dtype=np.float32) if parts else np.zeros(0, np.float32)  # "flt": no copy to convert
-    if audio.size == 0 and end == 0.0:
-        raise InputError(f"no audio or video could be decoded from the input (format '{container.format.name}')")
-    return audio, max(end, audio.size / config.SAMPLE_RATE)
+        if n_samples == 0 and end == 0.0:
+            raise InputError(f"no audio or video could be decoded from the input (format '{container.format.name}')")
+    return max(end, n_samples / config.SAMPLE_RATE)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def drain(pieces: Generator[T, None, R], sink: Callable[[T], object]) -> R:
+    """Gives each item of `pieces` to `sink`; the generator's return value. The generator is closed
+    (its container with it) also when `sink` raises."""
+    try:
+        while True:
+            try:
+                item = next(pieces)
+            except StopIteration as stop:
+                return stop.value
+            sink(item)
+    finally:
+        pieces.close()
 
 
 def sample_frames(
-    data: bytes,
+    source: Source,
     *,
     max_bytes: int = config.MAX_INPUT_BYTES,
     max_duration_s: float = config.MAX_DURATION_S,
@@ -133,8 +203,9 @@ def sample_frames(
 
     With `stop_at_decode_error` a stream that cannot be decoded (further) ends there instead of
     raising: the server's face step, whose input demux has already checked, keeps what it decoded.
+    `source` as for open_media: bytes, or a file-like object (a live stream's reader).
     """
-    with open_media(data, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, _, video_stream):
+    with open_media(source, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, _, video_stream):
         if video_stream is None:
             return
         video_stream.thread_type = config.FRAME_DECODE_THREADING
@@ -157,13 +228,19 @@ def sample_frames(
                     size = _grey_size(frame, max_width, sideways=turns % 2 == 1)
                 grey = frame.to_ndarray(format="gray", width=size[0], height=size[1])
                 yield t, np.ascontiguousarray(np.rot90(grey, turns)) if turns else grey
-                next_sample_t = (np.floor(t / frame_interval_s + 1e-6) + 1) * frame_interval_s
+                next_sample_t = next_sample_time(t, frame_interval_s)
         except av.error.FFmpegError as exc:
             if stop_at_decode_error:
                 return
             if not decoded:
                 raise InputError(f"input could not be decoded ({_reason(exc)})") from None
             raise InputError(f"input is corrupt: decoding failed after {next_sample_t:.1f} s ({_reason(exc)})") from None
+
+
+def next_sample_time(t: float, frame_interval_s: float = config.FRAME_INTERVAL_S) -> float:
+    """After a frame sampled at `t`, the next sampled frame is the first at or after this time
+    (a frame counts from 1e-6 s before it: times are rounded in their time base)."""
+    return (np.floor(t / frame_interval_s + 1e-6) + 1) * frame_interval_s
 
 
 def demux(data: bytes, **limits) -> Media:
@@ -242,6 +319,22 @@ def _probe_format(data: bytes) -> str | None:
     except (OSError, AttributeError, UnicodeDecodeError):
         pass
     return None
+
+
+class _Recorder:
+    """A file-like source as FFmpeg reads it (no seek): counts the bytes and keeps the probe's first ones."""
+
+    def __init__(self, file):
+        self._read = file.read
+        self.head: bytearray | None = bytearray()
+        self.count = 0
+
+    def read(self, n: int) -> bytes:
+        data = bytes(self._read(n))
+        if self.head is not None and len(self.head) < _PROBE_MAX:
+            self.head += data[: _PROBE_MAX - len(self.head)]
+        self.count += len(data)
+        return data
 
 
 def _reason(exc: Exception) -> str:

@@ -61,6 +61,17 @@ class Step:
     max_batch_size: int = 0  # > 0: dynamic batching across requests
     kind: str = "KIND_CPU"
     parameters: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # the model this step runs when it is another step's (the same weights on other tensors)
+    decoupled: bool = False  # answers with any number of responses per request (the live stream)
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.name
+
+    @property
+    def serves_model(self) -> bool:
+        """The step has its own model folder (a step that runs another step's model has none)."""
+        return not self.model
 
     @property
     def torchscript(self) -> bool:
@@ -85,7 +96,9 @@ class Step:
 
 ENSEMBLE_INPUT = string("VIDEO", 1)
 ENSEMBLE_OUTPUTS = ("SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE",
-                    "VIDEO_SCORES", "LABELS", "MODEL_INFO")
+                    "VIDEO_SCORES", "LABELS", "MODEL_INFO",
+                    # one timeline per person (added after the first eight, which keep their meaning)
+                    "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "PERSON_SCORES")
 
 INPUT_LIMITS = {"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)}
 # The steps after demux validate times, audio lengths and segment counts against the same limit.
@@ -111,35 +124,80 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
                    int64("TEXT_IDS", -1, tokens), int64("TEXT_MASK", -1, tokens))
     if whisper:
         asr_outputs += (fp32("SPEECH_ROWS", -1, speech_dim), int64("SPEECH_SEGMENT", -1))
-    mel = Step("mel", "mel", (fp32("AUDIO", -1), fp32("SEGMENT_TIMES", -1, 2)),
+    mel = Step("mel", "mel", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("SEGMENT_TIMES", -1, 2)),
                (fp32("MEL_CHUNKS", -1, m, t), int64("MEL_SEGMENT", -1)), kind="KIND_AUTO", parameters=DURATION_LIMIT)
     audio_rows = fp32("SPEECH_ROWS", speech_dim) if whisper else fp32("MEL_CHUNKS", m, t)
+    audio_segment = "SPEECH_SEGMENT" if whisper else "MEL_SEGMENT"
+    fusion_inputs = (fp32("AUDIO_FEATURES", -1, F), int64("AUDIO_SEGMENT", -1), fp32("VISUAL_FEATURES", -1, F),
+                     int64("VISUAL_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim), boolean("TEXT_PRESENT", -1))
+    fusion_outputs = (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=True),)
     return [
-        Step("demux", "demux", (ENSEMBLE_INPUT,), (fp32("AUDIO", -1), fp32("DURATION", 1)), parameters=INPUT_LIMITS),
-        Step("face_crop", "face_crop", (ENSEMBLE_INPUT, fp32("DURATION", 1)), (fp32("FACES", -1, 1, s, s), fp32("FACE_TIMES", -1)),
+        Step("demux", "demux", (ENSEMBLE_INPUT,), (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)),
+             parameters=INPUT_LIMITS),
+        Step("face_crop", "face_crop", (ENSEMBLE_INPUT, fp32("DURATION", 1)),
+             (fp32("FACES", -1, 1, s, s), fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), boolean("FACE_MAIN", -1),
+              fp32("FACE_MOUTH", -1)),
              kind="KIND_AUTO", parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS}),
-        Step("asr", "asr", (fp32("AUDIO", -1), fp32("DURATION", 1)), asr_outputs, kind="KIND_AUTO",
+        Step("asr", "asr", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)), asr_outputs, kind="KIND_AUTO",
              parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
                          "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
                          "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL,
                          "window_s": str(config.WINDOW_S), "audio_input": audio_input, **DURATION_LIMIT}),
         *([] if whisper else [mel]),
-        Step("assign_faces", "assign_faces", (fp32("FACE_TIMES", -1), fp32("SEGMENT_TIMES", -1, 2)),
+        Step("assign_faces", "assign_faces", (fp32("FACE_TIMES", -1), boolean("FACE_MAIN", -1), fp32("SEGMENT_TIMES", -1, 2)),
              (int64("FACE_SEGMENT", -1), boolean("SEGMENT_HAS_FACE", -1)), parameters=DURATION_LIMIT),
         encoder("audio_encoder", (audio_rows,), fp32("AUDIO_FEATURES", F)),
         encoder("visual_encoder", (fp32("FACES", 1, s, s),), fp32("VISUAL_FEATURES", F)),
         encoder("text_encoder", (int64("TEXT_IDS", tokens), int64("TEXT_MASK", tokens)), fp32("TEXT_FEATURES", text_dim)),
-        Step("fusion", "torchscript",
-             (fp32("AUDIO_FEATURES", -1, F), int64("AUDIO_SEGMENT", -1), fp32("VISUAL_FEATURES", -1, F),
-              int64("VISUAL_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim), boolean("TEXT_PRESENT", -1)),
-             (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=True),),
-             sources={"AUDIO_SEGMENT": "SPEECH_SEGMENT" if whisper else "MEL_SEGMENT",
-                      "VISUAL_SEGMENT": "FACE_SEGMENT", "TEXT_PRESENT": "SEGMENT_HAS_SPEECH"},
+        Step("fusion", "torchscript", fusion_inputs, fusion_outputs,
+             sources={"AUDIO_SEGMENT": audio_segment, "VISUAL_SEGMENT": "FACE_SEGMENT", "TEXT_PRESENT": "SEGMENT_HAS_SPEECH"},
              kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT}),
+        # One timeline per person: each (person, segment) pair is a segment of its own for the same
+        # fusion model, with that person's faces, and the segment's speech when they are its speaker.
+        Step("people", "people",
+             (fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), fp32("FACE_MOUTH", -1), fp32("SEGMENT_TIMES", -1, 2),
+              boolean("SEGMENT_HAS_SPEECH", -1), int64("AUDIO_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim)),
+             (int64("SEGMENT_SPEAKER", -1), int64("PERSON_PAIRS", -1, 2), int64("PERSON_VISUAL_SEGMENT", -1),
+              int64("PERSON_AUDIO_SEGMENT", -1), fp32("PERSON_TEXT_FEATURES", -1, text_dim), boolean("PERSON_TEXT_PRESENT", -1)),
+             sources={"AUDIO_SEGMENT": audio_segment}, parameters=DURATION_LIMIT),
+        Step("person_fusion", "torchscript", fusion_inputs, fusion_outputs, model="fusion",
+             sources={"AUDIO_SEGMENT": "PERSON_AUDIO_SEGMENT", "VISUAL_SEGMENT": "PERSON_VISUAL_SEGMENT",
+                      "TEXT_FEATURES": "PERSON_TEXT_FEATURES", "TEXT_PRESENT": "PERSON_TEXT_PRESENT"},
+             targets={"SEGMENT_SCORES": "PAIR_SCORES"}),
         Step("aggregate", "aggregate", (fp32("SEGMENT_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
              (Tensor("VIDEO_SCORES", "FP32", (C,), labels=True), string("LABELS", C), string("MODEL_INFO", 1)),
              parameters={"weights": weights, "labels_file": LABELS_FILE, **DURATION_LIMIT}),
+        Step("people_aggregate", "people_aggregate",
+             (int64("PERSON_PAIRS", -1, 2), fp32("PAIR_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
+             (int64("PERSON_SEGMENTS", -1, 2), Tensor("PERSON_SEGMENT_SCORES", "FP32", (-1, C), labels=True),
+              Tensor("PERSON_SCORES", "FP32", (-1, C), labels=True)),
+             parameters=DURATION_LIMIT),
     ]
+
+
+# The live stream's model: the container stream's next bytes in; responses, each a segment as soon
+# as it is final ("segment"), and after the last request the whole stream's scores ("end").
+STREAM_EVENTS = ("segment", "end")
+STREAM_SEGMENT_OUTPUTS = ("SEGMENT_INDEX", "SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH",
+                          "SEGMENT_HAS_FACE", "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES")
+STREAM_END_OUTPUTS = ("VIDEO_SCORES", "PERSON_SCORES", "LABELS", "MODEL_INFO", "DURATION")
+
+
+def stream_step(pipeline: list[Step]) -> Step:
+    """The live-stream model (fv2es.serving.stream): it runs the steps after demux and face detection
+    of `pipeline` on each stretch of the stream (BLS), with the same tensors the ensemble gives."""
+    by_name = {t.name: t for t in ensemble_outputs(pipeline)}
+    by_name.update({"EVENT": string("EVENT", 1), "SEGMENT_INDEX": int64("SEGMENT_INDEX", 1), "DURATION": fp32("DURATION", 1)})
+    names = ("EVENT", *STREAM_SEGMENT_OUTPUTS, *STREAM_END_OUTPUTS)
+    return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1),), tuple(by_name[n] for n in names), kind="KIND_AUTO",
+                decoupled=True, parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
+                                            "max_open": str(config.STREAM_MAX_OPEN), "idle_s": str(config.STREAM_IDLE_S),
+                                            "labels": ",".join(config.LABELS)})
+
+
+def served_models(pipeline: list[Step]) -> list[Step]:
+    """The steps that have a model folder of their own (one per model of the repository)."""
+    return [s for s in pipeline if s.serves_model]
 
 
 def batched_steps(audio_input: str | None = None) -> list[Step]:
@@ -155,6 +213,19 @@ def ensemble_outputs(pipeline: list[Step]) -> list[Tensor]:
         owner, tensor = produced[name]
         outputs.append(Tensor(name, tensor.dtype, (-1, *tensor.dims) if owner.batched else tensor.dims, tensor.labels))
     return outputs
+
+
+def plan(pipeline: list[Step], available: set[str], wanted=ENSEMBLE_OUTPUTS) -> list[Step]:
+    """The steps, in order, that produce the tensors `wanted` from the tensors already `available`
+    (the whole pipeline from VIDEO; the steps after demux and face detection from what a live
+    stream or a two-phase run has already)."""
+    needed = set(wanted) - available
+    chosen = []
+    for step in reversed(pipeline):
+        if {step.target(o.name) for o in step.outputs} & needed:
+            chosen.append(step)
+            needed |= {step.source(i.name) for i in step.inputs} - available
+    return chosen[::-1]
 
 
 def check_wiring(pipeline: list[Step]) -> None:

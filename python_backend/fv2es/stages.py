@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import checks, config
+from . import checks, config, stretches
 from .faces import FaceDetector, normalise_faces, video_faces
+from .people import person_rows, person_scores, segment_speakers
 from .media import decode_audio, sample_frames
-from .segments import aggregate_scores, frame_segments, segment_timeline
+from .segments import Segment, aggregate_scores, frame_segments, segment_timeline
 from .text import tokenize
 
 if TYPE_CHECKING:  # torch and faster-whisper stay out of the models that do not need them (memory)
@@ -26,9 +27,10 @@ Arrays = dict[str, np.ndarray]
 
 
 def demux(video: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S) -> Arrays:
-    """VIDEO bytes -> AUDIO [n] float32 at SAMPLE_RATE, DURATION [1] seconds."""
+    """VIDEO bytes -> AUDIO [n] float32 at SAMPLE_RATE, AUDIO_START [1] (0: the audio starts the
+    timeline; a live stream sends later stretches), DURATION [1] seconds."""
     audio, duration = decode_audio(video, max_bytes=max_bytes, max_duration_s=max_duration_s)
-    out = {"AUDIO": audio, "DURATION": np.array([duration], np.float32)}
+    out = {"AUDIO": audio, "AUDIO_START": np.zeros(1, np.int64), "DURATION": np.array([duration], np.float32)}
     # What demux gives passes the checks of the steps after it, which run in parallel: a file
     # that fails them fails here, in one step (Triton 2.51 can leave a request unanswered when two
     # parallel steps fail).
@@ -46,8 +48,11 @@ def face_crop(
     max_bytes: int = config.MAX_INPUT_BYTES,
     max_duration_s: float = config.MAX_DURATION_S,
 ) -> Arrays:
-    """VIDEO bytes (and DURATION from demux, when given) -> FACES [N, 1, S, S] normalised crops,
-    FACE_TIMES [N] seconds (-1: placeholder).
+    """VIDEO bytes (and DURATION from demux, when given) -> the faces of the sampled frames
+    (fv2es.faces.FaceRows): FACES [N, 1, S, S] normalised crops, FACE_TIMES [N] seconds (-1:
+    placeholder), FACE_PERSON [N] (the person each face is, -1: placeholder), FACE_MAIN [N] (the
+    largest face of its frame: the visual input of the segment scores), FACE_MOUTH [N] (mouth
+    movement since the person's previous face, -1: none).
 
     Runs after demux has accepted the file: a video stream that is corrupt (or undecodable) gives
     the faces of the frames decoded before the damage, and segments past it are flagged faceless.
@@ -55,16 +60,21 @@ def face_crop(
     if duration is not None:
         checks.duration(duration, checks.Limits(max_duration_s))
     frames = sample_frames(video, max_bytes=max_bytes, max_duration_s=max_duration_s, stop_at_decode_error=True)
-    return face_rows(*video_faces(frames, detector))
+    return face_rows(video_faces(frames, detector))
 
 
-def face_rows(faces: np.ndarray, times: np.ndarray) -> Arrays:
+def face_rows(rows: Arrays) -> Arrays:
     """The visual encoder's rows: the faces found, or when there is none one neutral grey row that
-    keeps the encoder's batch non-empty, at time -1 (no segment: the fusion ignores it)."""
-    if faces.shape[0] == 0:
-        faces = normalise_faces(np.full((1, config.FACE_SIZE, config.FACE_SIZE), config.FACE_MEAN, np.uint8))
-        times = np.array([-1.0], np.float32)
-    return {"FACES": faces, "FACE_TIMES": times}
+    keeps the encoder's batch non-empty, at time -1 (no segment: the fusion ignores it), person -1."""
+    if rows["FACES"].shape[0] > 0:
+        return rows
+    return {
+        "FACES": normalise_faces(np.full((1, config.FACE_SIZE, config.FACE_SIZE), config.FACE_MEAN, np.uint8)),
+        "FACE_TIMES": np.array([-1.0], np.float32),
+        "FACE_PERSON": np.array([-1], np.int64),
+        "FACE_MAIN": np.array([False]),
+        "FACE_MOUTH": np.array([-1.0], np.float32),
+    }
 
 
 def asr(
@@ -73,29 +83,53 @@ def asr(
     recognizer: "SpeechRecognizer",
     tokenizer,
     *,
+    audio_start: np.ndarray | int = 0,
     window_s: float = config.WINDOW_S,
     max_duration_s: float = config.MAX_DURATION_S,
     speech_rows: bool = config.AUDIO_INPUT == "whisper",
 ) -> Arrays:
-    """AUDIO, DURATION -> the timeline's segments, their transcripts and their token ids; with
+    """AUDIO (from sample AUDIO_START of the timeline on), DURATION (where the timeline ends) -> the
+    segments of the timeline from AUDIO_START on, their transcripts and their token ids; with
     `speech_rows`, also the audio encoder's input from the Whisper encoder states of the speech:
-    SPEECH_ROWS [N, 2 x SPEECH_STATE_DIM] and SPEECH_SEGMENT [N] (-1: a placeholder row)."""
+    SPEECH_ROWS [N, 2 x SPEECH_STATE_DIM] and SPEECH_SEGMENT [N] (-1: a placeholder row).
+
+    The audio is cut into stretches at pauses (fv2es.stretches), each recognised and segmented alone:
+    a live stream sends one stretch at a time, with its start, and gets the same segments."""
     from .asr import speech_chunks
 
-    audio, seconds = checks.audio_and_duration(audio, duration, checks.Limits(max_duration_s))
-    speech = recognizer.listen(audio.astype(np.float32, copy=False))
-    segments = segment_timeline(speech.segments, seconds, window_s=window_s)
+    limits = checks.Limits(max_duration_s)
+    start = checks.audio_start(audio_start, limits)
+    audio, seconds = checks.audio_and_duration(audio, duration, limits, start=start)
+    bounds = [0, *stretches.cuts(audio), len(audio)]
+    segments, rows, owners = [], [], []
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        offset = (start + a) / config.SAMPLE_RATE
+        end = stretches.timeline_end((start + b) / config.SAMPLE_RATE, seconds) if k == len(bounds) - 2 else (start + b) / config.SAMPLE_RATE
+        if end - offset <= 0:
+            continue
+        speech = recognizer.listen(audio[a:b].astype(np.float32, copy=False))
+        local = segment_timeline(speech.segments, end - offset, window_s=window_s)
+        if speech_rows:
+            local_times = np.array([[s.start, s.end] for s in local], np.float32)
+            stretch_rows, stretch_owners = speech_chunks(speech.states, speech.times, local_times)
+            keep = stretch_owners >= 0
+            rows.append(stretch_rows[keep])
+            owners.append(stretch_owners[keep] + len(segments))
+        segments.extend(Segment(s.start + offset, s.end + offset, s.text) for s in local)
     texts = [s.text for s in segments]
     ids, mask = tokenize(tokenizer, texts)
     out = {
-        "SEGMENT_TIMES": np.array([[s.start, s.end] for s in segments], np.float32),
+        "SEGMENT_TIMES": np.array([[s.start, s.end] for s in segments], np.float32).reshape(-1, 2),
         "TRANSCRIPTS": np.array([t.encode("utf-8") for t in texts], dtype=np.object_),
         "SEGMENT_HAS_SPEECH": np.array([s.has_speech for s in segments], bool),
         "TEXT_IDS": ids,
         "TEXT_MASK": mask,
     }
     if speech_rows:
-        out["SPEECH_ROWS"], out["SPEECH_SEGMENT"] = speech_chunks(speech.states, speech.times, out["SEGMENT_TIMES"])
+        rows_, owners_ = (np.concatenate(rows), np.concatenate(owners)) if rows else (np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+        if len(owners_) == 0:  # no speech anywhere: one placeholder row keeps the encoder's batch non-empty
+            rows_, owners_ = speech_chunks(np.zeros((0, 0), np.float32), np.zeros(0), np.zeros((0, 2), np.float32))
+        out["SPEECH_ROWS"], out["SPEECH_SEGMENT"] = rows_.astype(np.float32), owners_.astype(np.int64)
     return out
 
 
@@ -105,18 +139,20 @@ def mel(
     transform: "torch.nn.Module",
     device: str = "cpu",
     *,
+    audio_start: np.ndarray | int = 0,
     max_duration_s: float = config.MAX_DURATION_S,
 ) -> Arrays:
-    """AUDIO, SEGMENT_TIMES -> MEL_CHUNKS [N, N_MELS, CHUNK_FRAMES], MEL_SEGMENT [N]."""
+    """AUDIO (from sample AUDIO_START of the timeline on), SEGMENT_TIMES -> MEL_CHUNKS [N, N_MELS, CHUNK_FRAMES], MEL_SEGMENT [N]."""
     limits = checks.Limits(max_duration_s)
     audio = checks.audio(audio, limits)
+    start_s = checks.audio_start(audio_start, limits) / config.SAMPLE_RATE
     segment_times = checks.segment_times(segment_times, limits)
     import torch
 
     from .audio import segment_mel_chunks
 
     samples = torch.from_numpy(audio.astype(np.float32, copy=False)).to(device)
-    times = [(float(a), float(b)) for a, b in segment_times]
+    times = [(float(a) - start_s, float(b) - start_s) for a, b in segment_times]
     with torch.inference_mode():
         chunks, owners = segment_mel_chunks(samples, times, transform)
     if chunks.shape[0] == 0:
@@ -126,15 +162,64 @@ def mel(
     return {"MEL_CHUNKS": chunks.cpu().numpy(), "MEL_SEGMENT": owners.numpy()}
 
 
-def assign_faces(face_times: np.ndarray, segment_times: np.ndarray, *, max_duration_s: float = config.MAX_DURATION_S) -> Arrays:
-    """FACE_TIMES, SEGMENT_TIMES -> FACE_SEGMENT [N] (-1: none, ignored by the fusion), SEGMENT_HAS_FACE [S]."""
+def assign_faces(
+    face_times: np.ndarray, face_main: np.ndarray, segment_times: np.ndarray, *, max_duration_s: float = config.MAX_DURATION_S
+) -> Arrays:
+    """FACE_TIMES, FACE_MAIN, SEGMENT_TIMES -> FACE_SEGMENT [N] (the segment of each frame's largest
+    face; -1: none, ignored by the fusion), SEGMENT_HAS_FACE [S]."""
     limits = checks.Limits(max_duration_s)
     face_times = checks.face_times(face_times, limits)
+    face_main = checks.flags(face_main, "FACE_MAIN", len(face_times), "FACE_TIMES")
     segment_times = checks.segment_times(segment_times, limits)
-    owners = frame_segments(face_times, segment_times)
+    owners = np.where(face_main, frame_segments(face_times, segment_times), -1).astype(np.int64)
     has_face = np.zeros(len(segment_times), bool)
     has_face[owners[owners >= 0]] = True
     return {"FACE_SEGMENT": owners, "SEGMENT_HAS_FACE": has_face}
+
+
+def people(
+    face_times: np.ndarray,
+    face_person: np.ndarray,
+    face_mouth: np.ndarray,
+    segment_times: np.ndarray,
+    segment_has_speech: np.ndarray,
+    audio_segment: np.ndarray,
+    text_features: np.ndarray,
+    *,
+    max_duration_s: float = config.MAX_DURATION_S,
+) -> Arrays:
+    """The faces' persons and the segments -> SEGMENT_SPEAKER [S], and the inputs of the fusion run
+    once more on (person, segment) pairs (fv2es.people.person_rows)."""
+    limits = checks.Limits(max_duration_s)
+    face_times = checks.face_times(face_times, limits)
+    n_faces = len(face_times)
+    face_person = checks.person_ids(face_person, "FACE_PERSON", n_faces, "FACE_TIMES", limits)
+    face_mouth = checks.finite(checks.shape(face_mouth, "FACE_MOUTH", (n_faces,)), "FACE_MOUTH")
+    segment_times = checks.segment_times(segment_times, limits)
+    n_segments = len(segment_times)
+    segment_has_speech = checks.flags(segment_has_speech, "SEGMENT_HAS_SPEECH", n_segments, "SEGMENT_TIMES")
+    audio_segment = checks.integers(checks.shape(audio_segment, "AUDIO_SEGMENT", (None,)), "AUDIO_SEGMENT")
+    checks.segment_ids(audio_segment, "AUDIO_SEGMENT", n_segments, "SEGMENT_TIMES")
+    text_features = checks.finite(checks.shape(text_features, "TEXT_FEATURES", (n_segments, None)), "TEXT_FEATURES")
+    speakers = segment_speakers(face_times, face_person, face_mouth, segment_times, segment_has_speech)
+    rows = person_rows(face_times, face_person, segment_times, segment_has_speech, speakers, audio_segment, text_features)
+    return {"SEGMENT_SPEAKER": speakers, "PERSON_PAIRS": rows["PERSON_SEGMENTS"], **{k: v for k, v in rows.items() if k != "PERSON_SEGMENTS"}}
+
+
+def people_aggregate(
+    person_pairs: np.ndarray, pair_scores: np.ndarray, segment_times: np.ndarray, *, max_duration_s: float = config.MAX_DURATION_S
+) -> Arrays:
+    """PERSON_PAIRS, PAIR_SCORES (the fusion's scores of each pair), SEGMENT_TIMES -> PERSON_SEGMENTS,
+    PERSON_SEGMENT_SCORES (the placeholder pair dropped), PERSON_SCORES [P, C] (each person's
+    duration-weighted overall)."""
+    limits = checks.Limits(max_duration_s)
+    segment_times = checks.segment_times(segment_times, limits)
+    pairs = checks.integers(checks.shape(person_pairs, "PERSON_PAIRS", (None, 2)), "PERSON_PAIRS")
+    checks.segment_ids(pairs[:, 1], "PERSON_PAIRS segment", len(segment_times), "SEGMENT_TIMES")
+    checks.person_ids(pairs[:, 0], "PERSON_PAIRS person", len(pairs), "PERSON_PAIRS", limits)
+    scores = checks.finite(checks.shape(pair_scores, "PAIR_SCORES", (len(pairs), None)), "PAIR_SCORES")
+    segments_, segment_scores, overall = person_scores(pairs, scores, segment_times)
+    return {"PERSON_SEGMENTS": segments_, "PERSON_SEGMENT_SCORES": segment_scores, "PERSON_SCORES": overall}
 
 
 def aggregate(

@@ -1,5 +1,6 @@
 // FV2ES web page: upload (with progress), analysis (with elapsed time), then the video with its
-// emotion timeline; every error the server returns is shown as it says it.
+// emotion timeline, one lane per person under it, and the people table; every error the server
+// returns is shown as it says it.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,6 +10,8 @@ let result = null;
 
 function mib(bytes) { return (bytes / 1048576).toFixed(1) + " MiB"; }
 function fmt(seconds) { return seconds.toFixed(2) + " s"; }
+function personName(id) { return "person " + id; }
+function hasSpeaker(s) { return s.speaker !== undefined && s.speaker !== null && s.speaker >= 0; }
 
 function showError(code, message) {
   $("error").textContent = (code ? "[" + code + "] " : "") + message;
@@ -104,10 +107,17 @@ function render(file, body) {
     const line = document.createElement("li");
     line.dataset.index = i;
     const time = document.createElement("span"); time.className = "time"; time.textContent = s.start.toFixed(1) + " s";
-    line.append(time, s.emotion + " " + s.score.toFixed(2) + (s.transcript ? ": " + s.transcript : ""));
+    line.append(time);
+    if (hasSpeaker(s)) {
+      const speaker = document.createElement("span"); speaker.className = "speaker"; speaker.textContent = personName(s.speaker) + ":";
+      line.append(speaker);
+      block.title += "\nspeaking: " + personName(s.speaker);
+    }
+    line.append(s.emotion + " " + s.score.toFixed(2) + (s.transcript ? ": " + s.transcript : ""));
     line.onclick = block.onclick;
     transcript.append(line);
   });
+  renderPeople(body.people || [], segments);
   $("axis-end").textContent = fmt(duration);
   $("overall-emotion").textContent = body.emotion;
   $("overall-score").textContent = body.score.toFixed(2);
@@ -122,17 +132,81 @@ function render(file, body) {
   highlight(0);
 }
 
+// One lane per person under the timeline: a cell per segment, coloured by that person's emotion
+// there (empty where they are not seen), hatched and outlined where they are the speaker.
+function renderPeople(people, segments) {
+  const lanes = $("people-lanes");
+  const rows = $("people-table").tBodies[0];
+  lanes.replaceChildren();
+  rows.replaceChildren();
+  for (const person of people) {
+    const lane = document.createElement("div");
+    lane.className = "lane";
+    lane.dataset.person = person.person;
+    const label = document.createElement("span"); label.className = "lane-label"; label.textContent = personName(person.person);
+    lane.append(label);
+    segments.forEach((s, i) => {
+      const cell = document.createElement("div");
+      cell.className = "lane-cell";
+      cell.dataset.index = i;
+      cell.style.flex = String(Math.max(s.end - s.start, 0.01));
+      const seen = (s.people || {})[String(person.person)];
+      const speaking = s.speaker === person.person;
+      if (seen) {
+        colour(cell, seen.emotion);
+        cell.style.opacity = String(0.45 + 0.55 * seen.score);
+        cell.title = personName(person.person) + ", " + fmt(s.start) + "-" + fmt(s.end) + ": " + seen.emotion + " " + seen.score.toFixed(2);
+      } else {
+        cell.classList.add("absent");
+        cell.title = personName(person.person) + " not seen, " + fmt(s.start) + "-" + fmt(s.end);
+      }
+      if (speaking) { cell.classList.add("speaking"); cell.title += " (speaking)"; }
+      cell.onclick = () => { $("player").currentTime = s.start + 0.01; };
+      lane.append(cell);
+    });
+    lanes.append(lane);
+
+    const row = document.createElement("tr");
+    row.dataset.person = person.person;
+    const speakingSeconds = person.speaking_segments.reduce((sum, i) => sum + segments[i].end - segments[i].start, 0);
+    const emotion = document.createElement("td"); emotion.className = "emotion";
+    const swatch = document.createElement("span"); colour(swatch, person.emotion);
+    emotion.append(swatch, person.emotion);
+    const cells = [personName(person.person), null, person.score.toFixed(2), fmt(person.seconds),
+      person.speaking_segments.length ? person.speaking_segments.length + " segment" +
+        (person.speaking_segments.length === 1 ? "" : "s") + " (" + fmt(speakingSeconds) + ")" : "-"];
+    for (const text of cells) {
+      if (text === null) { row.append(emotion); continue; }
+      const cell = document.createElement("td"); cell.textContent = text; row.append(cell);
+    }
+    rows.append(row);
+  }
+  lanes.hidden = people.length === 0;
+  $("people").hidden = people.length === 0;
+}
+
 function highlight(time) {
   if (!result) return;
   const segments = result.segments;
   let index = segments.findIndex((s) => time >= s.start && time < s.end);
   if (index < 0 && segments.length) index = time >= segments[segments.length - 1].end ? segments.length - 1 : 0;
-  for (const element of document.querySelectorAll(".segment, #transcript li")) {
+  for (const element of document.querySelectorAll(".segment, #transcript li, .lane-cell")) {
     element.classList.toggle("current", Number(element.dataset.index) === index);
   }
   if (index >= 0) {
-    $("current-emotion").textContent = segments[index].emotion + " " + fmt(segments[index].start) + "-" + fmt(segments[index].end);
-    scoreRows($("current-scores"), segments[index].scores);
+    const s = segments[index];
+    $("current-emotion").textContent = s.emotion + " " + fmt(s.start) + "-" + fmt(s.end);
+    scoreRows($("current-scores"), s.scores);
+    const list = $("current-people");
+    list.replaceChildren();
+    for (const [id, seen] of Object.entries(s.people || {})) {
+      const item = document.createElement("li");
+      const speaking = s.speaker === Number(id);
+      item.className = speaking ? "speaking" : "";
+      item.textContent = personName(id) + (speaking ? " (speaking)" : "") + ": " + seen.emotion + " " + seen.score.toFixed(2);
+      list.append(item);
+    }
+    list.hidden = list.children.length === 0;
   }
 }
 

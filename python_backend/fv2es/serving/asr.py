@@ -1,4 +1,4 @@
-"""asr: AUDIO, DURATION -> segments of the timeline, their transcripts and token ids; with the
+"""asr: AUDIO, AUDIO_START, DURATION -> segments of the timeline, their transcripts and token ids; with the
 "whisper" audio input also SPEECH_ROWS, SPEECH_SEGMENT (the audio encoder's input, from the Whisper
 encoder states that the transcription computes)."""
 
@@ -30,6 +30,6 @@ class TritonPythonModel(PipelineModel):
 
     def process(self, inputs):
         return stages.asr(
-            inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer,
+            inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer, audio_start=inputs["AUDIO_START"],
             window_s=self.window_s, max_duration_s=self.max_duration_s, speech_rows=self.speech_rows,
         )

@@ -1,4 +1,4 @@
-"""assign_faces: FACE_TIMES, SEGMENT_TIMES -> FACE_SEGMENT, SEGMENT_HAS_FACE (once both are known)."""
+"""assign_faces: FACE_TIMES, FACE_MAIN, SEGMENT_TIMES -> FACE_SEGMENT, SEGMENT_HAS_FACE (once both are known)."""
 
 from __future__ import annotations
 
@@ -11,4 +11,4 @@ class TritonPythonModel(PipelineModel):
         self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
-        return stages.assign_faces(inputs["FACE_TIMES"], inputs["SEGMENT_TIMES"], max_duration_s=self.max_duration_s)
+        return stages.assign_faces(inputs["FACE_TIMES"], inputs["FACE_MAIN"], inputs["SEGMENT_TIMES"], max_duration_s=self.max_duration_s)

@@ -1,4 +1,4 @@
-"""mel: AUDIO, SEGMENT_TIMES -> MEL_CHUNKS [N, N_MELS, CHUNK_FRAMES], MEL_SEGMENT [N] (on GPU for KIND_GPU)."""
+"""mel: AUDIO, AUDIO_START, SEGMENT_TIMES -> MEL_CHUNKS [N, N_MELS, CHUNK_FRAMES], MEL_SEGMENT [N] (on GPU for KIND_GPU)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,5 @@ class TritonPythonModel(PipelineModel):
         self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
-        return stages.mel(inputs["AUDIO"], inputs["SEGMENT_TIMES"], self.transform, self.device, max_duration_s=self.max_duration_s)
+        return stages.mel(inputs["AUDIO"], inputs["SEGMENT_TIMES"], self.transform, self.device,
+                          audio_start=inputs["AUDIO_START"], max_duration_s=self.max_duration_s)

@@ -1,0 +1,113 @@
+"""Live-stream latency: a clip sent to fv2es_stream at the pace it plays, and how long after each
+segment's end (the moment the stream's bytes up to that time were sent) its answer arrives.
+
+    .venv/bin/python benchmarks/stream.py [--seconds 60]   (run.py calls `measure` for BENCHMARKS.md)
+
+The clip is the benchmark's talking head remuxed to MPEG-TS (what a camera or an encoder sends
+live); its bytes go out every STEP_S of media time, in real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+STEP_S = 0.5  # media time per chunk
+
+
+def to_mpegts(data: bytes) -> bytes:
+    """The same streams, copied into MPEG-TS."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(data)) as source, av.open(out, "w", format="mpegts") as target:
+        mapping = {s.index: target.add_stream_from_template(s) for s in source.streams if s.type in ("audio", "video")}
+        for packet in source.demux(*[source.streams[i] for i in mapping]):
+            if packet.dts is None:
+                continue
+            packet.stream = mapping[packet.stream.index]
+            target.mux(packet)
+    return out.getvalue()
+
+
+def byte_clock(data: bytes) -> list[tuple[float, int]]:
+    """(media time, bytes that hold everything up to it), from each packet's time and position."""
+    marks = []
+    with av.open(io.BytesIO(data)) as container:
+        start = container.start_time / av.time_base if container.start_time else 0.0
+        for packet in container.demux():
+            if packet.pts is not None and packet.pos is not None and packet.pos >= 0:
+                marks.append((float(packet.pts * packet.time_base) - start, packet.pos + packet.size))
+    marks.sort()
+    ends = np.maximum.accumulate([end for _, end in marks])
+    return [(t, int(e)) for (t, _), e in zip(marks, ends)]
+
+
+def paced_chunks(data: bytes, sent_at: dict[float, float], step_s: float = STEP_S):
+    """The bytes up to each multiple of `step_s` of media time, at that time after the first chunk;
+    `sent_at[t]` records when the bytes up to media time t went out."""
+    clock = byte_clock(data)
+    duration = clock[-1][0]
+    started = time.monotonic()
+    sent = 0
+    t = step_s
+    while sent < len(data):
+        wait = started + t - step_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        upto = len(data) if t > duration else max([e for mt, e in clock if mt < t] or [0])
+        if upto > sent:
+            yield data[sent:upto]
+            sent = upto
+        sent_at[t] = time.monotonic()
+        t += step_s
+
+
+def measure(url: str, video: bytes) -> dict:
+    """Streams `video` (remuxed to MPEG-TS) at its own pace; each segment's latency from the moment
+    its end was sent to its answer, and whether the stream gave the whole file's segments."""
+    from fv2es_client import Fv2esClient
+    from fv2es_client.client import Segment
+
+    data = to_mpegts(video)
+    sent_at: dict[float, float] = {}
+    latencies, segments = [], []
+    with Fv2esClient(url, timeout_s=3600) as client:
+        whole = client.analyze(data)
+        for event in client.stream(paced_chunks(data, sent_at)):
+            arrived = time.monotonic()
+            if not isinstance(event, Segment):
+                result = event
+                continue
+            segments.append(event)
+            # the first chunk boundary at or after the segment's end
+            boundary = min((t for t in sent_at if t >= event.end - 1e-6), default=max(sent_at))
+            latencies.append(arrived - sent_at[boundary])
+    same = len(whole.segments) == len(segments) and all(
+        abs(a.start - b.start) < 1e-4 and abs(a.end - b.end) < 1e-4 and a.transcript == b.transcript
+        and max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4 for a, b in zip(whole.segments, segments))
+    return {
+        "clip_s": result.segments[-1].end if result.segments else 0.0, "mb": len(data) / 1e6, "segments": len(segments),
+        "latency_median_s": statistics.median(latencies), "latency_max_s": max(latencies), "latency_min_s": min(latencies),
+        "latencies_s": latencies, "same_as_whole_file": same, "step_s": STEP_S,
+    }
+
+
+def main() -> None:
+    import run  # noqa: PLC0415 - the benchmark's clips and server
+    from fv2es.tritonserver import REPOSITORY, EmbeddedServer
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=60, help="clip length (one of the benchmark clips)")
+    args = parser.parse_args()
+    with EmbeddedServer(REPOSITORY) as server:
+        numbers = measure(server.grpc_url, run.clip(args.seconds))
+    print({k: v for k, v in numbers.items() if k != "latencies_s"})
+
+
+if __name__ == "__main__":
+    main()

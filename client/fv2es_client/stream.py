@@ -1,0 +1,276 @@
+"""Live streams: a growing container stream's bytes to the decoupled `fv2es_stream` model, its answers back.
+
+    with Fv2esClient("127.0.0.1:8001") as client:
+        for event in client.stream(capture_chunks("rtsp://camera/stream")):   # fv2es_client.sources
+            print(event)            # a Segment as soon as it is final; the VideoResult last
+
+Protocol (one gRPC stream, one Triton sequence): every request carries `CHUNK` (BYTES [1]: the
+stream's next bytes) with the same random 63-bit sequence id, `sequence_start` on the first and
+`sequence_end` on the last (an empty chunk). The model answers with zero or more responses per
+request, each with `EVENT`: "segment" (SEGMENT_INDEX, SEGMENT_TIMES, TRANSCRIPTS, SEGMENT_SCORES,
+SEGMENT_HAS_SPEECH, SEGMENT_HAS_FACE, SEGMENT_SPEAKER, PERSON_SEGMENTS, PERSON_SEGMENT_SCORES of one
+segment) or, once, after the last request's segments, "end" (VIDEO_SCORES, PERSON_SCORES, LABELS,
+MODEL_INFO, DURATION). Each request also gets Triton's empty final response; the client counts
+them to keep at most STREAM_WINDOW requests in flight, so a source faster than the server does not
+pile up in memory. The stream is opened with the `triton_grpc_error` header: a server error closes
+the stream with its gRPC status (Triton 24.08 or later), which becomes an Fv2esError.
+
+The segment responses carry no LABELS (only "end" does): segments are labelled with the stream
+model's `labels` config parameter when it has one, else with DEFAULT_LABELS when the widths match;
+the final VideoResult always uses the server's LABELS.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from .client import (
+    MESSAGE_HEADROOM_BYTES, NO_SPEAKER, Fv2esError, MiB, Segment, VideoResult, _label_scores, overall_people,
+    person_rows, status_name,
+)
+
+if TYPE_CHECKING:
+    from .client import Fv2esClient
+
+# The shipped model's labels (fv2es.config.LABELS), for the segments that arrive before "end" says.
+DEFAULT_LABELS = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+STREAM_WINDOW = 8  # requests sent but not yet answered with their final response
+MAX_REQUEST_BYTES = 4 * MiB  # larger chunks are split (the stream is bytes: splitting changes nothing)
+STREAM_CHANNEL_BYTES = 64 * MiB  # receive limit of the stream's channel (responses are small)
+POLL_S = 0.1  # how often waiting threads look at the stop flags
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+STREAM_FAILED = "STREAM_FAILED"  # the stream ended without an "end" response
+EVENT_SEGMENT, EVENT_END = "segment", "end"
+
+
+def new_sequence_id() -> int:
+    """A random non-zero 63-bit id: unique per stream with overwhelming probability."""
+    return secrets.randbits(63) or 1
+
+
+def stream_labels(config: dict, width: int) -> list[str]:
+    """The labels for `width` scores before "end" gives them: the stream model's `labels` parameter
+    (comma-separated), else DEFAULT_LABELS when `width` matches, else `label 0`, `label 1`, ..."""
+    value = config.get("parameters", {}).get("labels", {}).get("string_value", "")
+    labels = [label.strip() for label in value.split(",") if label.strip()]
+    if len(labels) == width:
+        return labels
+    if len(DEFAULT_LABELS) == width:
+        return list(DEFAULT_LABELS)
+    return [f"label {i}" for i in range(width)]
+
+
+def event_name(outputs: dict[str, np.ndarray | None]) -> str | None:
+    """`segment`, `end`, or None for a response without EVENT (Triton's empty final response)."""
+    event = outputs.get("EVENT")
+    if event is None or np.size(event) == 0:
+        return None
+    value = np.asarray(event).reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_segment_response(outputs: dict[str, np.ndarray], labels: Sequence[str] | None = None) -> Segment:
+    """One "segment" response's arrays -> Segment. `labels` default: DEFAULT_LABELS (or LABELS when the
+    response has them). PERSON_SEGMENTS rows must name this segment's index."""
+    scores = np.asarray(outputs["SEGMENT_SCORES"], np.float32).reshape(-1)
+    if outputs.get("LABELS") is not None:
+        labels = [label.decode() if isinstance(label, bytes) else str(label) for label in outputs["LABELS"]]
+    elif labels is None:
+        labels = stream_labels({}, len(scores))
+    if len(labels) != len(scores):
+        raise ValueError(f"SEGMENT_SCORES has {len(scores)} scores for {len(labels)} labels")
+    index = int(np.asarray(outputs["SEGMENT_INDEX"]).reshape(-1)[0])
+    times = np.asarray(outputs["SEGMENT_TIMES"], np.float32).reshape(-1)
+    text = np.asarray(outputs["TRANSCRIPTS"]).reshape(-1)[0]
+    speaker = outputs.get("SEGMENT_SPEAKER")
+    people = person_rows(outputs.get("PERSON_SEGMENTS"), outputs.get("PERSON_SEGMENT_SCORES"), labels, 1, index)[0]
+    return Segment(
+        start=float(times[0]),
+        end=float(times[1]),
+        transcript=text.decode("utf-8") if isinstance(text, bytes) else str(text),
+        scores=_label_scores(labels, scores),
+        has_speech=bool(np.asarray(outputs["SEGMENT_HAS_SPEECH"]).reshape(-1)[0]),
+        has_face=bool(np.asarray(outputs["SEGMENT_HAS_FACE"]).reshape(-1)[0]),
+        speaker=NO_SPEAKER if speaker is None else int(np.asarray(speaker).reshape(-1)[0]),
+        people=people,
+        index=index,
+    )
+
+
+def parse_end_response(outputs: dict[str, np.ndarray], segments: Sequence[dict[str, np.ndarray]]) -> VideoResult:
+    """The "end" response's arrays and every "segment" response's arrays -> the stream's VideoResult,
+    segments in index order, labelled with the end's LABELS."""
+    labels = [label.decode() for label in outputs["LABELS"]]
+    scores = _label_scores(labels, np.asarray(outputs["VIDEO_SCORES"]).reshape(-1))
+    parsed = sorted((parse_segment_response(s, labels) for s in segments), key=lambda s: s.index)
+    duration = outputs.get("DURATION")
+    return VideoResult(
+        emotion=max(scores, key=scores.get),
+        scores=scores,
+        segments=parsed,
+        labels=labels,
+        model_info=json.loads(np.asarray(outputs["MODEL_INFO"]).reshape(-1)[0].decode()),
+        people=overall_people(outputs.get("PERSON_SCORES"), labels),
+        duration=None if duration is None else float(np.asarray(duration).reshape(-1)[0]),
+    )
+
+
+def response_arrays(result: grpcclient.InferResult) -> dict[str, np.ndarray]:
+    response = result.get_response()
+    return {output.name: result.as_numpy(output.name) for output in response.outputs}
+
+
+def is_final(result: grpcclient.InferResult) -> bool:
+    """Whether this response is its request's last (Triton's `triton_final_response` parameter)."""
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+def pieces(chunks: Iterable[bytes], limit: int = MAX_REQUEST_BYTES) -> Iterator[bytes]:
+    """The non-empty chunks, those over `limit` bytes cut into pieces of at most `limit`."""
+    for chunk in chunks:
+        chunk = bytes(chunk)
+        for start in range(0, len(chunk), limit):
+            yield chunk[start : start + limit]
+
+
+class _Stream:
+    """The state one stream's three threads share: the caller's (consuming), the sender's, and
+    tritonclient's response thread (the callback, which only queues and never blocks)."""
+
+    def __init__(self, timeout_s: float | None, stop: threading.Event | None):
+        self.events: queue.Queue = queue.Queue()  # (kind, payload); unbounded: a slow consumer blocks nobody
+        self.window = threading.Semaphore(STREAM_WINDOW)
+        self.halt = threading.Event()  # set by the consumer: the sender stops at once
+        self.stop = stop or threading.Event()  # set by the user: the sender ends the stream normally
+        self.timeout_s = timeout_s
+        self.last_answer = time.monotonic()  # last response, or when the sender finished
+        self.sent_all = False
+
+    def callback(self, result, error) -> None:
+        self.last_answer = time.monotonic()
+        if error is not None:
+            self.events.put(("error", error))
+            return
+        if is_final(result):
+            self.window.release()
+        self.events.put(("result", result))
+
+    def wait_for_window(self) -> bool:
+        """Waits for a free slot; False when halted. Raises Fv2esError after timeout_s without answers."""
+        while not self.window.acquire(timeout=POLL_S):
+            if self.halt.is_set():
+                return False
+            if self.timeout_s is not None and time.monotonic() - self.last_answer > self.timeout_s:
+                raise Fv2esError(DEADLINE_EXCEEDED, f"the server took no chunk for {self.timeout_s:.0f} s "
+                                 f"({STREAM_WINDOW} chunks waiting)")
+        return not self.halt.is_set()
+
+
+def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _Stream, chunks: Iterable[bytes],
+          sequence_id: int) -> None:
+    """The sender thread: every chunk as a request of the sequence, then an empty last one."""
+
+    def send(data: bytes, first: bool, last: bool) -> None:
+        tensor = grpcclient.InferInput("CHUNK", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+        grpc.async_stream_infer(client.stream_model, [tensor], sequence_id=sequence_id, sequence_start=first,
+                                sequence_end=last, enable_empty_final_response=True)
+
+    try:
+        first = True
+        for piece in pieces(chunks):
+            if state.halt.is_set() or state.stop.is_set():
+                break
+            if not state.wait_for_window():
+                return
+            send(piece, first, False)
+            first = False
+        if state.halt.is_set() or not state.wait_for_window():
+            return
+        send(b"", first, True)
+        state.last_answer = time.monotonic()
+        state.sent_all = True
+    except Fv2esError as exc:  # the window's deadline
+        state.events.put(("source_error", exc))
+    except InferenceServerException:
+        # The stream is closed (a server error, which the callback reports with its status, or the
+        # consumer stopped it): nothing more to send.
+        if not state.halt.is_set():
+            state.events.put(("sender_closed", None))
+    except BaseException as exc:  # noqa: BLE001 - the source's failure (unreadable file, camera gone): the caller's
+        state.events.put(("source_error", exc))
+
+
+def run_stream(client: Fv2esClient, config: dict, chunks: Iterable[bytes], *, timeout_s: float | None,
+               stop: threading.Event | None = None) -> Iterator[Segment | VideoResult]:
+    """The generator behind Fv2esClient.stream (the stream model is known to be ready)."""
+    tls = {k: (str(v) if v is not None else None) for k, v in client.tls_files.items()}
+    grpc = grpcclient.InferenceServerClient(client.url, ssl=client.ssl, channel_args=[
+        ("grpc.max_send_message_length", MAX_REQUEST_BYTES + MESSAGE_HEADROOM_BYTES),
+        ("grpc.max_receive_message_length", STREAM_CHANNEL_BYTES)], **tls)
+    state = _Stream(timeout_s, stop)
+    return _events(client, grpc, state, config, chunks)
+
+
+def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _Stream, config: dict,
+            chunks: Iterable[bytes]) -> Iterator[Segment | VideoResult]:
+    sequence_id = new_sequence_id()
+    finished = False
+    sender = None
+    try:
+        try:
+            grpc.start_stream(state.callback, headers={"triton_grpc_error": "true"})
+        except InferenceServerException as exc:
+            raise Fv2esError(status_name(exc), exc.message()) from None
+        sender = threading.Thread(target=_send, args=(client, grpc, state, chunks, sequence_id),
+                                  name=f"fv2es-stream-{sequence_id:x}", daemon=True)
+        sender.start()
+        segments: list[dict[str, np.ndarray]] = []
+        labels: list[str] | None = None
+        while True:
+            try:
+                kind, payload = state.events.get(timeout=POLL_S)
+            except queue.Empty:
+                waited = time.monotonic() - state.last_answer
+                if state.sent_all and state.timeout_s is not None and waited > state.timeout_s:
+                    raise Fv2esError(DEADLINE_EXCEEDED, f"no answer from the server for {state.timeout_s:.0f} s "
+                                     "after the last chunk") from None
+                continue
+            if kind == "error":
+                raise Fv2esError(status_name(payload), payload.message() or str(payload)) from None
+            if kind == "source_error":
+                raise payload
+            if kind == "sender_closed":
+                continue  # the callback has (or will have) the reason
+            outputs = response_arrays(payload)
+            event = event_name(outputs)
+            if event == EVENT_SEGMENT:
+                if labels is None:
+                    labels = stream_labels(config, np.size(outputs["SEGMENT_SCORES"]))
+                segments.append(outputs)
+                yield parse_segment_response(outputs, labels)
+            elif event == EVENT_END:
+                result = parse_end_response(outputs, segments)
+                finished = True
+                yield result
+                return
+            # None: an empty final response (counted by the callback); other events: not ours to show
+    finally:
+        state.halt.set()
+        try:
+            grpc.stop_stream(cancel_requests=not finished)
+        except Exception:  # noqa: BLE001 - closing a stream that already failed
+            pass
+        grpc.close()
+        if sender is not None:
+            sender.join(timeout=1.0)  # a source blocked in a read stays behind as a daemon thread

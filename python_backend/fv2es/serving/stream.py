@@ -1,0 +1,243 @@
+"""fv2es_stream: a live stream's bytes in, each segment's emotions out as soon as the segment is final.
+
+A decoupled model. A client sends a growing container stream (MPEG-TS, Matroska/WebM, fragmented
+MP4: formats that can be read while they are written) as requests of one sequence (gRPC stream,
+sequence id, start and end flags), CHUNK = the next bytes. Only bytes: the server opens no URL.
+
+For each stream the model decodes audio and sampled frames as they arrive (fv2es.livemedia), finds
+the faces frame by frame with the ensemble's own code (fv2es.faces.FaceRows: same batches, same
+tracking, same persons), and cuts the timeline into stretches with the ensemble's own rule
+(fv2es.stretches). When a stretch's cut is known and its frames are searched, the steps of the
+ensemble after demux and face detection run on it, model by model (BLS, `pipeline.plan`): the
+stretch's segments are those the whole file gets, with the same scores. Each segment goes out as a
+"segment" response; after the last request, one "end" response has the whole stream's scores.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from .. import config, pipeline, stretches
+from ..errors import InputError
+from ..faces import FaceRows, make_face_detector
+from ..livemedia import LiveMedia
+from ..people import person_scores
+from ..segments import aggregate_scores
+from ..stages import face_rows
+from .base import _error, bytes_input, input_limits, short
+
+FACE_KEYS = ("FACES", "FACE_TIMES", "FACE_PERSON", "FACE_MAIN", "FACE_MOUTH")
+STRETCH_OUTPUTS = (*pipeline.STREAM_SEGMENT_OUTPUTS[1:], "LABELS", "MODEL_INFO")
+
+
+class Stream:
+    """One live stream: its decoder, its faces, and the stretches not yet answered."""
+
+    def __init__(self, detector, limits: dict):
+        self.live = LiveMedia(**limits)
+        self.faces = FaceRows(detector)
+        self.rows: list[dict[str, np.ndarray]] = []  # face rows not yet given to a stretch
+        self.cut = 0  # sample where the open stretch starts
+        self.segment_times: list[np.ndarray] = []
+        self.segment_scores: list[np.ndarray] = []
+        self.pairs: list[np.ndarray] = []
+        self.pair_scores: list[np.ndarray] = []
+        self.labels = self.model_info = None
+        self.touched = time.monotonic()
+
+    @property
+    def n_segments(self) -> int:
+        return sum(len(t) for t in self.segment_times)
+
+    def take_faces(self, final: bool) -> None:
+        for t, grey in self.live.take_frames():
+            self.add_rows(self.faces.add(t, grey))
+        if final:
+            self.add_rows(self.faces.finish())
+
+    def add_rows(self, rows) -> None:
+        if rows is not None and len(rows["FACE_TIMES"]):
+            self.rows.append(rows)
+
+    def faces_until(self, end_s: float | None) -> dict[str, np.ndarray]:
+        """The face rows before `end_s` (all of them when None), removed from the pending ones."""
+        if not self.rows:
+            return face_rows({k: np.zeros((0, 1, config.FACE_SIZE, config.FACE_SIZE) if k == "FACES" else 0) for k in FACE_KEYS})
+        rows = {k: np.concatenate([r[k] for r in self.rows]) for k in FACE_KEYS}
+        before = np.ones(len(rows["FACE_TIMES"]), bool) if end_s is None else rows["FACE_TIMES"] < end_s
+        rest = {k: v[~before] for k, v in rows.items()}
+        self.rows = [rest] if len(rest["FACE_TIMES"]) else []
+        return face_rows({k: v[before] for k, v in rows.items()})
+
+    def stop(self) -> None:
+        self.live.stop()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        import json
+
+        self.model_config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.parameters = {k: v["string_value"] for k, v in self.model_config.get("parameters", {}).items()}
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+        if self.parameter("detector", config.FACE_DETECTOR) == "mtcnn" and device == "cpu":
+            import torch
+
+            torch.set_num_threads(config.MTCNN_CPU_THREADS)
+        self.detector = make_face_detector(self.parameter("detector", config.FACE_DETECTOR), device,
+                                           self.parameter("cascade", config.FACE_CASCADE))
+        self.limits = input_limits(self)
+        self.max_open = int(self.parameter("max_open", str(config.STREAM_MAX_OPEN)))
+        self.idle_s = float(self.parameter("idle_s", str(config.STREAM_IDLE_S)))
+        self.steps = pipeline.steps()
+        self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]}
+        self.streams: dict[int, Stream] = {}
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+        self.reaper = threading.Thread(target=self._reap_idle, name="fv2es-stream-reaper", daemon=True)
+        self.reaper.start()
+
+    def parameter(self, name: str, default: str) -> str:
+        return self.parameters.get(name, default) or default
+
+    # --- Requests -------------------------------------------------------------------------------
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            sequence = request.correlation_id()
+            try:
+                self._chunk(request, sequence, sender)
+            except InputError as exc:
+                self._drop(sequence)
+                sender.send(pb_utils.InferenceResponse(error=_error(short(f"{self.name}: {exc}"), "INVALID_ARG")))
+            except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
+                self._drop(sequence)
+                pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
+                sender.send(pb_utils.InferenceResponse(error=_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _chunk(self, request, sequence, sender) -> None:
+        flags = request.flags()
+        first = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+        last = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+        if not isinstance(sequence, int) or sequence == 0:
+            raise InputError("a stream needs a non-zero integer sequence id (sequence_id), with sequence_start on its first chunk")
+        chunk = pb_utils.get_input_tensor_by_name(request, "CHUNK")
+        if chunk is None:
+            raise InputError("CHUNK is missing: send the stream's next bytes")
+        data = bytes_input(chunk.as_numpy(), "CHUNK")
+        with self.lock:
+            if first:
+                if sequence in self.streams:
+                    self.streams.pop(sequence).stop()
+                if len(self.streams) >= self.max_open:
+                    raise InputError(f"the server already has {self.max_open} streams open; try again later")
+                self.streams[sequence] = Stream(self.detector, self.limits)
+            stream = self.streams.get(sequence)
+        if stream is None:
+            raise InputError(f"stream {sequence} is not open (never started with sequence_start, ended, failed, "
+                             f"or idle for over {self.idle_s:.0f} s)")
+        stream.touched = time.monotonic()
+        if data:
+            stream.live.feed(data)
+        if last:
+            stream.live.close()
+        self._advance(stream, sender, last)
+        if last:
+            self._drop(sequence)
+
+    def _drop(self, sequence) -> None:
+        with self.lock:
+            stream = self.streams.pop(sequence, None)
+        if stream is not None:
+            stream.stop()
+
+    def _reap_idle(self) -> None:
+        while not self.closing.wait(max(1.0, self.idle_s / 4)):
+            now = time.monotonic()
+            with self.lock:
+                idle = [k for k, s in self.streams.items() if now - s.touched > self.idle_s]
+            for sequence in idle:
+                self._drop(sequence)
+
+    # --- Stretches ------------------------------------------------------------------------------
+
+    def _advance(self, stream: Stream, sender, last: bool) -> None:
+        """Answers every stretch whose cut is known and whose frames have all been searched."""
+        stream.take_faces(final=last)
+        audio = stream.live.audio
+        for cut in stretches.cuts(audio, stream.cut):
+            end_s = cut / config.SAMPLE_RATE
+            # every frame before the cut decoded (frames_until) and searched (done_until)
+            if not last and min(stream.live.frames_until, stream.faces.done_until) < end_s:
+                return
+            self._stretch(stream, sender, audio[stream.cut : cut], end_s, faces=stream.faces_until(end_s))
+            stream.cut = cut
+        if last:
+            self._stretch(stream, sender, audio[stream.cut :], float(stream.live.duration), faces=stream.faces_until(None))
+            self._end(stream, sender)
+
+    def _stretch(self, stream: Stream, sender, audio: np.ndarray, end_s: float, faces: dict) -> None:
+        tensors = {"AUDIO": np.ascontiguousarray(audio, np.float32), "AUDIO_START": np.array([stream.cut], np.int64),
+                   "DURATION": np.array([end_s], np.float32), **faces}
+        out = self._run(tensors, STRETCH_OUTPUTS)
+        first = stream.n_segments
+        pairs = out["PERSON_SEGMENTS"].copy()
+        pairs[:, 1] += first
+        for i in range(len(out["SEGMENT_TIMES"])):
+            mine = pairs[:, 1] == first + i
+            segment = {"EVENT": np.array([b"segment"], np.object_), "SEGMENT_INDEX": np.array([first + i], np.int64),
+                       "PERSON_SEGMENTS": pairs[mine], "PERSON_SEGMENT_SCORES": out["PERSON_SEGMENT_SCORES"][mine]}
+            for name in pipeline.STREAM_SEGMENT_OUTPUTS[1:]:
+                segment.setdefault(name, out[name][i : i + 1])
+            sender.send(self._response(segment))
+        stream.segment_times.append(out["SEGMENT_TIMES"])
+        stream.segment_scores.append(out["SEGMENT_SCORES"])
+        stream.pairs.append(pairs)
+        stream.pair_scores.append(out["PERSON_SEGMENT_SCORES"])
+        stream.labels, stream.model_info = out["LABELS"], out["MODEL_INFO"]
+
+    def _end(self, stream: Stream, sender) -> None:
+        times, scores = np.concatenate(stream.segment_times), np.concatenate(stream.segment_scores)
+        _, _, people = person_scores(np.concatenate(stream.pairs).reshape(-1, 2),
+                                     np.concatenate(stream.pair_scores).reshape(-1, scores.shape[1]), times)
+        sender.send(self._response({
+            "EVENT": np.array([b"end"], np.object_), "VIDEO_SCORES": aggregate_scores(scores, times), "PERSON_SCORES": people,
+            "LABELS": stream.labels, "MODEL_INFO": stream.model_info,
+            "DURATION": np.array([stream.live.duration], np.float32),
+        }))
+
+    def _run(self, tensors: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:
+        """The ensemble's steps that make `wanted` from `tensors`, one model call each (BLS)."""
+        tensors = dict(tensors)
+        for step in pipeline.plan(self.steps, set(tensors), wanted):
+            inputs = [pb_utils.Tensor(i.name, np.ascontiguousarray(tensors[step.source(i.name)])) for i in step.inputs]
+            request = pb_utils.InferenceRequest(model_name=step.model_name, inputs=inputs,
+                                                requested_output_names=[o.name for o in step.outputs])
+            response = request.exec()
+            if response.has_error():
+                # The models check what they get: an error here is the stream's content (too long, ...).
+                raise InputError(response.error().message())
+            for o in step.outputs:
+                tensors[step.target(o.name)] = pb_utils.get_output_tensor_by_name(response, o.name).as_numpy()
+        return {name: tensors[name] for name in wanted}
+
+    def _response(self, outputs: dict[str, np.ndarray]):
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(name, np.asarray(value, dtype=self.output_dtypes[name])) for name, value in outputs.items()])
+
+    def finalize(self) -> None:
+        self.closing.set()
+        with self.lock:
+            streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            stream.stop()

@@ -1,0 +1,132 @@
+"""Live streams (fv2es_stream) and one timeline per person, against the real server: a generated
+clip with two different faces taking turns to speak, as a file and streamed in chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from fv2es import config
+from fv2es_build import synth
+from fv2es_client import Fv2esError
+from fv2es_client.client import Segment, VideoResult
+
+SCORE_TOLERANCE = 1e-4
+# Three rounds of the two speakers' turns: long enough for more than one stretch.
+TURNS = synth.TWO_PERSON_TURNS * 3
+
+
+@pytest.fixture(scope="module")
+def two_people():
+    """(MPEG-TS bytes, turns): left and right take turns, one speaking at a time."""
+    return synth.two_person_video(TURNS, container_format="mpegts")
+
+
+@pytest.fixture(scope="module")
+def whole(client, two_people):
+    return client.analyze(two_people[0])
+
+
+@pytest.fixture(scope="module")
+def streamed(client, two_people):
+    """The events of the clip streamed in 16 KiB chunks, and how many chunks had gone out when each arrived
+    (the client keeps a few requests in flight: the chunks go out as the server takes them)."""
+    sent = [0]
+
+    def chunks():
+        for chunk in file_chunks_of(two_people[0], 16 * 1024):
+            sent[0] += 1
+            yield chunk
+
+    events = [(event, sent[0]) for event in client.stream(chunks())]
+    return events, sent[0]
+
+
+def file_chunks_of(data: bytes, size: int):
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def test_the_clip_spans_several_stretches(whole):
+    assert whole.segments[-1].end > config.STRETCH_MIN_S + 5
+    assert len(whole.segments) >= 4
+
+
+def test_two_people_are_told_apart_and_each_speaker_found(whole, two_people):
+    _, turns = two_people
+    assert sorted(whole.people) == [0, 1], whole.people
+    # who is where: the person seen speaking in the first turn is the left one
+    side_of = {}
+    checked = 0
+    for turn in turns:
+        speaking = [s for s in whole.segments if s.has_speech and s.start < turn.end and s.end > turn.start
+                    and min(s.end, turn.end) - max(s.start, turn.start) > 0.5 * (s.end - s.start)]
+        for segment in speaking:
+            assert segment.speaker >= 0, (turn, segment)
+            assert side_of.setdefault(turn.side, segment.speaker) == segment.speaker, (turn, segment)
+            checked += 1
+    assert checked >= len(turns) and len(set(side_of.values())) == 2, side_of
+    for segment in whole.segments:
+        assert set(segment.people) <= {0, 1}
+        for scores in segment.people.values():
+            assert abs(sum(scores.values()) - 1) < 1e-3
+    assert all(abs(sum(p.values()) - 1) < 1e-3 for p in whole.people.values())
+
+
+def test_the_stream_gives_the_whole_files_segments(whole, streamed):
+    events, total_chunks = streamed
+    segments = [e for e, _ in events if isinstance(e, Segment)]
+    final = events[-1][0]
+    assert isinstance(final, VideoResult)
+    assert len(segments) == len(whole.segments)
+    for mine, theirs in zip(segments, whole.segments):
+        assert mine.start == pytest.approx(theirs.start, abs=1e-5) and mine.end == pytest.approx(theirs.end, abs=1e-5)
+        assert mine.transcript == theirs.transcript
+        assert (mine.has_speech, mine.has_face, mine.speaker) == (theirs.has_speech, theirs.has_face, theirs.speaker)
+        assert max(abs(mine.scores[k] - theirs.scores[k]) for k in theirs.scores) < SCORE_TOLERANCE
+        assert sorted(mine.people) == sorted(theirs.people)
+        for person, scores in theirs.people.items():
+            assert max(abs(mine.people[person][k] - scores[k]) for k in scores) < SCORE_TOLERANCE
+    assert max(abs(final.scores[k] - whole.scores[k]) for k in whole.scores) < SCORE_TOLERANCE
+    assert sorted(final.people) == sorted(whole.people)
+    for person, scores in whole.people.items():
+        assert max(abs(final.people[person][k] - scores[k]) for k in scores) < SCORE_TOLERANCE
+
+
+def test_segments_arrive_while_the_stream_is_still_coming(streamed):
+    events, total_chunks = streamed
+    first_segment_at = next(sent for e, sent in events if isinstance(e, Segment))
+    assert first_segment_at < total_chunks, (first_segment_at, total_chunks)
+    assert sum(isinstance(e, Segment) for e, sent in events if sent < total_chunks) >= 1
+
+
+def test_a_url_is_not_opened(client):
+    with pytest.raises(Fv2esError) as info:
+        list(client.stream([b"rtsp://127.0.0.1:8554/live"]))
+    assert info.value.code == "INVALID_ARGUMENT" and "not a readable video" in info.value.message()
+
+
+def test_a_plain_mp4_is_refused_with_a_clear_message(client, sample_bytes):
+    with pytest.raises(Fv2esError) as info:
+        list(client.stream(file_chunks_of(sample_bytes, 4096)))
+    assert info.value.code == "INVALID_ARGUMENT", info.value.message()
+    assert "MPEG-TS" in info.value.message()
+
+
+def test_a_chunk_of_a_stream_never_started_is_refused(server):
+    import queue
+
+    answers = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        c.start_stream(callback=lambda result, error: answers.put(error))
+        chunk = grpcclient.InferInput("CHUNK", [1], "BYTES")
+        chunk.set_data_from_numpy(np.array([b"\x47" * 188], np.object_))
+        c.async_stream_infer(config.STREAM_MODEL_NAME, [chunk], sequence_id=424242, sequence_start=False)
+        error = answers.get(timeout=30)
+        c.stop_stream()
+    assert error is not None and "stream 424242 is not open" in error.message()
+
+
+def test_the_server_is_healthy_after_bad_streams(client, sample_bytes):
+    result = client.analyze(sample_bytes)
+    assert "happy" in " ".join(s.transcript for s in result.segments).lower()
