@@ -36,6 +36,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 
 import baselines  # noqa: E402
 import perf  # noqa: E402
+import stream  # noqa: E402
 from fv2es import config, pipeline, stages  # noqa: E402
 from fv2es_build import synth  # noqa: E402
 from fv2es.asr import SpeechRecognizer  # noqa: E402
@@ -150,6 +151,11 @@ def with_server(videos: dict[int, bytes], throughput_set: list[bytes], use_perf:
             print(f"{seconds} s clip through the server: median {statistics.median(times):.2f} s, "
                   f"peak {memory.peak / MIB:.0f} MiB", flush=True)
         results["scores_60"] = client.infer_raw(videos[60])["VIDEO_SCORES"].tolist() if 60 in videos else None
+        if 60 in videos:
+            results["stream_60"] = stream.measure(server.grpc_url, videos[60])
+            r = results["stream_60"]
+            print(f"live stream of the 60 s clip: latency median {r['latency_median_s']:.2f} s, max {r['latency_max_s']:.2f} s, "
+                  f"same as the whole file: {r['same_as_whole_file']}", flush=True)
         if use_perf:
             data = perf.input_data(throughput_set, OUT / "perf_input.json")
             results["perf"], results["perf_command"] = perf.run(server.grpc_url, data, config.BENCH_CONCURRENCY, OUT)
@@ -247,6 +253,18 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['concurrency']} | {r['throughput']:.3f} | {r['throughput'] / a:.2f}x | {r['p50_ms']:.0f} | "
                          f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")
         lines += ["", "```", results["server"]["perf_command"].replace(str(ROOT) + "/", ""), "```"]
+    live = results["server"].get("stream_60")
+    if live:
+        lines += ["", "## Live stream: latency from a segment's end to its answer (60 s clip)", "",
+                  f"The 60 s clip remuxed to MPEG-TS ({live['mb']:.1f} MB) and sent to `fv2es_stream` at the pace it plays, "
+                  f"{live['step_s']} s of media per chunk",
+                  "(`benchmarks/stream.py`). Latency: from the moment the bytes up to a segment's end were sent to the moment",
+                  "that segment's answer arrived. A segment is answered when its stretch is cut (the first pause at least "
+                  f"{config.STRETCH_MIN_S:.0f} s", f"into the stretch, at most {config.STRETCH_MAX_S:.0f} s: the rule the whole file "
+                  "is cut by), so a stretch's early segments wait for its end.", "",
+                  "| segments | median s | min s | max s | same segments and scores as the whole file |", "|---|---|---|---|---|",
+                  f"| {live['segments']} | {live['latency_median_s']:.2f} | {live['latency_min_s']:.2f} | {live['latency_max_s']:.2f} | "
+                  f"{'yes' if live['same_as_whole_file'] else 'no'} |"]
     if 60 in served:
         total = served[60]["median_s"]
         lines += ["", "## Where the time goes (60 s clip)", "",

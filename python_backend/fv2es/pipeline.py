@@ -154,9 +154,12 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
              kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT}),
         # One timeline per person: each (person, segment) pair is a segment of its own for the same
         # fusion model, with that person's faces, and the segment's speech when they are its speaker.
+        # people reads SEGMENT_SCORES only to run after the fusion: two steps calling one model at once
+        # both fail when its stub dies, and Triton 2.51 can then leave the request unanswered.
         Step("people", "people",
              (fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), fp32("FACE_MOUTH", -1), fp32("SEGMENT_TIMES", -1, 2),
-              boolean("SEGMENT_HAS_SPEECH", -1), int64("AUDIO_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim)),
+              boolean("SEGMENT_HAS_SPEECH", -1), int64("AUDIO_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim),
+              fp32("SEGMENT_SCORES", -1, C)),
              (int64("SEGMENT_SPEAKER", -1), int64("PERSON_PAIRS", -1, 2), int64("PERSON_VISUAL_SEGMENT", -1),
               int64("PERSON_AUDIO_SEGMENT", -1), fp32("PERSON_TEXT_FEATURES", -1, text_dim), boolean("PERSON_TEXT_PRESENT", -1)),
              sources={"AUDIO_SEGMENT": audio_segment}, parameters=DURATION_LIMIT),

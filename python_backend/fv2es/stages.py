@@ -185,11 +185,13 @@ def people(
     segment_has_speech: np.ndarray,
     audio_segment: np.ndarray,
     text_features: np.ndarray,
+    segment_scores: np.ndarray | None = None,
     *,
     max_duration_s: float = config.MAX_DURATION_S,
 ) -> Arrays:
     """The faces' persons and the segments -> SEGMENT_SPEAKER [S], and the inputs of the fusion run
-    once more on (person, segment) pairs (fv2es.people.person_rows)."""
+    once more on (person, segment) pairs (fv2es.people.person_rows). SEGMENT_SCORES is not used: the
+    ensemble passes it so that this step follows the fusion (fv2es.pipeline)."""
     limits = checks.Limits(max_duration_s)
     face_times = checks.face_times(face_times, limits)
     n_faces = len(face_times)
@@ -201,6 +203,8 @@ def people(
     audio_segment = checks.integers(checks.shape(audio_segment, "AUDIO_SEGMENT", (None,)), "AUDIO_SEGMENT")
     checks.segment_ids(audio_segment, "AUDIO_SEGMENT", n_segments, "SEGMENT_TIMES")
     text_features = checks.finite(checks.shape(text_features, "TEXT_FEATURES", (n_segments, None)), "TEXT_FEATURES")
+    if segment_scores is not None:
+        checks.shape(segment_scores, "SEGMENT_SCORES", (n_segments, None))
     speakers = segment_speakers(face_times, face_person, face_mouth, segment_times, segment_has_speech)
     rows = person_rows(face_times, face_person, segment_times, segment_has_speech, speakers, audio_segment, text_features)
     return {"SEGMENT_SPEAKER": speakers, "PERSON_PAIRS": rows["PERSON_SEGMENTS"], **{k: v for k, v in rows.items() if k != "PERSON_SEGMENTS"}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import stages
 from .base import PipelineModel, input_limits
 
-INPUTS = ("FACE_TIMES", "FACE_PERSON", "FACE_MOUTH", "SEGMENT_TIMES", "SEGMENT_HAS_SPEECH", "AUDIO_SEGMENT", "TEXT_FEATURES")
+INPUTS = ("FACE_TIMES", "FACE_PERSON", "FACE_MOUTH", "SEGMENT_TIMES", "SEGMENT_HAS_SPEECH", "AUDIO_SEGMENT", "TEXT_FEATURES", "SEGMENT_SCORES")
 
 
 class TritonPythonModel(PipelineModel):
