@@ -38,7 +38,7 @@ def libtorch_repository(tmp_path_factory):
     return target
 
 
-TORCHSCRIPT_STEPS = [s for s in pipeline.steps() if s.torchscript]
+TORCHSCRIPT_STEPS = [s for s in pipeline.steps() if s.torchscript and s.serves_model]
 
 
 def config_inputs(model_config) -> dict[str, torch.Tensor]:
@@ -86,11 +86,10 @@ def test_config_matches_the_torchscript_signature_and_runs(libtorch_repository, 
 
 def test_the_ensemble_wires_the_same_tensors(libtorch_repository):
     ensemble = read_config(libtorch_repository / config.ENSEMBLE_NAME / "config.pbtxt")
-    wiring = {s.model_name: s for s in ensemble.ensemble_scheduling.step}
-    assert list(wiring) == [s.name for s in pipeline.steps()]
-    for step in pipeline.steps():
-        served = wiring[step.name]  # protobuf maps: compared as dicts, config name -> ensemble tensor
-        model_config = read_config(libtorch_repository / step.name / "config.pbtxt")
+    wiring = list(ensemble.ensemble_scheduling.step)
+    assert [s.model_name for s in wiring] == [s.model_name for s in pipeline.steps()]
+    for step, served in zip(pipeline.steps(), wiring):  # protobuf maps: compared as dicts, config name -> ensemble tensor
+        model_config = read_config(libtorch_repository / step.model_name / "config.pbtxt")
         assert dict(served.input_map) == {c.name: step.source(i.name) for c, i in zip(model_config.input, step.inputs, strict=True)}
         assert dict(served.output_map) == {c.name: step.target(o.name) for c, o in zip(model_config.output, step.outputs, strict=True)}
 
