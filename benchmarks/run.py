@@ -48,7 +48,7 @@ from monitor import PeakMemory, process_tree, pss_bytes  # noqa: E402
 OUT = ROOT / "benchmarks" / "out"
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 REPORT = ROOT / "BENCHMARKS.md"
-STAGES = tuple(step.name for step in pipeline.steps())
+STAGES = tuple(step.name for step in pipeline.served_models(pipeline.steps()))
 MIB = 1024 * 1024
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "dashboards" / "grafana" / "fv2es.json"
 
 ENSEMBLE = config.ENSEMBLE_NAME  # "fv2es"
-STEPS = tuple(step.name for step in pipeline.steps())
+STEPS = tuple(step.name for step in pipeline.served_models(pipeline.steps()))
 PER_MODEL_DURATIONS = (
     "nv_inference_queue_duration_us",
     "nv_inference_compute_input_duration_us",
