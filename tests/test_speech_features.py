@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
 
 from fv2es import config, stages
 from fv2es.asr import SAMPLES_PER_STATE, SpeechRecognizer, block_times, speech_chunks
@@ -73,8 +74,8 @@ def test_server_asr_gives_the_in_process_rows(server, sample_bytes, recognizer):
     media = stages.demux(sample_bytes)
     local = stages.asr(media["AUDIO"], media["DURATION"], recognizer, load_tokenizer())
     inputs = []
-    for name in ("AUDIO", "DURATION"):
-        tensor = grpcclient.InferInput(name, list(media[name].shape), "FP32")
+    for name in ("AUDIO", "AUDIO_START", "DURATION"):
+        tensor = grpcclient.InferInput(name, list(media[name].shape), np_to_triton_dtype(media[name].dtype))
         tensor.set_data_from_numpy(media[name])
         inputs.append(tensor)
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
