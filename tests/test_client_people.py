@@ -1,15 +1,14 @@
-"""The client's side of "one timeline per person" and of live streams, without a real server.
+"""The client's side of "one timeline per person" and of live streams.
 
-Parsing of the ensemble's outputs with and without the person outputs, every output format with
-people (table, JSON, CSV, plot), the byte sources (a file being written, a capture remuxed to
-MPEG-TS), the stream responses, and Fv2esClient.stream and `fv2es-client --stream` end to end
-against tests/fake_triton.py: a gRPC server speaking Triton's protocol the way `fv2es_stream` is
-specified to answer. The same against the real server is the server's test suite's.
+Parsing of the ensemble's outputs with and without the person outputs and of the stream's responses,
+every output format with people (table, JSON, CSV, plot) and the byte sources (a file being written,
+a capture remuxed to MPEG-TS), without a server; then Fv2esClient.stream and `fv2es-client --stream`
+end to end against the session's real tritonserver, on a generated two-person clip as MPEG-TS
+(tests/test_stream.py has the server's side: stretches, and segments while the stream still comes).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -24,13 +23,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from conftest import ROOT
-from fake_triton import ERROR_MARKER, LABELS, FakeTriton, end_arrays, segment_arrays, softmax, strings
 
 from fv2es import config
 from fv2es_build import synth
 from fv2es_client import Fv2esClient, Fv2esError, ModelNotReadyError, Segment, VideoResult
-from fv2es_client.client import PERSON_OUTPUTS, parse_response
+from fv2es_client.client import OUTPUTS, PERSON_OUTPUTS, parse_response, requested_outputs
 from fv2es_client.output import (
     CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, LANE_HEIGHT, LANES_MARGIN, Outcome, format_result, json_document,
     people_cell, plot_timelines, write_csv,
@@ -41,8 +40,18 @@ from fv2es_client.stream import (
     stream_labels,
 )
 
+LABELS = list(config.LABELS)
 C = len(LABELS)
 TIMES = np.array([[0.0, 1.5], [1.5, 3.0], [3.0, 4.25], [4.25, 6.0]], np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def strings(*values: str) -> np.ndarray:
+    return np.array([v.encode() for v in values], dtype=np.object_)
 
 
 def whole_file_outputs(people: str = "some") -> dict[str, np.ndarray]:
@@ -126,17 +135,16 @@ def test_parse_response_refuses_a_person_row_outside_the_segments():
         parse_response(outputs)
 
 
-@pytest.mark.parametrize("people", ["none", "some"])
-def test_the_client_requests_only_the_outputs_the_model_lists(people):
+def test_the_client_requests_only_the_outputs_the_model_lists(client):
     """Against an older server (no person outputs in its metadata) the client must not ask for them:
-    Triton refuses a request for an output the model does not have, as the fake does."""
-    outputs = whole_file_outputs(people)
-    with FakeTriton(outputs) as fake, Fv2esClient(fake.url, retries=0, timeout_s=30) as client:
-        r = client.analyze(b"any bytes: the fake does not read them")
-        asked = fake.infer_requests[-1]
-    assert set(asked) == set(outputs)
-    assert (set(PERSON_OUTPUTS) <= set(asked)) == (people == "some")
-    assert bool(r.people) == (people == "some") and len(r.segments) == 4
+    Triton refuses a request for an output the model does not have."""
+    old = {"outputs": [{"name": name} for name in OUTPUTS]}
+    assert requested_outputs(old) == OUTPUTS
+    assert requested_outputs({}) == OUTPUTS
+    assert requested_outputs({"outputs": [{"name": n} for n in (*OUTPUTS, *PERSON_OUTPUTS, "OTHER")]}) == \
+        OUTPUTS + PERSON_OUTPUTS
+    client.connect()
+    assert client.outputs == OUTPUTS + PERSON_OUTPUTS, "this repository's ensemble has the person outputs"
 
 
 # -- output formats ----------------------------------------------------------------------------------
@@ -382,6 +390,38 @@ def test_source_chunks_sends_streamable_files_as_they_are(tmp_path):
 # -- stream responses -----------------------------------------------------------------------------
 
 
+def segment_arrays(index: int) -> dict[str, np.ndarray]:
+    """A "segment" response of fv2es_stream for segment `index`: 1 s long; person 0 in every segment,
+    person 1 in the even ones; the speaker person 0 in odd segments, nobody in even ones."""
+    rng = np.random.default_rng(index)
+    people = [0, 1] if index % 2 == 0 else [0]
+    return {
+        "EVENT": strings("segment"),
+        "SEGMENT_INDEX": np.array([index], np.int64),
+        "SEGMENT_TIMES": np.array([[index, index + 1.0]], np.float32),
+        "TRANSCRIPTS": strings(f"words of segment {index}"),
+        "SEGMENT_SCORES": softmax(rng.normal(size=(1, C))),
+        "SEGMENT_HAS_SPEECH": np.array([index % 2 == 1]),
+        "SEGMENT_HAS_FACE": np.array([True]),
+        "SEGMENT_SPEAKER": np.array([0 if index % 2 else -1], np.int64),
+        "PERSON_SEGMENTS": np.array([[p, index] for p in people], np.int64).reshape(-1, 2),
+        "PERSON_SEGMENT_SCORES": softmax(rng.normal(size=(len(people), C)) * 3),
+    }
+
+
+def end_arrays(n_segments: int, labels: list[str]) -> dict[str, np.ndarray]:
+    """The "end" response of a stream of `n_segments` 1 s segments seen by two people."""
+    rng = np.random.default_rng(1000 + n_segments)
+    return {
+        "EVENT": strings("end"),
+        "VIDEO_SCORES": softmax(rng.normal(size=C)),
+        "PERSON_SCORES": softmax(rng.normal(size=(2 if n_segments else 0, C)) * 3),
+        "LABELS": strings(*labels),
+        "MODEL_INFO": strings(json.dumps({"weights": "test weights", "labels": labels})),
+        "DURATION": np.array([float(n_segments)], np.float32),
+    }
+
+
 def test_parse_segment_response():
     arrays = segment_arrays(4)
     segment = parse_segment_response(arrays, LABELS)
@@ -413,7 +453,7 @@ def test_parse_end_response_relabels_the_segments():
     assert result.labels == other and list(result.segments[0].scores) == other
     assert list(result.segments[0].people[1]) == other
     assert sorted(result.people) == [0, 1] and result.duration == 3.0
-    assert result.model_info["weights"] == "fake weights"
+    assert result.model_info["weights"] == "test weights"
     assert result.emotion == max(result.scores, key=result.scores.get)
 
 
@@ -426,339 +466,251 @@ def test_stream_labels_rule():
     assert [len(p) for p in pieces([b"", b"x" * 10, b"y" * 3], limit=4)] == [4, 4, 2, 3]
 
 
-# -- Fv2esClient.stream against the fake server ---------------------------------------------------
+# -- Fv2esClient.stream against the real server -------------------------------------------------
 
 
-@pytest.fixture
-def fake():
-    with FakeTriton(whole_file_outputs()) as server:
-        yield server
+@pytest.fixture(scope="module")
+def two_people_ts(tmp_path_factory) -> Path:
+    """Two people taking two turns, as MPEG-TS: one stretch, so the segments come at the stream's end."""
+    path = tmp_path_factory.mktemp("streams") / "two_people.ts"
+    path.write_bytes(synth.two_person_video(synth.TWO_PERSON_TURNS[:2], container_format="mpegts")[0])
+    return path
 
 
-def test_stream_yields_segments_while_chunks_are_still_sent(fake):
-    first_segment = threading.Event()
-    sent_after_first = []
-
-    def chunks():
-        yield b"chunk 0"
-        yield b"chunk 1"
-        # The source waits for the consumer to have seen a segment: a client that sends everything
-        # before yielding anything never gets here, and the test fails on the wait.
-        assert first_segment.wait(20), "no segment was yielded while the source was still open"
-        for i in range(2, 5):
-            sent_after_first.append(i)
-            yield f"chunk {i}".encode()
-
-    with Fv2esClient(fake.url, timeout_s=30) as client:
-        events = []
-        for event in client.stream(chunks()):
-            events.append(event)
-            first_segment.set()
-    assert sent_after_first == [2, 3, 4]
-    assert [type(e) for e in events] == [Segment] * 5 + [VideoResult]
-    assert [e.index for e in events[:5]] == [0, 1, 2, 3, 4]
-    result = events[-1]
-    assert [s.index for s in result.segments] == [0, 1, 2, 3, 4] and result.labels == LABELS
-    assert [s.speaker for s in result.segments] == [-1, 0, -1, 0, -1]
-    assert sorted(result.people) == [0, 1] and result.duration == 5.0
-    assert {p.person: p.seconds for p in result.person_summaries()} == {0: 5.0, 1: 3.0}
-    assert events[1].scores == result.segments[1].scores
-    requests = fake.stream_requests
-    assert b"".join(r["data"] for r in requests) == b"".join(f"chunk {i}".encode() for i in range(5))
-    assert len({r["sequence_id"] for r in requests}) == 1 and requests[0]["sequence_id"] != 0
-    assert [r["start"] for r in requests] == [True] + [False] * 5
-    assert [r["end"] for r in requests] == [False] * 5 + [True] and requests[-1]["data"] == b""
-    assert all(r["final_wanted"] for r in requests)
-    assert fake.stream_headers[-1].get("triton_grpc_error") == "true"
+@pytest.fixture(scope="module")
+def whole(client, two_people_ts) -> VideoResult:
+    """The whole-file answer for the same bytes, which every stream of them must give."""
+    return client.analyze(two_people_ts.read_bytes())
 
 
-def test_each_stream_has_its_own_sequence_id(fake):
-    with Fv2esClient(fake.url, timeout_s=30) as client:
-        for _ in range(2):
-            assert isinstance(list(client.stream([b"a"]))[-1], VideoResult)
-    assert len({r["sequence_id"] for r in fake.stream_requests}) == 2
+def chunks_of(data: bytes, size: int):
+    return (data[i : i + size] for i in range(0, len(data), size))
 
 
-def test_a_slow_consumer_does_not_stall_the_stream(fake):
-    n = 3 * STREAM_WINDOW
-    started = time.monotonic()
+def same_result(result: VideoResult, whole: VideoResult) -> None:
+    assert [(s.index, s.start, s.end, s.transcript, s.speaker) for s in result.segments] == \
+        [(s.index, s.start, s.end, s.transcript, s.speaker) for s in whole.segments]
+    assert result.emotion == whole.emotion and sorted(result.people) == sorted(whole.people)
+    for mine, theirs in zip(result.segments, whole.segments):
+        assert mine.scores == pytest.approx(theirs.scores, abs=1e-4)
+
+
+def test_the_stream_gives_the_whole_files_result_with_the_servers_labels(server, client, two_people_ts, whole):
+    events = list(client.stream(chunks_of(two_people_ts.read_bytes(), 8192)))
+    assert [type(e) for e in events] == [Segment] * len(whole.segments) + [VideoResult]
+    same_result(events[-1], whole)
+    assert sorted(e.index for e in events[:-1]) == list(range(len(whole.segments)))
+    served = grpcclient.InferenceServerClient(server.grpc_url).get_model_config(config.STREAM_MODEL_NAME, as_json=True)
+    assert stream_labels(served["config"], C) == LABELS
+    assert list(events[0].scores) == LABELS and events[-1].labels == LABELS
+    assert sorted(whole.people) == [0, 1] and {s.speaker for s in whole.segments if s.has_speech} == {0, 1}
+
+
+def test_concurrent_streams_get_their_own_results(server, two_people_ts, whole, sample_bytes):
+    """Two streams at once, of different clips, each on its own client: nothing is mixed up."""
+    one_face = synth.talking_head_video(width=320, height=240, container_format="mpegts")
+    with Fv2esClient(server.grpc_url) as c:
+        expected_one_face = c.analyze(one_face)
+    results = {}
+
+    def run(name: str, data: bytes) -> None:
+        with Fv2esClient(server.grpc_url, timeout_s=120) as c:
+            results[name] = list(c.stream(chunks_of(data, 4096)))[-1]
+
+    threads = [threading.Thread(target=run, args=("two", two_people_ts.read_bytes())),
+               threading.Thread(target=run, args=("one", one_face))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    same_result(results["two"], whole)
+    same_result(results["one"], expected_one_face)
+
+
+def test_a_slow_consumer_does_not_stall_the_stream(client, two_people_ts, whole):
+    data = two_people_ts.read_bytes()
+    n = -(-len(data) // 1024)
+    assert n > 3 * STREAM_WINDOW  # more requests than the client keeps in flight
     seen = []
-    with Fv2esClient(fake.url, timeout_s=30) as client:
-        for event in client.stream(f"chunk {i}".encode() for i in range(n)):
-            time.sleep(0.02)
-            seen.append(event)
-    assert len(seen) == n + 1 and isinstance(seen[-1], VideoResult) and len(seen[-1].segments) == n
-    assert time.monotonic() - started < 20
-    assert len(fake.stream_requests) == n + 1
+    for event in client.stream(chunks_of(data, 1024)):
+        time.sleep(0.2)
+        seen.append(event)
+    same_result(seen[-1], whole)
 
 
-def test_a_server_error_raises_with_its_status_and_message(fake):
-    with Fv2esClient(fake.url, timeout_s=30) as client:
-        stream = client.stream([b"good", ERROR_MARKER, b"never read"])
-        first = next(stream)
-        assert isinstance(first, Segment)
-        with pytest.raises(Fv2esError) as raised:
-            list(stream)
+def test_a_server_error_raises_with_its_status_and_message(client, sample_bytes):
+    with pytest.raises(Fv2esError) as raised:
+        list(client.stream([b"these are notes, not a video\n" * 2000]))
     assert raised.value.code == "INVALID_ARGUMENT"
-    assert raised.value.message() == "fv2es_stream: the stream is not a readable video (fake)"
+    assert raised.value.message().startswith(f"{config.STREAM_MODEL_NAME}: ") and "not a readable video" in raised.value.message()
+    assert client.analyze(sample_bytes).segments, "the server is healthy after it"
 
 
-def test_stop_ends_the_stream_with_its_result(fake):
+def test_stop_ends_the_stream_with_the_result_of_what_was_sent(client, two_people_ts, whole):
+    data = two_people_ts.read_bytes()
     stop = threading.Event()
-    with Fv2esClient(fake.url, timeout_s=30) as client:
-        events = []
-        def slow():
-            for i in range(1000):
-                time.sleep(0.01)
-                yield f"chunk {i}".encode()
 
-        for event in client.stream(slow(), stop=stop):
-            events.append(event)
-            if len(events) == 3:
-                stop.set()
+    def half_then_stop():
+        for i, chunk in enumerate(chunks_of(data, 8192)):
+            if i * 8192 >= len(data) // 2:
+                stop.set()  # the client reads no more chunks after this one
+            yield chunk
+
+    events = list(client.stream(half_then_stop(), stop=stop))
     result = events[-1]
-    assert isinstance(result, VideoResult) and 3 <= len(result.segments) < 1000
-    assert fake.stream_requests[-1]["end"] and fake.stream_requests[-1]["data"] == b""
+    assert isinstance(result, VideoResult) and result.segments
+    whole_end = whole.segments[-1].end
+    assert result.duration < whole_end - 1 and result.segments[-1].end < whole_end - 1, (result.duration, whole_end)
 
 
-def test_a_source_error_is_raised_to_the_caller(fake):
+def test_a_source_error_is_raised_to_the_caller(client, two_people_ts, sample_bytes):
     def broken():
-        yield b"fine"
+        yield two_people_ts.read_bytes()[:65536]
         raise OSError("the camera went away")
 
-    with Fv2esClient(fake.url, timeout_s=30) as client, pytest.raises(OSError, match="camera went away"):
+    with pytest.raises(OSError, match="camera went away"):
         list(client.stream(broken()))
+    assert client.analyze(sample_bytes).segments, "the server is healthy after it"
 
 
-def test_a_silent_server_times_out():
-    with FakeTriton(whole_file_outputs(), stream_delay_s=3) as slow, Fv2esClient(slow.url, timeout_s=0.5) as client:
+def test_a_server_that_takes_longer_than_the_timeout(server, two_people_ts):
+    with Fv2esClient(server.grpc_url) as impatient:
         started = time.monotonic()
         with pytest.raises(Fv2esError) as raised:
-            list(client.stream([b"a"]))
-        assert time.monotonic() - started < 2.5, "the 0.5 s timeout, not the server's 3 s"
+            list(impatient.stream([two_people_ts.read_bytes()], timeout_s=0.1))
+        assert time.monotonic() - started < 10
     assert raised.value.code == "DEADLINE_EXCEEDED"
 
 
-@pytest.mark.parametrize(("ready", "code"), [(None, "MODEL_NOT_FOUND"), (False, "MODEL_NOT_READY")])
-def test_the_stream_model_must_be_ready(ready, code):
-    with FakeTriton(whole_file_outputs(), stream_ready=ready) as server, Fv2esClient(server.url, retries=0) as client:
+def test_the_stream_model_must_be_served(server):
+    with Fv2esClient(server.grpc_url, retries=0, stream_model="no_such_stream") as c:
         with pytest.raises(ModelNotReadyError) as raised:
-            client.stream([b"a"])
-        assert client.connect().from_server, "the whole-file model is still served"
-    assert raised.value.code == code and "fv2es_stream" in raised.value.message()
-    if code == "MODEL_NOT_FOUND":
-        assert "--stream-model" in raised.value.message()
-    assert server.stream_requests == []
+            c.stream([b"a"])
+        assert c.connect().from_server, "the whole-file model is still served"
+    assert raised.value.code == "MODEL_NOT_FOUND"
+    assert "no_such_stream" in raised.value.message() and "--stream-model" in raised.value.message()
 
 
-def test_segments_use_the_stream_models_labels_parameter():
-    names = ",".join(f"c{i}" for i in range(C))
-    with FakeTriton(whole_file_outputs(), stream_labels_parameter=names) as server, Fv2esClient(server.url) as client:
-        events = list(client.stream([b"a"]))
-    assert list(events[0].scores) == names.split(",")
+def test_an_unloaded_stream_model_is_refused_before_anything_is_sent(server, client, sample_bytes):
+    """fv2es_stream unloaded (with the admin key), then loaded again. Without the key (the repository
+    index is behind it) Triton's answers make an unloaded model look like a missing one."""
+    admin = grpcclient.InferenceServerClient(server.grpc_url)
+    key = {f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": server.admin_key}
+    admin.unload_model(config.STREAM_MODEL_NAME, headers=key)
+    try:
+        deadline = time.monotonic() + 60
+        while admin.is_model_ready(config.STREAM_MODEL_NAME) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with Fv2esClient(server.grpc_url, retries=0) as c, pytest.raises(ModelNotReadyError) as raised:
+            c.stream([b"a"])
+        assert raised.value.code == "MODEL_NOT_FOUND"
+        assert f"does not serve model '{config.STREAM_MODEL_NAME}'" in raised.value.message()
+    finally:
+        admin.load_model(config.STREAM_MODEL_NAME, headers=key)
+    assert admin.is_model_ready(config.STREAM_MODEL_NAME)
+    assert client.analyze(sample_bytes).segments
 
 
-# -- fv2es-client --stream ------------------------------------------------------------------------
+# -- fv2es-client --stream against the real server ------------------------------------------------
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "client")}
     return subprocess.run([sys.executable, "-m", "fv2es_client", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 
-@pytest.fixture
-def ts_file(tmp_path) -> Path:
-    path = tmp_path / "live.ts"
-    path.write_bytes(synth.encode_video(frames=synth.talking_head_frames(50, 320, 240), fps=25, container_format="mpegts"))
-    return path
-
-
-def test_cli_stream_prints_rows_then_the_summary(fake, ts_file):
-    done = run_cli("--stream", str(ts_file), "--chunk-kib", "8", "--url", fake.url)
+def test_cli_stream_prints_rows_then_the_summary(server, two_people_ts, whole):
+    done = run_cli("--stream", str(two_people_ts), "--chunk-kib", "8", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
-    n = -(-ts_file.stat().st_size // 8192)  # one fake segment per chunk
+    n = len(whole.segments)
     lines = done.stdout.splitlines()
-    assert lines[0].startswith(str(ts_file)) and lines[1].split()[:7] == ["start", "end", "emotion", "score", "face", "speech", "speaker"]
+    assert lines[0].startswith(str(two_people_ts))
+    assert lines[1].split()[:7] == ["start", "end", "emotion", "score", "face", "speech", "speaker"]
     rows = lines[2 : 2 + n]
-    assert [float(r.split()[0]) for r in rows] == [float(i) for i in range(n)]
-    assert rows[1].split()[6:8] == ["person", "0"] and rows[0].split()[6] == "-"
+    assert [float(r.split()[0]) for r in rows] == pytest.approx([s.start for s in whole.segments], abs=0.01)
+    assert [r.split()[2] for r in rows] == [s.emotion for s in whole.segments]
     assert "  people:" in lines and any(line.split()[:2] == ["person", "1"] for line in lines[2 + n :])
-    assert f"({n} segments, {float(n):.2f} s of media" in done.stdout
-    assert b"".join(r["data"] for r in fake.stream_requests) == ts_file.read_bytes(), "a TS file is sent as it is"
+    assert f"({n} segments, " in done.stdout and f"overall emotion: {whole.emotion}" in done.stdout
 
 
-def test_cli_stream_json_lines_and_csv(fake, ts_file):
-    done = run_cli("--stream", str(ts_file), "--json", "--chunk-kib", "16", "--url", fake.url)
+def test_cli_stream_json_lines_and_csv(server, two_people_ts, whole):
+    done = run_cli("--stream", str(two_people_ts), "--json", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [e["event"] for e in events] == ["segment"] * (len(events) - 1) + ["end"]
-    assert events[0]["source"] == str(ts_file) and events[0]["index"] == 0 and "people" in events[0]
-    assert [p["person"] for p in events[-1]["people"]] == [0, 1] and len(events[-1]["segments"]) == len(events) - 1
-    done = run_cli("--stream", str(ts_file), "--csv", "--chunk-kib", "16", "--url", fake.url)
+    assert [e["event"] for e in events] == ["segment"] * len(whole.segments) + ["end"]
+    assert events[0]["source"] == str(two_people_ts) and "people" in events[0]
+    assert sorted(e["index"] for e in events[:-1]) == list(range(len(whole.segments)))
+    assert [p["person"] for p in events[-1]["people"]] == sorted(whole.people)
+    done = run_cli("--stream", str(two_people_ts), "--csv", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
-    assert len(rows) == len(events) - 1 and rows[1]["speaker"] == "0" and rows[0]["people"].startswith("0:")
+    assert [r["speaker"] for r in rows] == [str(s.speaker) for s in whole.segments]  # -1: nobody or unknown
     assert "overall emotion:" in done.stderr and "overall emotion:" not in done.stdout
 
 
-def test_cli_stream_follows_a_growing_file(fake, tmp_path):
+def test_cli_stream_follows_a_growing_file(server, two_people_ts, whole, tmp_path):
     path = tmp_path / "recording.ts"
-    parts = random_parts(6, seed=5)
-    write_slowly(path, parts, 0.1, marker=True)
-    done = run_cli("--stream", str(path), "--follow", "--idle-timeout", "30", "--json", "--url", fake.url)
+    data = two_people_ts.read_bytes()
+    write_slowly(path, [data[i : i + 32768] for i in range(0, len(data), 32768)], 0.1, marker=True)
+    done = run_cli("--stream", str(path), "--follow", "--idle-timeout", "30", "--json", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1])["event"] == "end"
-    assert b"".join(r["data"] for r in fake.stream_requests) == b"".join(parts)
+    end = json.loads(done.stdout.splitlines()[-1])
+    assert end["event"] == "end" and len(end["segments"]) == len(whole.segments)
 
 
-def test_cli_stream_first_ctrl_c_ends_the_stream_with_its_summary(fake, tmp_path):
+def opened_by(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
+    except OSError:  # a descriptor closed while listing
+        return False
+
+
+def test_cli_stream_first_ctrl_c_ends_the_stream_with_its_summary(server, two_people_ts, tmp_path):
     import signal
 
     path = tmp_path / "endless.ts"
-    path.write_bytes(b"first bytes")  # never finished: no marker, no idle timeout
+    data = two_people_ts.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # never finished: no marker, no idle timeout
     env = {**os.environ, "PYTHONPATH": str(ROOT / "client")}
     command = [sys.executable, "-m", "fv2es_client", "--stream", str(path), "--follow", "--idle-timeout", "0",
-               "--url", fake.url]
+               "--url", server.grpc_url]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
-        deadline = time.monotonic() + 30
-        while not fake.stream_requests and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not opened_by(process.pid, path) and time.monotonic() < deadline:  # the stream has started
             time.sleep(0.05)
-        assert fake.stream_requests, "the stream did not start"
+        assert opened_by(process.pid, path), "the client never opened the file"
+        time.sleep(1)
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    assert "stopping" in stderr and "  overall emotion:" in stdout and "(1 segment, " in stdout
-    assert fake.stream_requests[-1]["end"] and fake.stream_requests[-1]["data"] == b""
+    assert "stopping" in stderr and "  overall emotion:" in stdout and " segment" in stdout
 
 
-def test_cli_stream_reports_the_servers_error(fake, tmp_path):
+def test_cli_stream_reports_the_servers_error(server, tmp_path):
     bad = tmp_path / "bad.ts"
-    bad.write_bytes(ERROR_MARKER * 100)
-    done = run_cli("--stream", str(bad), "--url", fake.url)
+    bad.write_bytes(b"these are notes, not a video\n" * 2000)
+    done = run_cli("--stream", str(bad), "--url", server.grpc_url)
     assert done.returncode == 1
-    assert f"{bad}: error [INVALID_ARGUMENT]: fv2es_stream: the stream is not a readable video (fake)" in done.stderr
-    done = run_cli("--stream", str(tmp_path / "missing.ts"), "--url", fake.url)
+    assert f"{bad}: error [INVALID_ARGUMENT]: {config.STREAM_MODEL_NAME}: " in done.stderr
+    assert "not a readable video" in done.stderr
+    done = run_cli("--stream", str(tmp_path / "missing.ts"), "--url", server.grpc_url)
     assert done.returncode == 1 and "error [FILE_NOT_FOUND]" in done.stderr
 
 
-def test_cli_usage(fake, ts_file):
-    assert run_cli("--url", fake.url).returncode == 2
-    done = run_cli("--stream", str(ts_file), str(ts_file), "--url", fake.url)
+def test_cli_usage(server, two_people_ts):
+    assert run_cli("--url", server.grpc_url).returncode == 2
+    done = run_cli("--stream", str(two_people_ts), str(two_people_ts), "--url", server.grpc_url)
     assert done.returncode == 2 and "not both" in done.stderr
-    done = run_cli("--follow", str(ts_file), "--url", fake.url)
+    done = run_cli("--follow", str(two_people_ts), "--url", server.grpc_url)
     assert done.returncode == 2 and "only with --stream" in done.stderr
-    with FakeTriton(whole_file_outputs(), stream_ready=None) as old:
-        done = run_cli("--stream", str(ts_file), "--url", old.url, "--retries", "0")
-    assert done.returncode == 2 and "does not serve model 'fv2es_stream'" in done.stderr
+    done = run_cli("--stream", str(two_people_ts), "--url", server.grpc_url, "--stream-model", "no_such_stream",
+                   "--retries", "0")
+    assert done.returncode == 2 and "does not serve model 'no_such_stream'" in done.stderr
 
 
-def test_cli_whole_file_table_has_the_people(fake, ts_file):
-    done = run_cli(str(ts_file), "--url", fake.url)
+def test_cli_whole_file_table_has_the_people(server, two_people_ts):
+    done = run_cli(str(two_people_ts), "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     assert "  people:" in done.stdout and "person 1" in done.stdout
-
-
-# -- the web page ---------------------------------------------------------------------------------
-
-
-class StubClient:
-    """What the page's server needs from Fv2esClient, with a fixed result."""
-
-    def __init__(self, result: VideoResult):
-        self.result = result
-
-    def connect(self):
-        from fv2es_client.client import ServerLimits
-
-        return ServerLimits(10_000_000, 600.0, True)
-
-    def analyze(self, video):
-        return self.result
-
-    def close(self):
-        pass
-
-
-@contextlib.contextmanager
-def stub_page(result: VideoResult):
-    import uvicorn
-
-    from fv2es.tritonserver import free_port
-    from fv2es_web.app import create_app
-
-    app = create_app("stub:8001")
-    stub = StubClient(result)
-    app.state.analyzer.client = lambda: stub
-    port = free_port()
-    web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not web.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert web.started
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        web.should_exit = True
-        thread.join(10)
-
-
-def test_web_page_shows_one_lane_per_person(result, tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("chromium is not installed")
-    video = tmp_path / "clip.mp4"
-    video.write_bytes(synth.encode_video(frames=synth.talking_head_frames(150, 320, 240), fps=25))
-    with stub_page(result) as url, playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url)
-            page.wait_for_selector("#analyse:not([disabled])", timeout=30_000)
-            page.set_input_files("#file", str(video))
-            page.click("#analyse")
-            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
-            assert page.locator("#timeline .segment").count() == 4
-            assert page.is_visible("#people-lanes") and page.locator("#people-lanes .lane").count() == 2
-            labels = [page.text_content(f"#people-lanes .lane >> nth={i} >> .lane-label") for i in range(2)]
-            assert labels == ["person 0", "person 1"]
-            lane0 = page.locator('#people-lanes .lane[data-person="0"] .lane-cell')
-            lane1 = page.locator('#people-lanes .lane[data-person="1"] .lane-cell')
-            assert lane0.count() == lane1.count() == 4
-            absent = [("absent" in (lane1.nth(i).get_attribute("class") or "")) for i in range(4)]
-            assert absent == [False, True, False, True]
-            speaking = [int(c.get_attribute("data-index")) for c in page.locator(".lane-cell.speaking").all()]
-            assert speaking == [1, 2] and page.locator('.lane[data-person="0"] .lane-cell.speaking').count() == 1
-            assert "person 0:" in page.text_content("#transcript li >> nth=1")
-            assert "person 1:" in page.text_content("#transcript li >> nth=2")
-            assert page.locator("#transcript .speaker").count() == 2
-            rows = page.locator("#people-table tbody tr")
-            assert rows.count() == 2
-            assert rows.nth(0).locator("td").all_text_contents() == ["person 0", "happiness", "0.70", "4.25 s", "1 segment (1.50 s)"]
-            assert rows.nth(1).locator("td").all_text_contents() == ["person 1", "sadness", "0.70", "2.75 s", "1 segment (1.25 s)"]
-            page.eval_on_selector("#player", "(v) => { v.currentTime = 2.0; }")
-            page.wait_for_selector('#people-lanes .lane-cell.current[data-index="1"]', timeout=10_000)
-            assert "person 0 (speaking): anger" in page.text_content("#current-people")
-            document = json.loads(page.request.get(page.eval_on_selector("#download-json", "a => a.href")).text())
-            assert [p["person"] for p in document["results"][0]["people"]] == [0, 1]
-            csv_text = page.request.get(page.eval_on_selector("#download-csv", "a => a.href")).text()
-            assert csv_text.splitlines()[0].endswith(",speaker,people")
-        finally:
-            browser.close()
-    with stub_page(parse_response(whole_file_outputs("none"))) as url, playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_selector("#analyse:not([disabled])", timeout=30_000)
-            page.set_input_files("#file", str(video))
-            page.click("#analyse")
-            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
-            assert page.is_hidden("#people-lanes") and page.is_hidden("#people")
-            assert page.locator("#timeline .segment").count() == 4
-        finally:
-            browser.close()

@@ -1,8 +1,9 @@
 """The web page (fv2es-web) in a real headless browser: Debian's chromium driven by Playwright,
 against the page's FastAPI app, which talks gRPC to the session's real tritonserver.
 
-Skipped only when chromium or Playwright is missing (`make` installs both). The screenshot of the
-analysed sample is kept in build/out/test-artifacts/web_page.png.
+Skipped only when chromium or Playwright is missing (`make` installs both). The screenshots of the
+analysed sample and of the two-person clip are kept in build/out/test-artifacts/ (web_page.png,
+web_page_people.png).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from conftest import ROOT, SAMPLE
 from tritonclient.utils import InferenceServerException
 
 from fv2es.tritonserver import free_port
+from fv2es_build import synth
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "build" / "out" / "test-artifacts"
@@ -130,6 +132,49 @@ def test_the_sample_shows_the_clients_result(page, client, sample_bytes):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
     print(f"screenshot: {ARTIFACTS / 'web_page.png'}")
+
+
+@pytest.fixture(scope="module")
+def two_people_mp4(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("web") / "two_people.mp4"
+    path.write_bytes(synth.two_person_video(synth.TWO_PERSON_TURNS)[0])
+    return path
+
+
+def test_two_people_get_a_lane_each(page, client, two_people_mp4):
+    """The generated two-person clip: a lane per person, empty where they are not seen, marked where
+    they speak; the people table; the persons under the playhead. The screenshot goes into the README."""
+    expected = client.analyze(two_people_mp4.read_bytes())
+    people = expected.person_summaries()
+    assert len(people) == 2
+
+    page.set_input_files("#file", str(two_people_mp4))
+    page.click("#analyse")
+    page.wait_for_selector("#result:not([hidden])", timeout=ANALYSIS_TIMEOUT_MS)
+
+    assert page.locator("#people-lanes .lane").count() == 2
+    assert page.locator("#people-lanes .lane-label").all_text_contents() == [f"person {p.person}" for p in people]
+    for person in people:
+        cells = page.locator(f'#people-lanes .lane[data-person="{person.person}"] .lane-cell')
+        assert cells.count() == len(expected.segments)
+        absent = ["absent" in (cells.nth(i).get_attribute("class") or "") for i in range(cells.count())]
+        assert absent == [person.person not in s.people for s in expected.segments]
+        speaking = [int(c.get_attribute("data-index")) for c in
+                    page.locator(f'#people-lanes .lane[data-person="{person.person}"] .lane-cell.speaking').all()]
+        assert speaking == person.speaking_segments
+    rows = page.locator("#people-table tbody tr")
+    assert [rows.nth(i).locator("td").all_text_contents()[:3] for i in range(2)] == \
+        [[f"person {p.person}", p.emotion, f"{p.score:.2f}"] for p in people]
+    assert page.locator("#transcript .speaker").count() == sum(s.speaker >= 0 for s in expected.segments)
+
+    spoken = next(s for s in expected.segments if s.speaker >= 0)
+    page.eval_on_selector("#player", f"(v) => {{ v.currentTime = {(spoken.start + spoken.end) / 2}; }}")
+    page.wait_for_selector(f'#people-lanes .lane-cell.current[data-index="{spoken.index}"]', timeout=10_000)
+    assert f"person {spoken.speaker} (speaking)" in page.text_content("#current-people")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page_people.png"), full_page=True)
+    print(f"screenshot: {ARTIFACTS / 'web_page_people.png'}")
 
 
 def test_a_bad_file_shows_the_servers_message(page, client, tmp_path):

@@ -309,6 +309,14 @@ def parse_limits(config: dict, default_max_input_bytes: int) -> ServerLimits:
     return ServerLimits(max_bytes, max_duration, from_server)
 
 
+def requested_outputs(metadata: dict) -> tuple[str, ...]:
+    """The ensemble outputs to ask for, from its metadata: OUTPUTS, and the person outputs where the
+    model has them (a server from before them has not, and Triton refuses a request for an output
+    the model lacks)."""
+    served = {o.get("name") for o in metadata.get("outputs", [])}
+    return OUTPUTS + tuple(name for name in PERSON_OUTPUTS if name in served)
+
+
 T = TypeVar("T")
 
 
@@ -379,8 +387,7 @@ class Fv2esClient:
                 if status_name(exc) == "UNAVAILABLE":
                     raise
                 metadata = {}
-        served = {o.get("name") for o in metadata.get("outputs", [])}
-        self.outputs = OUTPUTS + tuple(name for name in PERSON_OUTPUTS if name in served)
+        self.outputs = requested_outputs(metadata)
         limits = parse_limits(config.get("config", {}), self.default_max_input_bytes)
         self.client = self._open(limits.channel_bytes)
         self.limits = limits

@@ -161,6 +161,8 @@ class StubWatchdog:
         for model in sorted({s.model for s in dead}):
             if self._stop.is_set():
                 return
+            if self._unloaded_on_purpose(model):  # an admin's unload stops the stubs too: not a death
+                continue
             self._recover(model, [s for s in dead if s.model == model])
         for stub in current.values():
             held = shm_bytes(stub.shm_region)
@@ -212,14 +214,20 @@ class StubWatchdog:
         self._log(f"stub watchdog: model '{model}' reloaded in {time.monotonic() - started:.1f} s")
         self.known.update(live_stubs(self.server_pid))
 
-    def _repository_call(self, path: str, body: dict | None = None, *, timeout_s: float) -> None:
+    def _unloaded_on_purpose(self, model: str) -> bool:
+        """Whether the repository index shows `model` unloading or unloaded (a dead stub leaves it READY)."""
+        states = {m.get("state") for m in self._repository_call("index", timeout_s=30) if m.get("name") == model}
+        return bool(states) and states <= {"UNLOADING", "UNAVAILABLE"}
+
+    def _repository_call(self, path: str, body: dict | None = None, *, timeout_s: float):
         request = urllib.request.Request(
             f"http://{self.http_url}/v2/repository/{path}", data=json.dumps(body).encode() if body else b"", method="POST",
             headers={config.ADMIN_KEY_HEADER: self.admin_key},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                return
+            with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+                answer = reply.read()
+                return json.loads(answer) if answer else None
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
             try:
