@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from fv2es import config, stages
+from fv2es import config, stages, stretches
 from fv2es.asr import SpeechRecognizer
 from fv2es.faces import video_faces
 from fv2es.inprocess import InProcessPipeline
@@ -128,4 +128,27 @@ def decode_floor(video: bytes) -> int:
 def asr_floor(recognizer: SpeechRecognizer, audio: np.ndarray) -> int:
     """The server's speech recognition alone on the decoded audio (run.py gives it every core)."""
     return len(recognizer.transcribe(audio))
+
+
+def stretch_bounds(audio: np.ndarray) -> list[tuple[int, int]]:
+    bounds = [0, *stretches.cuts(audio), len(audio)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def asr_in_one_piece(recognizer: SpeechRecognizer, audio: np.ndarray) -> int:
+    """The server's speech recognition on the whole audio in one call, as the whole-file path ran it
+    before stretches (Whisper windows packed with speech across every pause)."""
+    return len(recognizer.listen(audio).segments)
+
+
+def asr_by_stretch(recognizer: SpeechRecognizer, audio: np.ndarray) -> int:
+    """The same, stretch by stretch (fv2es.stretches), as `stages.asr` runs it now."""
+    return sum(len(recognizer.listen(audio[a:b]).segments) for a, b in stretch_bounds(audio))
+
+
+def whisper_windows(audio: np.ndarray) -> dict[str, int]:
+    """Whisper encoder passes (speech blocks) of the audio in one piece and by stretch."""
+    return {"one_piece": len(SpeechRecognizer.blocks(audio)),
+            "by_stretch": sum(len(SpeechRecognizer.blocks(audio[a:b])) for a, b in stretch_bounds(audio)),
+            "stretches": len(stretch_bounds(audio))}
 

@@ -118,8 +118,12 @@ def without_server(videos: dict[int, bytes], throughput_set: list[bytes]) -> dic
             "asr_floor": summary(timed(lambda a=audio: baselines.asr_floor(asr_alone, a), runs)),
             "in_process": summary(timed(lambda v=video: pipeline.analyze(v), runs)),
             "two_phase": summary(timed(lambda v=video: two_phase.analyze(v), runs)),
+            # What live streams cost the whole file: speech recognised stretch by stretch.
+            "asr_one_piece": summary(timed(lambda a=audio: baselines.asr_in_one_piece(pipeline.recognizer, a), runs)),
+            "asr_by_stretch": summary(timed(lambda a=audio: baselines.asr_by_stretch(pipeline.recognizer, a), runs)),
         }
         print(f"{seconds} s clip without server: " + ", ".join(f"{k} {v['median_s']:.2f} s" for k, v in results[seconds].items()), flush=True)
+        results[seconds]["whisper_windows"] = baselines.whisper_windows(audio)
     # (a)'s throughput on perf_analyzer's input data: the videos in turn, one at a time.
     rounds = config.BENCH_RUNS[10]
     total = timed(lambda: [pipeline.analyze(v) for v in throughput_set], rounds)
@@ -253,6 +257,20 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['concurrency']} | {r['throughput']:.3f} | {r['throughput'] / a:.2f}x | {r['p50_ms']:.0f} | "
                          f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")
         lines += ["", "```", results["server"]["perf_command"].replace(str(ROOT) + "/", ""), "```"]
+    lines += ["", "## What stretches cost the whole file (speech recognition, in-process)", "",
+              "The whole file is transcribed stretch by stretch, as a live stream is (`fv2es.stretches`: cut at the first "
+              f"pause at least {config.STRETCH_MIN_S:.0f} s", f"into a stretch, at most {config.STRETCH_MAX_S:.0f} s), so that "
+              "both give the same segments and scores. Each stretch with speech costs at least one Whisper encoder",
+              "pass (a 30 s window however little speech it holds); in one piece, the speech of the whole audio is packed",
+              "into windows across every pause. Same recognizer, same audio, same run; medians in seconds.", "",
+              "| clip | stretches | windows in one piece | windows by stretch | ASR in one piece | ASR by stretch | by stretch / one piece |",
+              "|---|---|---|---|---|---|---|"]
+    for seconds in local:
+        r = local[seconds]
+        if not isinstance(r, dict) or "asr_by_stretch" not in r:
+            continue
+        w, one, by = r["whisper_windows"], r["asr_one_piece"]["median_s"], r["asr_by_stretch"]["median_s"]
+        lines.append(f"| {seconds} s | {w['stretches']} | {w['one_piece']} | {w['by_stretch']} | {one:.2f} | {by:.2f} | {by / one:.2f}x |")
     live = results["server"].get("stream_60")
     if live:
         lines += ["", "## Live stream: latency from a segment's end to its answer (60 s clip)", "",

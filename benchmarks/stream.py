@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import av
-import numpy as np
+from fv2es_client.sources import byte_clock
 
 STEP_S = 0.5  # media time per chunk
 
@@ -34,23 +35,13 @@ def to_mpegts(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def byte_clock(data: bytes) -> list[tuple[float, int]]:
-    """(media time, bytes that hold everything up to it), from each packet's time and position."""
-    marks = []
-    with av.open(io.BytesIO(data)) as container:
-        start = container.start_time / av.time_base if container.start_time else 0.0
-        for packet in container.demux():
-            if packet.pts is not None and packet.pos is not None and packet.pos >= 0:
-                marks.append((float(packet.pts * packet.time_base) - start, packet.pos + packet.size))
-    marks.sort()
-    ends = np.maximum.accumulate([end for _, end in marks])
-    return [(t, int(e)) for (t, _), e in zip(marks, ends)]
-
-
 def paced_chunks(data: bytes, sent_at: dict[float, float], step_s: float = STEP_S):
     """The bytes up to each multiple of `step_s` of media time, at that time after the first chunk;
     `sent_at[t]` records when the bytes up to media time t went out."""
-    clock = byte_clock(data)
+    with tempfile.NamedTemporaryFile(suffix=".ts") as f:
+        f.write(data)
+        f.flush()
+        clock = byte_clock(f.name)  # the client's own clock of --stream --realtime
     duration = clock[-1][0]
     started = time.monotonic()
     sent = 0

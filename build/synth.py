@@ -336,13 +336,21 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Write a generated talking-head video.")
-    parser.add_argument("output", type=Path)
+    parser.add_argument("output", type=Path, help="the file; .ts writes MPEG-TS, anything else MP4")
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: the sample sentences once)")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--two-people", type=int, default=0, metavar="ROUNDS",
+                        help="the two-person clip instead: ROUNDS rounds of their turns (--duration is ignored)")
+    parser.add_argument("--width", type=int, default=None, help="pixels (320; 640 for --two-people)")
+    parser.add_argument("--height", type=int, default=None, help="pixels (240; 360 for --two-people)")
     parser.add_argument("--fps", type=int, default=25)
     args = parser.parse_args()
-    data = talking_head_video(args.duration, width=args.width, height=args.height, fps=args.fps)
+    container_format = "mpegts" if args.output.suffix == ".ts" else "mp4"
+    if args.two_people:
+        data, _turns = two_person_video(TWO_PERSON_TURNS * args.two_people, width=args.width or 640,
+                                        height=args.height or 360, fps=args.fps, container_format=container_format)
+    else:
+        data = talking_head_video(args.duration, width=args.width or 320, height=args.height or 240, fps=args.fps,
+                                  container_format=container_format)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(data)
     print(f"wrote {args.output} ({len(data)} bytes)")

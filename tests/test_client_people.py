@@ -34,7 +34,7 @@ from fv2es_client.output import (
     CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, LANE_HEIGHT, LANES_MARGIN, Outcome, format_result, json_document,
     people_cell, plot_timelines, write_csv,
 )
-from fv2es_client.sources import capture_chunks, done_marker, file_chunks, growing_file_chunks, source_chunks
+from fv2es_client.sources import byte_clock, capture_chunks, done_marker, file_chunks, growing_file_chunks, source_chunks
 from fv2es_client.stream import (
     DEFAULT_LABELS, STREAM_WINDOW, event_name, new_sequence_id, parse_end_response, parse_segment_response, pieces,
     stream_labels,
@@ -714,3 +714,21 @@ def test_cli_whole_file_table_has_the_people(server, two_people_ts):
     done = run_cli(str(two_people_ts), "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     assert "  people:" in done.stdout and "person 1" in done.stdout
+
+
+def test_realtime_sends_a_ts_file_as_it_is_at_the_speed_it_plays(speech, tmp_path):
+    """`--stream file.ts --realtime`: the bytes unchanged (no remux: a TS whose audio parameters the
+    demuxer cannot probe is still sent), each part when the media it holds has played."""
+    path = tmp_path / "clip.ts"
+    path.write_bytes(synth.encode_video(frames=synth.talking_head_frames(75, 160, 120), fps=25, audio=speech[:48000],
+                                        container_format="mpegts"))
+    clock = byte_clock(path)
+    assert clock and 2.5 < clock[-1][0] < 3.2 and clock[-1][1] <= path.stat().st_size
+    started = time.monotonic()
+    chunks, arrivals = [], []
+    for chunk in source_chunks(path, realtime=True, chunk_bytes=4096):
+        chunks.append(chunk)
+        arrivals.append((time.monotonic() - started, len(chunk)))
+    assert b"".join(chunks) == path.read_bytes() and max(n for _, n in arrivals) <= 4096
+    assert 2.0 < arrivals[-1][0] < 5.0, arrivals[-1]  # paced: not all at once, not slower than it plays
+    assert arrivals[0][0] < 0.5

@@ -41,6 +41,44 @@ def file_chunks(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES, *,
             yield data
 
 
+def byte_clock(path: str | Path) -> list[tuple[float, int]]:
+    """(media time from the file's start, bytes that hold every packet up to it), in time order, from
+    each packet's time and position: what a player of the file has read by then."""
+    import av  # noqa: PLC0415
+
+    marks = []
+    with av.open(str(path)) as container:
+        start = container.start_time / av.time_base if container.start_time else 0.0
+        for packet in container.demux():
+            if packet.pts is not None and packet.pos is not None and packet.pos >= 0:
+                marks.append((float(packet.pts * packet.time_base) - start, packet.pos + packet.size))
+    marks.sort()
+    clock, end = [], 0
+    for t, packet_end in marks:
+        end = max(end, packet_end)
+        clock.append((t, end))
+    return clock
+
+
+def paced_file_chunks(path: str | Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES, *, step_s: float = 0.5,
+                      stop: threading.Event | None = None) -> Iterator[bytes]:
+    """A finished file's bytes as they are, at the speed it plays: every `step_s`, the bytes that hold
+    the media up to that time (byte_clock), at most `chunk_bytes` at once (until `stop` is set)."""
+    data = Path(path).read_bytes()
+    clock = byte_clock(path)
+    duration = clock[-1][0] if clock else 0.0
+    started, sent, t, mark = time.monotonic(), 0, step_s, 0
+    while sent < len(data) and (stop is None or not stop.is_set()):
+        _sleep(started + t - step_s - time.monotonic(), stop)
+        while mark < len(clock) and clock[mark][0] < t:
+            mark += 1
+        upto = len(data) if t > duration else (clock[mark - 1][1] if mark else 0)
+        for start in range(sent, upto, chunk_bytes):
+            yield data[start : min(start + chunk_bytes, upto)]
+        sent = max(sent, upto)
+        t += step_s
+
+
 def done_marker(path: str | Path) -> Path:
     """`<path>.done`: the file whose existence tells growing_file_chunks that `path` is complete."""
     path = Path(path)
@@ -48,6 +86,8 @@ def done_marker(path: str | Path) -> Path:
 
 
 def _sleep(seconds: float, stop: threading.Event | None) -> None:
+    if seconds <= 0:
+        return
     if stop is None:
         time.sleep(seconds)
     else:
@@ -316,6 +356,8 @@ def source_chunks(
         return capture_chunks(source, **capture)
     if not Path(source).is_file():
         raise FileNotFoundError(f"no such file: {source}")
-    if sent_as_is(source) and not (seconds or realtime or transcode):
+    if sent_as_is(source) and not (seconds or transcode):
+        if realtime:
+            return paced_file_chunks(source, chunk_bytes, stop=stop)
         return file_chunks(source, chunk_bytes, stop=stop)
     return capture_chunks(source, **capture)

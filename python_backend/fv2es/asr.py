@@ -111,16 +111,13 @@ class SpeechRecognizer:
         does not grow with the video's length, and each block is encoded exactly once.
         """
         from faster_whisper.transcribe import restore_speech_timestamps
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         empty = Speech([], np.zeros((0, 0), np.float32), np.zeros(0))
         if audio.size < config.SAMPLE_RATE // 10:
             return empty
-        vad = VadOptions(max_speech_duration_s=config.ASR_BLOCK_S - 2 * VadOptions.speech_pad_ms / 1000)
-        speech = get_speech_timestamps(audio, vad)
         found: list[Segment] = []
         states, times = [], []
-        for block in speech_blocks(speech, int(config.ASR_BLOCK_S * config.SAMPLE_RATE)):
+        for block in self.blocks(audio):
             block_audio = np.concatenate([audio[chunk["start"] : chunk["end"]] for chunk in block])
             if transcribe:
                 self.model.first_window = None
@@ -144,6 +141,15 @@ class SpeechRecognizer:
         if not states:
             return empty
         return Speech(found, np.concatenate(states), np.concatenate(times))
+
+    @staticmethod
+    def blocks(audio: np.ndarray) -> list[list[dict]]:
+        """The speech chunks that Silero VAD finds in 16 kHz audio ({"start", "end"} in samples),
+        grouped into blocks of at most one Whisper window (ASR_BLOCK_S): one encoder pass each."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        vad = VadOptions(max_speech_duration_s=config.ASR_BLOCK_S - 2 * VadOptions.speech_pad_ms / 1000)
+        return list(speech_blocks(get_speech_timestamps(audio, vad), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
 
     def encode_blocks(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
         """Encoder states [1500, d] of each block (<= 30 s of audio), exactly as a transcription
