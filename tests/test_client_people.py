@@ -483,6 +483,27 @@ def whole(client, two_people_ts) -> VideoResult:
     return client.analyze(two_people_ts.read_bytes())
 
 
+@pytest.fixture(scope="module")
+def breaking_server():
+    """A server of its own for the streams that end in an error or that the client abandons: Triton
+    2.51's gRPC stream handler logs "HandleCancellation called even when the context was not
+    cancelled" on those, and after several of them it has aborted (fixed upstream in later Triton
+    releases); the session's server is kept out of it. Each test checks that this one survived."""
+    from fv2es.tritonserver import EmbeddedServer
+
+    instance = EmbeddedServer().start(timeout_s=300)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def survived(server, sample_bytes) -> None:
+    assert server.process.poll() is None, "tritonserver died: " + server.log_tail()
+    with Fv2esClient(server.grpc_url) as c:
+        assert c.analyze(sample_bytes).segments
+
+
 def chunks_of(data: bytes, size: int):
     return (data[i : i + size] for i in range(0, len(data), size))
 
@@ -538,12 +559,12 @@ def test_a_slow_consumer_does_not_stall_the_stream(client, two_people_ts, whole)
     same_result(seen[-1], whole)
 
 
-def test_a_server_error_raises_with_its_status_and_message(client, sample_bytes):
-    with pytest.raises(Fv2esError) as raised:
+def test_a_server_error_raises_with_its_status_and_message(breaking_server, sample_bytes):
+    with Fv2esClient(breaking_server.grpc_url) as client, pytest.raises(Fv2esError) as raised:
         list(client.stream([b"these are notes, not a video\n" * 2000]))
     assert raised.value.code == "INVALID_ARGUMENT"
     assert raised.value.message().startswith(f"{config.STREAM_MODEL_NAME}: ") and "not a readable video" in raised.value.message()
-    assert client.analyze(sample_bytes).segments, "the server is healthy after it"
+    survived(breaking_server, sample_bytes)
 
 
 def test_stop_ends_the_stream_with_the_result_of_what_was_sent(client, two_people_ts, whole):
@@ -563,23 +584,24 @@ def test_stop_ends_the_stream_with_the_result_of_what_was_sent(client, two_peopl
     assert result.duration < whole_end - 1 and result.segments[-1].end < whole_end - 1, (result.duration, whole_end)
 
 
-def test_a_source_error_is_raised_to_the_caller(client, two_people_ts, sample_bytes):
+def test_a_source_error_is_raised_to_the_caller(breaking_server, two_people_ts, sample_bytes):
     def broken():
         yield two_people_ts.read_bytes()[:65536]
         raise OSError("the camera went away")
 
-    with pytest.raises(OSError, match="camera went away"):
+    with Fv2esClient(breaking_server.grpc_url) as client, pytest.raises(OSError, match="camera went away"):
         list(client.stream(broken()))
-    assert client.analyze(sample_bytes).segments, "the server is healthy after it"
+    survived(breaking_server, sample_bytes)
 
 
-def test_a_server_that_takes_longer_than_the_timeout(server, two_people_ts):
-    with Fv2esClient(server.grpc_url) as impatient:
+def test_a_server_that_takes_longer_than_the_timeout(breaking_server, two_people_ts, sample_bytes):
+    with Fv2esClient(breaking_server.grpc_url) as impatient:
         started = time.monotonic()
         with pytest.raises(Fv2esError) as raised:
             list(impatient.stream([two_people_ts.read_bytes()], timeout_s=0.1))
         assert time.monotonic() - started < 10
     assert raised.value.code == "DEADLINE_EXCEEDED"
+    survived(breaking_server, sample_bytes)
 
 
 def test_the_stream_model_must_be_served(server):
@@ -688,15 +710,16 @@ def test_cli_stream_first_ctrl_c_ends_the_stream_with_its_summary(server, two_pe
     assert "stopping" in stderr and "  overall emotion:" in stdout and " segment" in stdout
 
 
-def test_cli_stream_reports_the_servers_error(server, tmp_path):
+def test_cli_stream_reports_the_servers_error(breaking_server, sample_bytes, tmp_path):
     bad = tmp_path / "bad.ts"
     bad.write_bytes(b"these are notes, not a video\n" * 2000)
-    done = run_cli("--stream", str(bad), "--url", server.grpc_url)
+    done = run_cli("--stream", str(bad), "--url", breaking_server.grpc_url)
     assert done.returncode == 1
     assert f"{bad}: error [INVALID_ARGUMENT]: {config.STREAM_MODEL_NAME}: " in done.stderr
     assert "not a readable video" in done.stderr
-    done = run_cli("--stream", str(tmp_path / "missing.ts"), "--url", server.grpc_url)
+    done = run_cli("--stream", str(tmp_path / "missing.ts"), "--url", breaking_server.grpc_url)
     assert done.returncode == 1 and "error [FILE_NOT_FOUND]" in done.stderr
+    survived(breaking_server, sample_bytes)
 
 
 def test_cli_usage(server, two_people_ts):
