@@ -628,9 +628,15 @@ def test_an_unloaded_stream_model_is_refused_before_anything_is_sent(server, cli
         assert raised.value.code == "MODEL_NOT_FOUND"
         assert f"does not serve model '{config.STREAM_MODEL_NAME}'" in raised.value.message()
     finally:
+        # The stub watchdog must have seen the unloaded model's stubs go (and left them alone) before
+        # it is loaded again: a dead stub it first sees after the reload looks like a crash to it.
+        time.sleep(4 * config.STUB_WATCH_INTERVAL_S + 1)
         admin.load_model(config.STREAM_MODEL_NAME, headers=key)
     assert admin.is_model_ready(config.STREAM_MODEL_NAME)
     assert client.analyze(sample_bytes).segments
+    time.sleep(4 * config.STUB_WATCH_INTERVAL_S + 1)
+    assert all(r["model"] != config.STREAM_MODEL_NAME for r in server.watchdog.recoveries), \
+        "the watchdog took the unload for a crash"
 
 
 # -- fv2es-client --stream against the real server ------------------------------------------------

@@ -155,7 +155,10 @@ class StubWatchdog:
 
     def _look(self) -> None:
         current = live_stubs(self.server_pid)
-        dead = [stub for pid, stub in self.known.items() if pid not in current and process_state(pid) == "Z"]
+        # A dead stub whose instance has a live stub again was replaced (an admin's unload and load).
+        running = {stub.instance for stub in current.values()}
+        dead = [stub for pid, stub in self.known.items()
+                if pid not in current and process_state(pid) == "Z" and stub.instance not in running]
         self.known = {**{p: s for p, s in self.known.items() if process_state(p) not in (None, "Z")}, **current}
         self.regions.update(s.shm_region for s in current.values())
         for model in sorted({s.model for s in dead}):
