@@ -14,7 +14,6 @@ import io
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import av
 from fv2es_client.sources import byte_clock
