@@ -1,69 +1,113 @@
-"""The stretch rule (fv2es.stretches): cuts at pauses, decided from the audio before them only, so a
-stream that arrives in pieces is cut where the whole file is, and a stretch alone is not cut again."""
+"""The stretch rule (fv2es.stretches) on real speech (the sample's): a stretch holds one Whisper
+window of speech, cut where speech recognition in one piece ends a window; the cuts are decided
+from the audio before them only, so a stream that arrives in pieces is cut where the whole file is,
+and a stretch alone is not cut again."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from faster_whisper.vad import get_speech_timestamps
 
 from fv2es import config, stretches
+from fv2es.asr import SpeechRecognizer
 
 SR = config.SAMPLE_RATE
 
 
-def talk(seconds: float, pauses: list[tuple[float, float]], seed: int = 0) -> np.ndarray:
-    """Loud noise bursts (syllables) with the given quiet stretches (start, length) in it."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SR)
-    envelope = 0.3 + 0.2 * np.sin(np.arange(n) / SR * 2 * np.pi * 4)  # never quiet by itself
-    audio = (rng.standard_normal(n) * envelope * 0.3).astype(np.float32)
-    for start, length in pauses:
-        a, b = int(start * SR), int((start + length) * SR)
-        audio[a:b] *= 0.01
-    return audio
+def talk(speech: np.ndarray, pauses_s: list[float]) -> np.ndarray:
+    """The speech, then each pause (silence) followed by the speech again."""
+    parts = [speech]
+    for pause in pauses_s:
+        parts += [np.zeros(int(pause * SR), np.float32), speech]
+    return np.concatenate(parts)
 
 
-def test_cuts_in_the_first_pause_after_the_minimum():
-    audio = talk(70, [(12.0, 0.6), (23.0, 0.6), (49.0, 0.5)])
-    cuts = stretches.cuts(audio)
-    # the first point with half a pause of quiet on each side: the pause's start + half a pause
-    half = stretches.HALF_PAUSE * config.STRETCH_FRAME_S
-    assert [c / SR for c in cuts] == pytest.approx([23.0 + half, 49.0 + half], abs=0.021)
-    assert all(c % stretches.FRAME == 0 for c in cuts)
+@pytest.fixture(scope="module")
+def paused(sample_speech):
+    """~125 s: the sample's sentence 12 times, with pauses of 1.5 to 4 s (each one a VAD chunk)."""
+    return talk(sample_speech, [2.5, 1.5, 4.0, 2.0, 3.0, 2.5, 1.5, 3.5, 2.0, 2.5, 3.0])
 
 
-def test_without_a_pause_the_stretch_ends_at_the_maximum():
-    audio = talk(65, [])
-    assert [c / SR for c in stretches.cuts(audio)] == [config.STRETCH_MAX_S, 2 * config.STRETCH_MAX_S]
+@pytest.fixture(scope="module")
+def unbroken(sample_speech):
+    """~100 s of speech with pauses too short for VAD to end a chunk: it splits them itself."""
+    return talk(sample_speech, [0.3] * 11)
 
 
-def test_a_short_pause_is_not_a_cut():
-    audio = talk(35, [(22.0, config.STRETCH_PAUSE_S / 2)])
-    assert [c / SR for c in stretches.cuts(audio)] == [config.STRETCH_MAX_S]
-
-
-def test_growing_audio_is_cut_where_the_whole_is():
-    audio = talk(130, [(21.0, 0.4), (45.5, 1.0), (70.0, 0.35), (101.0, 0.8)], seed=3)
-    whole = stretches.cuts(audio)
-    assert len(whole) >= 4
-    decided = []
-    for end in range(0, len(audio) + 1, 7_777):  # arriving in odd pieces
-        decided = stretches.cuts(audio[:end])
-        assert decided == whole[: len(decided)]
-    assert decided == whole
-
-
-def test_a_stretch_alone_is_not_cut_again():
-    audio = talk(100, [(25.0, 0.5), (50.0, 0.4), (77.0, 2.0)], seed=5)
+def stretch_bounds(audio):
     bounds = [0, *stretches.cuts(audio), len(audio)]
-    for a, b in zip(bounds, bounds[1:]):
+    return list(zip(bounds, bounds[1:]))
+
+
+@pytest.mark.parametrize("name", ["paused", "unbroken"])
+def test_each_stretch_holds_one_window_and_the_whole_as_many_as_in_one_piece(name, request):
+    audio = request.getfixturevalue(name)
+    bounds = stretch_bounds(audio)
+    assert len(bounds) >= 3
+    windows = [len(SpeechRecognizer.blocks(audio[a:b])) for a, b in bounds]
+    assert windows == [1] * len(bounds)
+    assert sum(windows) == len(SpeechRecognizer.blocks(audio))
+
+
+def test_cuts_fall_in_pauses(paused):
+    for cut in stretches.cuts(paused):
+        assert not np.any(paused[cut - SR // 10 : cut + SR // 10]), cut / SR
+
+
+def test_growing_audio_is_cut_where_the_whole_is(paused, unbroken):
+    for audio in (paused, unbroken):
+        whole = stretches.cuts(audio)
+        for piece in (7_777, SR // 2):  # odd pieces, and half seconds as a live stream sends them
+            cutter, decided = stretches.Cutter(), []
+            for end in range(piece, len(audio) + piece, piece):
+                new = cutter.cuts(audio[:end])
+                decided += new
+                assert all(cut <= end for cut in new)
+            assert decided == whole
+
+
+def test_a_cut_is_decided_soon_after_the_window_is_full(paused):
+    """A stream waits for a stretch's cut only until the next speech overflows its window."""
+    first = stretches.cuts(paused)[0]
+    cutter = stretches.Cutter()
+    end = next(end for end in range(SR // 2, len(paused), SR // 2) if cutter.cuts(paused[:end]))
+    next_speech = first + np.flatnonzero(paused[first:])[0]
+    assert first < next_speech < end <= next_speech + 3 * SR
+
+
+@pytest.mark.parametrize("name", ["paused", "unbroken"])
+def test_a_stretch_alone_is_not_cut_again(name, request):
+    audio = request.getfixturevalue(name)
+    for a, b in stretch_bounds(audio):
         assert stretches.cuts(audio[a:b]) == []
-        assert stretches.next_cut(audio, a) == (None if b == len(audio) else b)
 
 
-def test_silence_is_cut_at_the_minimum():
-    audio = np.zeros(45 * SR, np.float32)
-    assert [c / SR for c in stretches.cuts(audio)] == [config.STRETCH_MIN_S, 2 * config.STRETCH_MIN_S]
+def test_silence_is_cut_at_the_maximum():
+    assert [c / SR for c in stretches.cuts(np.zeros(130 * SR, np.float32))] == [config.STRETCH_MAX_S, 2 * config.STRETCH_MAX_S]
+    assert stretches.cuts(np.zeros(int(config.STRETCH_MAX_S * SR), np.float32)) == []
+
+
+def test_sparse_speech_is_cut_at_the_maximum_or_before_speech_going_on_there(sample_speech):
+    speech_s = len(sample_speech) / SR
+    quiet_then = talk(sample_speech, [70.0])  # nothing going on at the maximum: cut there
+    assert [c / SR for c in stretches.cuts(quiet_then)][:1] == [config.STRETCH_MAX_S]
+    gap = config.STRETCH_MAX_S - 5.0 - speech_s  # the second sentence starts 5 s before the maximum
+    talking_then = talk(sample_speech, [gap])
+    first_end = get_speech_timestamps(talking_then, stretches.vad_options())[0]["end"]
+    assert stretches.cuts(np.concatenate([talking_then, np.zeros(10 * SR, np.float32)]))[0] == first_end
+
+
+@pytest.mark.parametrize("name", ["paused", "unbroken"])
+def test_vad_chunks_are_faster_whispers(name, request):
+    audio = request.getfixturevalue(name)
+    cutter = stretches.Cutter()
+    n = len(audio) // stretches.VAD_WINDOW
+    cutter._extend(audio, n)
+    ours = [(c.start, c.end) for c in stretches.vad_chunks(cutter.probs) if c.closed]
+    theirs = [(c["start"], c["end"]) for c in get_speech_timestamps(audio[: n * stretches.VAD_WINDOW], stretches.vad_options())]
+    assert len(ours) >= 2
+    assert ours[:-1] == theirs[: len(ours) - 1]
 
 
 def test_the_last_stretch_ends_with_the_picture_when_it_goes_on():

@@ -146,10 +146,11 @@ class SpeechRecognizer:
     def blocks(audio: np.ndarray) -> list[list[dict]]:
         """The speech chunks that Silero VAD finds in 16 kHz audio ({"start", "end"} in samples),
         grouped into blocks of at most one Whisper window (ASR_BLOCK_S): one encoder pass each."""
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
+        from faster_whisper.vad import get_speech_timestamps
 
-        vad = VadOptions(max_speech_duration_s=config.ASR_BLOCK_S - 2 * VadOptions.speech_pad_ms / 1000)
-        return list(speech_blocks(get_speech_timestamps(audio, vad), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
+        from .stretches import vad_options
+
+        return list(speech_blocks(get_speech_timestamps(audio, vad_options()), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
 
     def encode_blocks(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
         """Encoder states [1500, d] of each block (<= 30 s of audio), exactly as a transcription

@@ -87,16 +87,14 @@ WINDOW_S = 4.0  # fixed windows cut the stretches without speech
 MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
 MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
 
-# Stretches: the timeline is cut at pauses into stretches of STRETCH_MIN_S to STRETCH_MAX_S, and
-# speech recognition and segmentation run on each stretch alone. The rule looks only backwards and
-# a short way ahead (fv2es.stretches), so a live stream (fv2es_stream) cuts where the whole file is
-# cut and each stretch's segments come out the same, as soon as the stretch is over.
-STRETCH_MIN_S = 20.0
-STRETCH_MAX_S = 30.0  # one Whisper window: a stretch's speech is transcribed in one call
-STRETCH_FRAME_S = 0.02  # the loudness frames (320 samples, one Whisper encoder state)
-STRETCH_PAUSE_S = 0.3  # a cut needs this much quiet around it (half before, half after)
-STRETCH_QUIET_RATIO = 0.1  # quiet: a frame's RMS under this share of the loudest frame of the stretch so far
-STRETCH_QUIET_FLOOR = 1e-3  # ... or under this RMS (digital silence; the stretch's start)
+# Stretches: the timeline is cut into stretches of at most one Whisper window of speech, at the
+# pauses where speech recognition in one piece would end a window, and speech recognition and
+# segmentation run on each stretch alone. The rule (fv2es.stretches) decides each cut from the audio
+# before it only, so a live stream (fv2es_stream) cuts where the whole file is cut and each stretch's
+# segments come out the same, as soon as the stretch is over.
+STRETCH_SPEECH_S = ASR_BLOCK_S - 0.5  # speech per stretch; the margin: VAD's own run on the stretch
+STRETCH_MAX_S = 60.0  # a stretch with less speech ends here: a live stream's longest wait for a cut
+STRETCH_VAD_BATCH = 25  # VAD windows (32 ms) per detector call: a stream and a file make the same calls
 
 # --- Audio branch input ------------------------------------------------------------------------
 # "whisper": the Whisper encoder states of the speech, which the ASR step computes anyway (a

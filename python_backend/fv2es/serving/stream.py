@@ -42,7 +42,9 @@ class Stream:
         self.live = LiveMedia(**limits)
         self.faces = FaceRows(detector)
         self.rows: list[dict[str, np.ndarray]] = []  # face rows not yet given to a stretch
-        self.cut = 0  # sample where the open stretch starts
+        self.cut = 0  # sample where the first stretch not yet answered starts
+        self.cutter = stretches.Cutter()  # keeps the open stretch's speech probabilities between chunks
+        self.cuts: list[int] = []  # cuts decided, their stretches not yet answered
         self.segment_times: list[np.ndarray] = []
         self.segment_scores: list[np.ndarray] = []
         self.pairs: list[np.ndarray] = []
@@ -175,13 +177,15 @@ class TritonPythonModel:
         """Answers every stretch whose cut is known and whose frames have all been searched."""
         stream.take_faces(final=last)
         audio = stream.live.audio
-        for cut in stretches.cuts(audio, stream.cut):
+        stream.cuts.extend(stream.cutter.cuts(audio))
+        while stream.cuts:
+            cut = stream.cuts[0]
             end_s = cut / config.SAMPLE_RATE
             # every frame before the cut decoded (frames_until) and searched (done_until)
             if not last and min(stream.live.frames_until, stream.faces.done_until) < end_s:
                 return
             self._stretch(stream, sender, audio[stream.cut : cut], end_s, faces=stream.faces_until(end_s))
-            stream.cut = cut
+            stream.cut = stream.cuts.pop(0)
         if last:
             self._stretch(stream, sender, audio[stream.cut :], float(stream.live.duration), faces=stream.faces_until(None))
             self._end(stream, sender)
