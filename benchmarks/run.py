@@ -258,12 +258,13 @@ def markdown(results: dict) -> str:
                          f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")
         lines += ["", "```", results["server"]["perf_command"].replace(str(ROOT) + "/", ""), "```"]
     lines += ["", "## What stretches cost the whole file (speech recognition, in-process)", "",
-              "The whole file is transcribed stretch by stretch, as a live stream is (`fv2es.stretches`: a stretch holds "
-              f"at most {config.STRETCH_SPEECH_S:g} s", "of speech, cut in the pause where speech recognition in one piece "
-              f"ends a Whisper window; at most {config.STRETCH_MAX_S:.0f} s), so that both give the same segments and scores. "
-              "The rule runs Silero VAD", "once more over each stretch (a stretch's own recognition runs it again); the table "
-              "shows what that costs and", "whether the stretches need more Whisper windows (30 s encoder passes) than the audio "
-              "in one piece. Same recognizer, same audio,", "same run; medians in seconds.", "",
+              "The whole file is transcribed stretch by stretch, as a live stream is (`fv2es.stretches`: a stretch",
+              f"holds at most {config.STRETCH_SPEECH_S:g} s of speech, cut in the pause where speech recognition in one "
+              f"piece ends a Whisper window; at most {config.STRETCH_MAX_S:.0f} s),",
+              "so that both give the same segments and scores. The rule runs Silero VAD over each stretch once more (its",
+              "own recognition runs it again); the table shows what that costs and whether the stretches need more",
+              "Whisper windows (30 s encoder passes) than the audio in one piece. Same recognizer, same audio, same run;",
+              "medians in seconds.", "",
               "| clip | stretches | windows in one piece | windows by stretch | ASR in one piece | ASR by stretch | by stretch / one piece |",
               "|---|---|---|---|---|---|---|"]
     for seconds in local:
@@ -278,9 +279,9 @@ def markdown(results: dict) -> str:
                   f"The 60 s clip remuxed to MPEG-TS ({live['mb']:.1f} MB) and sent to `fv2es_stream` at the pace it plays, "
                   f"{live['step_s']} s of media per chunk",
                   "(`benchmarks/stream.py`). Latency: from the moment the bytes up to a segment's end were sent to the moment",
-                  "that segment's answer arrived. A segment is answered when its stretch is cut (once the next speech "
-                  f"overflows the", f"stretch's {config.STRETCH_SPEECH_S:g} s of speech, at most {config.STRETCH_MAX_S:.0f} s: "
-                  "the rule the whole file is cut by), so a stretch's early segments wait for its end.", "",
+                  "that segment's answer arrived. A segment is answered when its stretch is cut (once the next speech",
+                  f"overflows the stretch's {config.STRETCH_SPEECH_S:g} s of speech, at most {config.STRETCH_MAX_S:.0f} s: "
+                  "the rule the whole file is cut by), so a stretch's", "early segments wait for its end.", "",
                   "| segments | median s | min s | max s | same segments and scores as the whole file |", "|---|---|---|---|---|",
                   f"| {live['segments']} | {live['latency_median_s']:.2f} | {live['latency_min_s']:.2f} | {live['latency_max_s']:.2f} | "
                   f"{'yes' if live['same_as_whole_file'] else 'no'} |"]
@@ -295,12 +296,24 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def int_keys(d: dict) -> dict:
+    """JSON's string keys of the per-clip results back to the clips' seconds."""
+    return {int(k) if k.isdigit() else k: v for k, v in d.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, nargs="+", default=list(config.BENCH_CLIPS_S), help="clip lengths, seconds")
     parser.add_argument("--no-perf", action="store_true", help="skip perf_analyzer")
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--from-results", action="store_true",
+                        help=f"measure nothing: write the report again from {(OUT / 'results.json').relative_to(ROOT)}")
     args = parser.parse_args()
+    if args.from_results:
+        results = json.loads((OUT / "results.json").read_text(), object_hook=int_keys)
+        args.report.write_text(markdown(results))
+        print(f"wrote {args.report} from the run of {results['date']}")
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     perf.install() if not args.no_perf else None
     videos = {seconds: clip(seconds) for seconds in sorted(args.clips)}
