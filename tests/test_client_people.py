@@ -604,6 +604,27 @@ def test_a_server_that_takes_longer_than_the_timeout(breaking_server, two_people
     survived(breaking_server, sample_bytes)
 
 
+def test_a_step_model_that_is_not_loaded_ends_the_stream_with_its_error(breaking_server, two_people_ts, sample_bytes):
+    """A step the stream runs (BLS) unloaded by an admin: the stream ends with that step's error and
+    Triton's code for it, not as a bad input (INVALID_ARGUMENT is for what the client sent)."""
+    admin = grpcclient.InferenceServerClient(breaking_server.grpc_url)
+    key = {f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": breaking_server.admin_key}
+    admin.unload_model("text_encoder", headers=key)
+    try:
+        deadline = time.monotonic() + 60
+        while admin.is_model_ready("text_encoder") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with Fv2esClient(breaking_server.grpc_url) as c, pytest.raises(Fv2esError) as raised:
+            list(c.stream(file_chunks(two_people_ts, 16 * 1024)))
+    finally:
+        time.sleep(4 * config.STUB_WATCH_INTERVAL_S + 1)  # as in the unload test below: the watchdog first
+        admin.load_model("text_encoder", headers=key)
+    assert raised.value.code not in ("INVALID_ARGUMENT", "OK"), raised.value
+    assert raised.value.message().startswith(f"{config.STREAM_MODEL_NAME}: text_encoder:")
+    assert "not ready" in raised.value.message()
+    survived(breaking_server, sample_bytes)
+
+
 def test_the_stream_model_must_be_served(server):
     with Fv2esClient(server.grpc_url, retries=0, stream_model="no_such_stream") as c:
         with pytest.raises(ModelNotReadyError) as raised:

@@ -31,6 +31,15 @@ from ..segments import aggregate_scores
 from ..stages import face_rows
 from .base import _error, bytes_input, input_limits, short
 
+class StepError(Exception):
+    """A step's model failed for a reason other than the stream's content (not loaded, a fault of
+    its own): the stream ends with that model's error code, not as a bad input."""
+
+    def __init__(self, message: str, code):
+        super().__init__(message)
+        self.code = code
+
+
 FACE_KEYS = ("FACES", "FACE_TIMES", "FACE_PERSON", "FACE_MAIN", "FACE_MOUTH")
 STRETCH_OUTPUTS = (*pipeline.STREAM_SEGMENT_OUTPUTS[1:], "LABELS", "MODEL_INFO")
 
@@ -120,6 +129,10 @@ class TritonPythonModel:
             except InputError as exc:
                 self._drop(sequence)
                 sender.send(pb_utils.InferenceResponse(error=_error(short(f"{self.name}: {exc}"), "INVALID_ARG")))
+            except StepError as exc:
+                self._drop(sequence)
+                pb_utils.Logger.log_error(f"{self.name}: {exc}")
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(short(f"{self.name}: {exc}"), exc.code)))
             except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
                 self._drop(sequence)
                 pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
@@ -229,8 +242,12 @@ class TritonPythonModel:
                                                 requested_output_names=[o.name for o in step.outputs])
             response = request.exec()
             if response.has_error():
-                # The models check what they get: an error here is the stream's content (too long, ...).
-                raise InputError(response.error().message())
+                error = response.error()
+                code = error.code() if hasattr(error, "code") else None  # python_backend >= 23.09
+                if code is None or code == pb_utils.TritonError.INVALID_ARG:
+                    # The models check what they get: their INVALID_ARG is the stream's content (too long, ...).
+                    raise InputError(error.message())
+                raise StepError(f"{step.model_name}: {error.message()}", code)
             for o in step.outputs:
                 tensors[step.target(o.name)] = pb_utils.get_output_tensor_by_name(response, o.name).as_numpy()
         return {name: tensors[name] for name in wanted}
