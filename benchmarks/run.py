@@ -1,6 +1,7 @@
 """`make bench`: the server's speed against the alternatives, in one run, written to BENCHMARKS.md.
 
     .venv/bin/python benchmarks/run.py [--clips 10 60 600] [--no-perf]
+    .venv/bin/python benchmarks/run.py --from-results   # the report again from the last run's numbers
 
 1. Generates (once; cached in benchmarks/out/clips/) 1280x720 30 fps talking-head clips of 10, 60
    and 600 s: the astronaut's face and espeak-ng speech (fv2es_build.synth).

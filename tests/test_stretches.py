@@ -19,8 +19,12 @@ def talk(speech: np.ndarray, pauses_s: list[float]) -> np.ndarray:
     """The speech, then each pause (silence) followed by the speech again."""
     parts = [speech]
     for pause in pauses_s:
-        parts += [np.zeros(int(pause * SR), np.float32), speech]
+        parts += [silence(pause), speech]
     return np.concatenate(parts)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +89,17 @@ def test_a_stretch_alone_is_not_cut_again(name, request):
 
 def test_silence_is_cut_at_the_maximum():
     assert [c / SR for c in stretches.cuts(np.zeros(130 * SR, np.float32))] == [config.STRETCH_MAX_S, 2 * config.STRETCH_MAX_S]
-    assert stretches.cuts(np.zeros(int(config.STRETCH_MAX_S * SR), np.float32)) == []
+    assert stretches.cuts(silence(config.STRETCH_MAX_S)) == []
 
 
-def test_sparse_speech_is_cut_at_the_maximum_or_before_speech_going_on_there(sample_speech):
-    speech_s = len(sample_speech) / SR
-    quiet_then = talk(sample_speech, [70.0])  # nothing going on at the maximum: cut there
-    assert [c / SR for c in stretches.cuts(quiet_then)][:1] == [config.STRETCH_MAX_S]
-    gap = config.STRETCH_MAX_S - 5.0 - speech_s  # the second sentence starts 5 s before the maximum
-    talking_then = talk(sample_speech, [gap])
-    first_end = get_speech_timestamps(talking_then, stretches.vad_options())[0]["end"]
-    assert stretches.cuts(np.concatenate([talking_then, np.zeros(10 * SR, np.float32)]))[0] == first_end
+def test_sparse_speech_is_cut_at_the_maximum_or_where_speech_going_on_there_began(sample_speech):
+    assert [c / SR for c in stretches.cuts(talk(sample_speech, [70.0]))][:1] == [config.STRETCH_MAX_S]
+    late = config.STRETCH_MAX_S - 5.0  # a sentence from 5 s before the maximum to past it
+    for audio in (np.concatenate([sample_speech, silence(late - len(sample_speech) / SR), sample_speech, silence(10)]),
+                  np.concatenate([silence(late), sample_speech, silence(10)])):  # speech before it, or none
+        began = get_speech_timestamps(audio, stretches.vad_options())[-1]["start"]
+        assert late * SR < began < config.STRETCH_MAX_S * SR
+        assert stretches.cuts(audio)[0] == began
 
 
 @pytest.mark.parametrize("name", ["paused", "unbroken"])

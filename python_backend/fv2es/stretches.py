@@ -13,8 +13,8 @@ the same probabilities as the whole file. On those probabilities (counted from t
 - the chunks are packed, in order, into STRETCH_SPEECH_S of speech; the stretch ends at the padded
   end of the last chunk that fits, as soon as the next chunk is known not to fit (its start is
   final and its speech so far already overflows);
-- without that within STRETCH_MAX_S, once the audio goes on past it: at the padded end of the last
-  finished chunk when speech is going on there, else at STRETCH_MAX_S (a pause).
+- without that within STRETCH_MAX_S, once the audio goes on past it: at the padded start of the
+  speech going on there, else at STRETCH_MAX_S (a pause).
 
 A decision uses only chunks that nothing later can change, so the cuts of a growing audio are the
 first cuts of the whole; applied to one stretch's audio alone the rule finds no cut (its last
@@ -116,10 +116,8 @@ def decide(chunks: list[Chunk], n_windows: int, past_max: bool) -> int | None:
             break
     if not past_max:
         return None
-    if chunks and not chunks[-1].closed:
-        closed = [c for c in chunks if c.closed]
-        if closed:
-            return closed[-1].end
+    if chunks and not chunks[-1].closed and chunks[-1].start > 0:
+        return chunks[-1].start  # before the speech going on at the maximum
     return n_windows * VAD_WINDOW
 
 

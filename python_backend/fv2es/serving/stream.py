@@ -31,6 +31,7 @@ from ..segments import aggregate_scores
 from ..stages import face_rows
 from .base import _error, bytes_input, input_limits, short
 
+
 class StepError(Exception):
     """A step's model failed for a reason other than the stream's content (not loaded, a fault of
     its own): the stream ends with that model's error code, not as a bad input."""
@@ -247,7 +248,8 @@ class TritonPythonModel:
                 if code is None or code == pb_utils.TritonError.INVALID_ARG:
                     # The models check what they get: their INVALID_ARG is the stream's content (too long, ...).
                     raise InputError(error.message())
-                raise StepError(f"{step.model_name}: {error.message()}", code)
+                message = error.message()  # our models' own errors start with their name
+                raise StepError(message if message.startswith(f"{step.model_name}:") else f"{step.model_name}: {message}", code)
             for o in step.outputs:
                 tensors[step.target(o.name)] = pb_utils.get_output_tensor_by_name(response, o.name).as_numpy()
         return {name: tensors[name] for name in wanted}
