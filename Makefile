@@ -59,9 +59,9 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/fv2es-evaluate --write-card
 
-# Speed: the server against the in-process, two-phase and floor baselines, perf_analyzer at
-# concurrency 1..4 (installs its binary once), 10/60/600 s 720p clips -> BENCHMARKS.md (8 min in the
-# last run, plus about 3 min the first time to generate the clips).
+# Speed: the server against the in-process, two-phase and floor baselines and against an earlier
+# version (config.BENCH_EARLIER_VERSION), perf_analyzer at concurrency 1..4 (installs its binary
+# once), 10/60/600 s 720p clips -> BENCHMARKS.md (README "Speed" says how long the last run took).
 bench: $(MODELS) $(CODE)
 	$(BIN)/python benchmarks/run.py
 

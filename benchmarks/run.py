@@ -13,7 +13,9 @@
    statistics, each model's compute time.
 4. perf_analyzer against the ensemble at concurrency 1..4, with the 10 s clip and the sample video
    as input data; (a)'s throughput on the same two videos is measured in step 2.
-5. Writes BENCHMARKS.md (the numbers and the ratios the targets are stated in) and
+5. The 60 s clip through this version's server and an earlier version's (config.BENCH_EARLIER_VERSION,
+   built from its commit in a git worktree), both served at once, in turns (benchmarks/earlier.py).
+6. Writes BENCHMARKS.md (the numbers and the ratios the targets are stated in) and
    benchmarks/out/results.json.
 """
 
@@ -36,6 +38,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 import baselines  # noqa: E402
+import earlier  # noqa: E402
 import perf  # noqa: E402
 import stream  # noqa: E402
 from fv2es import config, pipeline, stages  # noqa: E402
@@ -186,6 +189,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     if 4 in perf_rows:
         ratio = perf_rows[4]["throughput"] / local["in_process_throughput"]
         rows.append(("throughput at concurrency 4 / sequential (a)", f"{ratio:.2f}x (target >= 1.3x)", ratio >= 1.3))
+    versus = results.get("earlier", {})
+    if "ratio_of_medians" in versus:
+        ratio = versus["ratio_of_medians"]
+        rows.append((f"60 s clip, this code / {versus['ref']} ({versus['description']}), in turns",
+                     f"{ratio:.2f}x (target <= {config.BENCH_NO_REGRESSION:.2f}x)", ratio <= config.BENCH_NO_REGRESSION))
     gpu = results["machine"]["gpu"]
     rows.append(("real-time factor on a GPU (<= 0.01)", "not measured: no GPU on this machine" if gpu == "none" else "see GPU run", None))
     return rows
@@ -286,6 +294,22 @@ def markdown(results: dict) -> str:
                   "| segments | median s | min s | max s | same segments and scores as the whole file |", "|---|---|---|---|---|",
                   f"| {live['segments']} | {live['latency_median_s']:.2f} | {live['latency_min_s']:.2f} | {live['latency_max_s']:.2f} | "
                   f"{'yes' if live['same_as_whole_file'] else 'no'} |"]
+    versus = results.get("earlier", {})
+    if versus:
+        lines += ["", f"## Against an earlier version: {versus['ref']}, {versus['description']}", ""]
+        if "skipped" in versus:
+            lines.append(f"Not measured: {versus['skipped']}.")
+        else:
+            lines += ["Both versions' model repositories served at once by this checkout's tritonserver launcher (the earlier one",
+                      "built from its commit in a git worktree: its own code, configs and weights); the 60 s clip sent to one then",
+                      f"the other, the order alternating, {versus['rounds']} rounds after one warm-up each (`benchmarks/earlier.py`).",
+                      "Seconds per request.", "",
+                      "| version | median s | min s | max s |", "|---|---|---|---|"]
+            for name, label in (("earlier", versus["ref"]), ("current", "this code")):
+                t = versus["times"][name]
+                lines.append(f"| {label} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} |")
+            lines += ["", f"This code / {versus['ref']}: {versus['ratio_of_medians']:.2f}x (ratio of the medians), "
+                      f"{versus['median_round_ratio']:.2f}x (median of each round's ratio)."]
     if 60 in served:
         total = served[60]["median_s"]
         lines += ["", "## Where the time goes (60 s clip)", "",
@@ -323,6 +347,10 @@ def main() -> None:
     results["without_server"], reference = without_server(videos, throughput_set)
     gc.collect()  # the in-process models are not needed any more
     results["server"] = with_server(videos, throughput_set, not args.no_perf)
+    if 60 in videos:
+        results["earlier"] = earlier.measure(*config.BENCH_EARLIER_VERSION, REPOSITORY, videos[60], config.BENCH_EARLIER_ROUNDS, OUT)
+        print(f"against {config.BENCH_EARLIER_VERSION[0]}: " + (results["earlier"].get("skipped") or
+              f"{results['earlier']['ratio_of_medians']:.2f}x its median on the 60 s clip"), flush=True)
     if reference is not None and results["server"]["scores_60"] is not None:
         results["max_score_difference"] = float(np.abs(reference["VIDEO_SCORES"] - results["server"]["scores_60"]).max())
     (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -485,10 +485,9 @@ def whole(client, two_people_ts) -> VideoResult:
 
 @pytest.fixture(scope="module")
 def breaking_server():
-    """A server of its own for the streams that end in an error or that the client abandons: Triton
-    2.51's gRPC stream handler logs "HandleCancellation called even when the context was not
-    cancelled" on those, and after several of them it has aborted (fixed upstream in later Triton
-    releases); the session's server is kept out of it. Each test checks that this one survived."""
+    """A server of its own for the streams that end in an error, that the client abandons or whose
+    step an admin unloads: whatever they leave behind stays out of the session's server. Each test
+    checks that this one survived."""
     from fv2es.tritonserver import EmbeddedServer
 
     instance = EmbeddedServer().start(timeout_s=300)

@@ -12,8 +12,11 @@ SEGMENT_HAS_SPEECH, SEGMENT_HAS_FACE, SEGMENT_SPEAKER, PERSON_SEGMENTS, PERSON_S
 segment) or, once, after the last request's segments, "end" (VIDEO_SCORES, PERSON_SCORES, LABELS,
 MODEL_INFO, DURATION). Each request also gets Triton's empty final response; the client counts
 them to keep at most STREAM_WINDOW requests in flight, so a source faster than the server does not
-pile up in memory. The stream is opened with the `triton_grpc_error` header: a server error closes
-the stream with its gRPC status (Triton 24.08 or later), which becomes an Fv2esError.
+pile up in memory. A server error comes in the stream as a message that starts with its gRPC status
+name in brackets (`[INVALID_ARGUMENT] fv2es_stream: ...`), which becomes an Fv2esError with that
+code. The stream is not opened with Triton's `triton_grpc_error` header (which would close the
+stream with the status instead): tritonserver 2.51 aborts after a few streams that end that way
+(a use-after-free fixed upstream in server PR 8708).
 
 The segment responses carry no LABELS (only "end" does): segments are labelled with the stream
 model's `labels` config parameter when it has one, else with DEFAULT_LABELS when the widths match;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import secrets
 import threading
 import time
@@ -211,6 +215,16 @@ def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _S
         state.events.put(("source_error", exc))
 
 
+def stream_error(exc: InferenceServerException) -> Fv2esError:
+    """A stream's error: a gRPC status (the connection failed), or a message in the stream that starts
+    with the status name in brackets (the server's error)."""
+    message = exc.message() or str(exc)
+    sent = re.fullmatch(r"\[([A-Z_]+)\] (.*)", message, re.S)
+    if exc.status() is None and sent:
+        return Fv2esError(sent[1], sent[2])
+    return Fv2esError(status_name(exc), message)
+
+
 def run_stream(client: Fv2esClient, config: dict, chunks: Iterable[bytes], *, timeout_s: float | None,
                stop: threading.Event | None = None) -> Iterator[Segment | VideoResult]:
     """The generator behind Fv2esClient.stream (the stream model is known to be ready)."""
@@ -229,7 +243,7 @@ def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: 
     sender = None
     try:
         try:
-            grpc.start_stream(state.callback, headers={"triton_grpc_error": "true"})
+            grpc.start_stream(state.callback)
         except InferenceServerException as exc:
             raise Fv2esError(status_name(exc), exc.message()) from None
         sender = threading.Thread(target=_send, args=(client, grpc, state, chunks, sequence_id),
@@ -247,7 +261,7 @@ def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: 
                                      "after the last chunk") from None
                 continue
             if kind == "error":
-                raise Fv2esError(status_name(payload), payload.message() or str(payload)) from None
+                raise stream_error(payload) from None
             if kind == "source_error":
                 raise payload
             if kind == "sender_closed":

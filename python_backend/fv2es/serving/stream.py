@@ -32,13 +32,25 @@ from ..stages import face_rows
 from .base import _error, bytes_input, input_limits, short
 
 
+# Triton's gRPC status for each python-backend error code (as the server's GrpcStatusUtil maps them).
+GRPC_STATUS = {"INVALID_ARG": "INVALID_ARGUMENT", "UNAVAILABLE": "UNAVAILABLE", "INTERNAL": "INTERNAL",
+               "NOT_FOUND": "NOT_FOUND", "UNSUPPORTED": "UNIMPLEMENTED", "ALREADY_EXISTS": "ALREADY_EXISTS",
+               "CANCELLED": "CANCELLED", "UNKNOWN": "UNKNOWN"}
+
+
 class StepError(Exception):
     """A step's model failed for a reason other than the stream's content (not loaded, a fault of
-    its own): the stream ends with that model's error code, not as a bad input."""
+    its own): the stream ends with that model's error code (a GRPC_STATUS key), not as a bad input."""
 
-    def __init__(self, message: str, code):
+    def __init__(self, message: str, code_name: str):
         super().__init__(message)
-        self.code = code
+        self.code_name = code_name
+
+
+def stream_error(message: str, code_name: str) -> "pb_utils.TritonError":
+    """The error a stream ends with. Clients read streams without `triton_grpc_error` (see execute), and
+    then Triton sends only the message: it starts with the gRPC status name in brackets."""
+    return _error(short(f"[{GRPC_STATUS[code_name]}] {message}"), code_name)
 
 
 FACE_KEYS = ("FACES", "FACE_TIMES", "FACE_PERSON", "FACE_MAIN", "FACE_MOUTH")
@@ -125,20 +137,24 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             sequence = request.correlation_id()
+            error = None
             try:
                 self._chunk(request, sequence, sender)
             except InputError as exc:
-                self._drop(sequence)
-                sender.send(pb_utils.InferenceResponse(error=_error(short(f"{self.name}: {exc}"), "INVALID_ARG")))
+                error = stream_error(f"{self.name}: {exc}", "INVALID_ARG")
             except StepError as exc:
-                self._drop(sequence)
                 pb_utils.Logger.log_error(f"{self.name}: {exc}")
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(short(f"{self.name}: {exc}"), exc.code)))
+                error = stream_error(f"{self.name}: {exc}", exc.code_name)
             except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
-                self._drop(sequence)
                 pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
-                sender.send(pb_utils.InferenceResponse(error=_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                error = stream_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")
+            if error is None:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            self._drop(sequence)
+            # The error and the final flag in one response (a final flag after an error response is a
+            # use-after-free in tritonserver 2.51 on a stream opened with triton_grpc_error; server PR 8708).
+            sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
     def _chunk(self, request, sequence, sender) -> None:
@@ -249,7 +265,8 @@ class TritonPythonModel:
                     # The models check what they get: their INVALID_ARG is the stream's content (too long, ...).
                     raise InputError(error.message())
                 message = error.message()  # our models' own errors start with their name
-                raise StepError(message if message.startswith(f"{step.model_name}:") else f"{step.model_name}: {message}", code)
+                code_name = next((n for n in GRPC_STATUS if getattr(pb_utils.TritonError, n, None) == code), "UNKNOWN")
+                raise StepError(message if message.startswith(f"{step.model_name}:") else f"{step.model_name}: {message}", code_name)
             for o in step.outputs:
                 tensors[step.target(o.name)] = pb_utils.get_output_tensor_by_name(response, o.name).as_numpy()
         return {name: tensors[name] for name in wanted}
