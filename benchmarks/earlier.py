@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import tritonclient.grpc as grpcclient
+
 from fv2es.tritonserver import EmbeddedServer
 from fv2es_client import Fv2esClient
 
@@ -54,8 +56,16 @@ def repository_of(commit: str, out: Path) -> Path:
     return models
 
 
-def in_turns(repositories: dict[str, Path], video: bytes, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each request per repository: one warm-up each, then `rounds` rounds of one request to each."""
+def compute_ns(url: str) -> dict[str, int]:
+    """Cumulative compute nanoseconds of every model the server has run (Triton's statistics)."""
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(as_json=True)["model_stats"]
+    return {m["name"]: sum(int(m["inference_stats"][k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
+            for m in stats if m.get("inference_stats")}
+
+
+def in_turns(repositories: dict[str, Path], video: bytes, rounds: int) -> tuple[dict, dict]:
+    """Seconds of each request per repository (one warm-up each, then `rounds` rounds of one request to
+    each), and each model's compute seconds per request."""
     names = list(repositories)
     servers = {name: EmbeddedServer(path) for name, path in repositories.items()}
     try:
@@ -65,14 +75,18 @@ def in_turns(repositories: dict[str, Path], video: bytes, rounds: int) -> dict[s
         times = {name: [] for name in names}
         for client in clients.values():
             client.analyze(video)
+        before = {name: compute_ns(servers[name].grpc_url) for name in names}
         for round_ in range(rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
                 started = time.perf_counter()
                 clients[name].analyze(video)
                 times[name].append(time.perf_counter() - started)
+        after = {name: compute_ns(servers[name].grpc_url) for name in names}
         for client in clients.values():
             client.close()
-        return times
+        models = {name: {m: (after[name][m] - before[name].get(m, 0)) / 1e9 / rounds for m in after[name]
+                         if after[name][m] > before[name].get(m, 0)} for name in names}
+        return times, models
     finally:
         for server in servers.values():
             server.stop()
@@ -83,10 +97,10 @@ def measure(ref: str, description: str, current: Path, video: bytes, rounds: int
     commit = commit_of(ref)
     if commit is None:
         return {"ref": ref, "description": description, "skipped": f"{ref} is not in this clone (shallow?)"}
-    times = in_turns({"earlier": repository_of(commit, out), "current": current}, video, rounds)
+    times, models = in_turns({"earlier": repository_of(commit, out), "current": current}, video, rounds)
     earlier, now = statistics.median(times["earlier"]), statistics.median(times["current"])
     pairs = [c / e for c, e in zip(times["current"], times["earlier"])]
-    return {"ref": ref, "commit": commit, "description": description, "rounds": rounds, "times": times,
+    return {"ref": ref, "commit": commit, "description": description, "rounds": rounds, "times": times, "model_s": models,
             "earlier_median_s": earlier, "current_median_s": now, "ratio_of_medians": now / earlier,
             "median_round_ratio": statistics.median(pairs)}
 
@@ -114,6 +128,10 @@ def main() -> None:
     for name in ("earlier", "current"):
         t = result["times"][name]
         print(f"{name:8s} median {statistics.median(t):.2f} s  min {min(t):.2f}  max {max(t):.2f}  ({len(t)} runs)")
+    models = result["model_s"]
+    for model in sorted(set(models["earlier"]) | set(models["current"])):
+        e, c = models["earlier"].get(model), models["current"].get(model)
+        print(f"  {model:18s} {'-' if e is None else f'{e:.3f}':>7s} {'-' if c is None else f'{c:.3f}':>7s} s per request")
     print(f"this code / {args.ref}: {result['ratio_of_medians']:.2f}x (medians), {result['median_round_ratio']:.2f}x (median round ratio)")
 
 

@@ -309,7 +309,13 @@ def markdown(results: dict) -> str:
                 t = versus["times"][name]
                 lines.append(f"| {label} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} |")
             lines += ["", f"This code / {versus['ref']}: {versus['ratio_of_medians']:.2f}x (ratio of the medians), "
-                      f"{versus['median_round_ratio']:.2f}x (median of each round's ratio)."]
+                      f"{versus['median_round_ratio']:.2f}x (median of each round's ratio). Each model's compute time per",
+                      "request in these rounds (Triton's statistics; `-`: not in that version; the ensemble's own line is",
+                      "its whole request):", "", f"| model | {versus['ref']} s | this code s |", "|---|---|---|"]
+            models = versus.get("model_s", {})
+            for model in sorted(set(models.get("earlier", {})) | set(models.get("current", {}))):
+                e, c = models["earlier"].get(model), models["current"].get(model)
+                lines.append(f"| {model} | {'-' if e is None else f'{e:.3f}'} | {'-' if c is None else f'{c:.3f}'} |")
     if 60 in served:
         total = served[60]["median_s"]
         lines += ["", "## Where the time goes (60 s clip)", "",
