@@ -56,9 +56,10 @@ def repository_of(commit: str, out: Path) -> Path:
     return models
 
 
-def compute_ns(url: str) -> dict[str, int]:
-    """Cumulative compute nanoseconds of every model the server has run (Triton's statistics)."""
-    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(as_json=True)["model_stats"]
+def compute_ns(stats_client: grpcclient.InferenceServerClient) -> dict[str, int]:
+    """Cumulative compute nanoseconds of every model the server has (Triton's compute_input +
+    compute_infer + compute_output)."""
+    stats = stats_client.get_inference_statistics(as_json=True)["model_stats"]
     return {m["name"]: sum(int(m["inference_stats"][k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
             for m in stats if m.get("inference_stats")}
 
@@ -72,17 +73,18 @@ def in_turns(repositories: dict[str, Path], video: bytes, rounds: int) -> tuple[
         for server in servers.values():
             server.start(timeout_s=600)
         clients = {name: Fv2esClient(server.grpc_url, timeout_s=3600) for name, server in servers.items()}
+        stats = {name: grpcclient.InferenceServerClient(server.grpc_url) for name, server in servers.items()}
         times = {name: [] for name in names}
         for client in clients.values():
             client.analyze(video)
-        before = {name: compute_ns(servers[name].grpc_url) for name in names}
+        before = {name: compute_ns(stats[name]) for name in names}
         for round_ in range(rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
                 started = time.perf_counter()
                 clients[name].analyze(video)
                 times[name].append(time.perf_counter() - started)
-        after = {name: compute_ns(servers[name].grpc_url) for name in names}
-        for client in clients.values():
+        after = {name: compute_ns(stats[name]) for name in names}
+        for client in (*clients.values(), *stats.values()):
             client.close()
         models = {name: {m: (after[name][m] - before[name].get(m, 0)) / 1e9 / rounds for m in after[name]
                          if after[name][m] > before[name].get(m, 0)} for name in names}

@@ -99,12 +99,9 @@ def summary(times: list[float]) -> dict:
 
 
 def stage_ns(stats_client) -> dict[str, int]:
-    """Cumulative compute nanoseconds of each model (Triton's compute_input + compute_infer + compute_output)."""
-    totals = {}
-    for stage in STAGES:
-        s = stats_client.get_inference_statistics(stage, as_json=True)["model_stats"][0]["inference_stats"]
-        totals[stage] = sum(int(s[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
-    return totals
+    """Cumulative compute nanoseconds of each served model of the pipeline."""
+    totals = earlier.compute_ns(stats_client)
+    return {stage: totals[stage] for stage in STAGES}
 
 
 def without_server(videos: dict[int, bytes], throughput_set: list[bytes]) -> dict:
