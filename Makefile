@@ -7,6 +7,7 @@ MODELS := triton_models/fusion/1/model.pt
 # The runtime package's copies in the model repository (build/repository.py says why).
 CODE := triton_models/demux/1/fv2es/__init__.py
 RUNTIME := $(shell find python_backend/fv2es -name '*.py')
+PRELOAD := $(VENV)/lib/fv2es/fv2es_preload.so
 
 .PHONY: demo test serve web build configs train evaluate bench clean
 
@@ -48,8 +49,17 @@ $(MODELS): $(STAMP) $(wildcard python_backend/fv2es/models/*.py) $(wildcard weig
 		python_backend/fv2es/config.py python_backend/fv2es/pipeline.py
 	$(BIN)/fv2es-build
 
-$(CODE): $(STAMP) $(RUNTIME) build/repository.py
+$(CODE): $(STAMP) $(RUNTIME) build/repository.py | $(PRELOAD)
 	$(BIN)/fv2es-build --configs
+
+# The library preloaded into tritonserver that keeps the admin key off its command line, which every
+# local user can read, and the stubs' shared memory private (python_backend/native/fv2es_preload.c;
+# config.PRELOAD_LIBRARY). Every target that serves needs $(CODE), hence it there; without it the
+# server refuses to start. Rebuilt when its source changes.
+$(PRELOAD): python_backend/native/fv2es_preload.c | $(STAMP)
+	command -v cc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc libc6-dev)
+	mkdir -p $(@D)
+	cc -shared -fPIC -O2 -Wall -Wextra -o $@.tmp $< && mv -f $@.tmp $@
 
 # Retrain the shipped weights from ../shared/data (see MODEL_CARD.md for the time it takes), then
 # print the validation metrics and write them into MODEL_CARD.md; `make build` exports them.

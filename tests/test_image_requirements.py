@@ -459,3 +459,12 @@ def test_installing_at_start_or_another_base_is_reported():
     assert start_problems(bad) and base_image_problems(bad)
     good = instructions(f"FROM {BASE_IMAGE} AS base\nFROM base\nCMD [\"fv2es-serve\"]\n")
     assert start_problems(good) == [] and base_image_problems(good) == []
+
+
+def test_the_image_has_the_preload_library_where_the_launcher_looks(dockerfile):
+    """Without it fv2es-serve refuses to start (the admin key would be on tritonserver's command line)."""
+    from fv2es import config
+
+    assert "cc -shared -fPIC" in dockerfile and "python_backend/native/fv2es_preload.c" in dockerfile
+    assert f"/opt/fv2es/venv/{config.PRELOAD_LIBRARY}" in dockerfile
+    assert "ENV VIRTUAL_ENV=/opt/fv2es/venv" in dockerfile
