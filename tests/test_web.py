@@ -8,19 +8,15 @@ web_page_people.png).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, SAMPLE
-
+from test_web_hardening import page_server  # the page's app on a free port (its protections are tested there)
 from tritonclient.utils import InferenceServerException
 
-from fv2es.tritonserver import free_port
 from fv2es_build import synth
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,28 +26,6 @@ ANALYSIS_TIMEOUT_MS = 180_000
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip("chromium is not installed (Debian package chromium)", allow_module_level=True)
-
-
-@contextlib.contextmanager
-def page_server(grpc_url: str):
-    """fv2es-web's app on a free loopback port, in a thread, for the FV2ES server at `grpc_url`."""
-    import uvicorn
-
-    from fv2es_web.app import create_app
-
-    port = free_port()
-    web = uvicorn.Server(uvicorn.Config(create_app(grpc_url), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not web.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert web.started, "the web page's server did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        web.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +49,18 @@ def browser():
 
 @pytest.fixture
 def page(browser, web_url):
+    """The page, loaded; at the end, no Content-Security-Policy violation may have been reported."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(web_url)
     page.wait_for_selector("#analyse:not([disabled])", timeout=30_000)  # the limits came back from the server
     try:
         yield page
     finally:
         context.close()
+    assert not [line for line in console if "Content Security Policy" in line], console
 
 
 def test_the_sample_shows_the_clients_result(page, client, sample_bytes):
