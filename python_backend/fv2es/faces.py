@@ -89,8 +89,11 @@ class FaceDetector:
 
         Detection runs on a copy at most FACE_DETECT_WIDTH wide (its cost grows with the pixels);
         the boxes are scaled back to `grey`'s coordinates so the crop keeps the full resolution.
+        A frame whose copy is smaller than FACE_MIN_SIZE has none.
         """
         scale = min(1.0, config.FACE_DETECT_WIDTH / grey.shape[1])
+        if min(grey.shape) * scale < config.FACE_MIN_SIZE:
+            return []  # (and the copy of a frame 1 px high could have no pixels)
         small = grey if scale == 1.0 else cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         image = cv2.equalizeHist(small)  # on the whole frame, so a region search sees the same pixels
         x0 = y0 = 0
@@ -140,9 +143,18 @@ class MtcnnFaceDetector:
         self.device = torch.device(device)
         self.nets = [net().eval().to(self.device) for net in (PNet, RNet, ONet)]
 
+    @staticmethod
+    def _fits(shape: tuple[float, ...], min_face: float) -> bool:
+        """Whether a face of `min_face` px fits an image of `shape` (height, width): whether MTCNN's
+        image pyramid (P-Net's 12 px window on the image scaled by 12 / min_face, then smaller) has a
+        level, as facenet-pytorch's detect_face decides it (with none it fails: torch.cat of no levels)."""
+        return min(shape) * (12.0 / min_face) >= 12
+
     def _boxes(self, images: list[np.ndarray], min_face: float) -> list[np.ndarray]:
         """[k, 5] boxes (x1, y1, x2, y2, score) of the faces of at least `min_face` px in each of
-        `images` (grey, all the same size), found in one batched pass."""
+        `images` (grey, all the same size), found in one batched pass; none in images smaller than that."""
+        if not self._fits(images[0].shape, min_face):
+            return [np.zeros((0, 5), np.float32) for _ in images]
         rgb = np.repeat(np.stack(images)[..., None], 3, axis=-1)
         with self.torch.inference_mode():
             boxes, _ = self.detect_face(
@@ -165,8 +177,10 @@ class MtcnnFaceDetector:
     def all_faces(self, greys: list[np.ndarray]) -> list[list[Box]]:
         """The faces of each of `greys` (same size), largest first as `frame_faces` keeps them, searched
         whole-frame in one batch on a copy at most MTCNN_DETECT_WIDTH wide; frames without one again
-        turned by each MTCNN_MISS_ROTATIONS."""
+        turned by each MTCNN_MISS_ROTATIONS. A frame whose copy is smaller than MTCNN_MIN_FACE has none."""
         scale = min(1.0, config.MTCNN_DETECT_WIDTH / greys[0].shape[1])
+        if not self._fits(np.multiply(greys[0].shape, scale), config.MTCNN_MIN_FACE):
+            return [[] for _ in greys]  # (and the copy of a frame 1 px high could have no pixels)
         if scale < 1.0:
             greys = [cv2.resize(g, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for g in greys]
         found = [self._sorted(boxes, scale) for boxes in self._boxes(greys, config.MTCNN_MIN_FACE)]
@@ -197,10 +211,10 @@ class MtcnnFaceDetector:
         x0, y0, x1, y1, side = _track_region(near, 1.0, grey.shape)
         scale = config.MTCNN_TRACK_FACE / side
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        region = cv2.resize(grey[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=interpolation)
         min_face = config.MTCNN_TRACK_FACE / config.FACE_TRACK_SIZE_CHANGE
-        if min(region.shape) < min_face:
-            return None
+        if not self._fits(np.multiply((y1 - y0, x1 - x0), scale), min_face):
+            return None  # (and the copy of a region 1 px high could have no pixels)
+        region = cv2.resize(grey[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=interpolation)
         boxes = self._sorted(self._boxes([region], min_face)[0], scale, x0 * scale, y0 * scale,
                              config.MTCNN_TRACK_FACE * config.FACE_TRACK_SIZE_CHANGE)
         return boxes[0] if boxes else None

@@ -99,7 +99,18 @@ def open_media(source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_d
         header_duration = container.duration / av.time_base if container.duration else None
         if header_duration is not None and header_duration > max_duration_s:
             raise InputError(f"video is {header_duration:.1f} s long, over the server's limit of {max_duration_s:.0f} s")
+        if video_stream is not None:
+            _check_frame_size(video_stream.codec_context.width, video_stream.codec_context.height)
         yield container, audio_stream, video_stream
+
+
+def _check_frame_size(width: int, height: int) -> None:
+    """InputError for a frame of more than MAX_FRAME_PIXELS (it is decoded at full size before scaling)."""
+    if width * height > config.MAX_FRAME_PIXELS:
+        raise InputError(
+            f"video frames are {width}x{height} ({width * height} pixels), over the server's limit of "
+            f"{config.MAX_FRAME_PIXELS} pixels a frame: scale it down"
+        )
 
 
 def decode_audio(
@@ -218,6 +229,7 @@ def sample_frames(
         try:
             for frame in container.decode(video_stream):
                 decoded += 1
+                _check_frame_size(frame.width, frame.height)  # a stream may change resolution
                 t = frame.time - origin if frame.time is not None else next_sample_t
                 if t > max_duration_s:
                     raise InputError(f"video is longer than the server's limit of {max_duration_s:.0f} s")
