@@ -48,6 +48,7 @@ HEADER = "# Written by fv2es-build (build/repository.py) from fv2es/pipeline.py 
 
 def _tensor_pbtxt(t: Tensor, dims: tuple[int, ...] | None = None) -> str:
     extra = f'\n    label_filename: "{pipeline.LABELS_FILE}"' if t.labels else ""
+    extra += "\n    optional: true" if t.optional else ""
     dims = t.dims if dims is None else dims
     return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.dtype}\n    dims: [ {", ".join(map(str, dims))} ]{extra}\n  }}'
 
@@ -75,8 +76,61 @@ def model_pbtxt(step: Step, backend: str = "python") -> str:
     return text + _parameters_pbtxt(step.parameters)
 
 
+# A request for some of the ensemble's outputs makes Triton prune the steps only the others need;
+# Triton 2.51's pruning (unchanged up to r25.12: ensemble_scheduler.cc, EnsembleContext's
+# constructor) assumes that no step reads an ensemble output, and where one does, most subsets fail
+# with "unexpected deadlock" (tests/test_ensemble_outputs.py runs that pruning on the written config).
+# So no step of the written ensemble reads an ensemble output: its producer writes it under an
+# internal name, its readers read that, and a copy step per producer, on the model PUBLISH_MODEL
+# (fv2es.serving.publish), gives it its public name. Per producer, not per tensor: two steps that fail
+# at once in one request (a dead stub of a model they share) can leave the request unanswered in 2.51.
+PUBLISH_MODEL = "publish"
+INTERNAL_SUFFIX = "_INTERNAL"
+
+
+def read_outputs(steps: list[Step]) -> list[str]:
+    """The ensemble outputs that steps read, in ENSEMBLE_OUTPUTS order."""
+    read = {s.source(i.name) for s in steps for i in s.inputs}
+    return [name for name in pipeline.ENSEMBLE_OUTPUTS if name in read]
+
+
+def publish_model(steps: list[Step]) -> Step:
+    """The copy model: per output that steps read, an optional input under the internal name and
+    the output under the public name, at the same position (fv2es.serving.publish pairs them so)."""
+    outputs = [t for t in pipeline.ensemble_outputs(steps) if t.name in read_outputs(steps)]
+    inputs = tuple(replace(t, name=t.name + INTERNAL_SUFFIX, labels=False, optional=True) for t in outputs)
+    return Step(PUBLISH_MODEL, "publish", inputs, tuple(outputs))
+
+
+def ensemble_steps(steps: list[Step]) -> list[Step]:
+    """The steps as the ensemble wires them: `steps` reading and writing the internal names of the
+    outputs they read, then one copy step per producer of such outputs, on PUBLISH_MODEL with those
+    outputs' inputs alone (asking for SEGMENT_TIMES alone runs asr and its copy, not the fusion)."""
+    internal = {name: name + INTERNAL_SUFFIX for name in read_outputs(steps)}
+    if not internal:
+        return steps
+    wired = [replace(s, sources={i.name: internal.get(s.source(i.name), s.source(i.name)) for i in s.inputs},
+                     targets={o.name: internal.get(s.target(o.name), s.target(o.name)) for o in s.outputs}) for s in steps]
+    model = publish_model(steps)
+    pairs = dict(zip((o.name for o in model.outputs), zip(model.inputs, model.outputs)))
+    copies = []
+    for producer in steps:  # one copy step per producer: its copies never run beside each other
+        mine = [pairs[s] for s in (producer.target(o.name) for o in producer.outputs) if s in pairs]
+        if mine:
+            copies.append(Step(f"{PUBLISH_MODEL}_{producer.name}", model.runner, tuple(i for i, _ in mine),
+                               tuple(o for _, o in mine), model=PUBLISH_MODEL))
+    return wired + copies
+
+
+def served_models(steps: list[Step]) -> list[Step]:
+    """One step per model folder the ensemble of `steps` calls (the copy model too)."""
+    return pipeline.served_models(steps) + ([publish_model(steps)] if read_outputs(steps) else [])
+
+
 def ensemble_pbtxt(steps: list[Step]) -> str:
+    steps = ensemble_steps(steps)
     pipeline.check_wiring(steps)
+    pipeline.check_outputs_unread(steps)
     text = HEADER + f'name: "{config.ENSEMBLE_NAME}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
     text += _tensors_pbtxt("input", [pipeline.ENSEMBLE_INPUT]) + _tensors_pbtxt("output", pipeline.ensemble_outputs(steps))
     blocks = []
@@ -135,7 +189,7 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
     steps = served_steps(weights, repository, backend)
     labels = "\n".join(config.LABELS) + "\n"
     # The live stream calls the steps by their Python-backend tensor names: not in the libtorch variant.
-    models = pipeline.served_models(steps) + ([pipeline.stream_step(steps)] if backend == "python" else [])
+    models = served_models(steps) + ([pipeline.stream_step(steps)] if backend == "python" else [])
     for s in models:
         folder = repository / s.name
         (folder / "1").mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from fv2es import config, pipeline
+from fv2es_build.repository import ensemble_steps
 
 DTYPES = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64, "TYPE_BOOL": torch.bool}
 BATCH, ROWS = 3, 4  # batch size of a batched model; the size given to a -1 dimension
@@ -87,11 +88,17 @@ def test_config_matches_the_torchscript_signature_and_runs(libtorch_repository, 
 def test_the_ensemble_wires_the_same_tensors(libtorch_repository):
     ensemble = read_config(libtorch_repository / config.ENSEMBLE_NAME / "config.pbtxt")
     wiring = list(ensemble.ensemble_scheduling.step)
-    assert [s.model_name for s in wiring] == [s.model_name for s in pipeline.steps()]
-    for step, served in zip(pipeline.steps(), wiring):  # protobuf maps: compared as dicts, config name -> ensemble tensor
+    steps = ensemble_steps(pipeline.steps())  # with the copies of the outputs that steps read
+    assert [s.model_name for s in wiring] == [s.model_name for s in steps]
+    for step, served in zip(steps, wiring):  # protobuf maps: compared as dicts, config name -> ensemble tensor
         model_config = read_config(libtorch_repository / step.model_name / "config.pbtxt")
-        assert dict(served.input_map) == {c.name: step.source(i.name) for c, i in zip(model_config.input, step.inputs, strict=True)}
-        assert dict(served.output_map) == {c.name: step.target(o.name) for c, o in zip(model_config.output, step.outputs, strict=True)}
+        if step.torchscript:  # forward()'s argument names and <name>__<index>, in the step's order
+            inputs, outputs = [c.name for c in model_config.input], [c.name for c in model_config.output]
+        else:  # a Python model keeps the step's names (the copy model has more inputs than each copy step uses)
+            assert model_config.backend == "python"
+            inputs, outputs = [i.name for i in step.inputs], [o.name for o in step.outputs]
+        assert dict(served.input_map) == {name: step.source(i.name) for name, i in zip(inputs, step.inputs, strict=True)}
+        assert dict(served.output_map) == {name: step.target(o.name) for name, o in zip(outputs, step.outputs, strict=True)}
 
 
 @pytest.mark.parametrize("model, name, bad", [

@@ -24,12 +24,13 @@ import pytest
 
 from fv2es import config, pipeline
 from fv2es.tritonserver import REPOSITORY
+from fv2es_build.repository import served_models
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "dashboards" / "grafana" / "fv2es.json"
 
 ENSEMBLE = config.ENSEMBLE_NAME  # "fv2es"
-STEPS = tuple(step.name for step in pipeline.served_models(pipeline.steps()))
+STEPS = tuple(step.name for step in served_models(pipeline.steps()))  # the ensemble's models, its copy model too
 PER_MODEL_DURATIONS = (
     "nv_inference_queue_duration_us",
     "nv_inference_compute_input_duration_us",
