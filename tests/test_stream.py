@@ -141,7 +141,7 @@ def test_a_chunk_of_a_stream_never_started_is_refused(server):
         c.async_stream_infer(config.STREAM_MODEL_NAME, [chunk], sequence_id=424242, sequence_start=False)
         error = answers.get(timeout=30)
         c.stop_stream()
-    assert error is not None and "stream 424242 is not open" in error.message()
+    assert error is not None and "STREAM_KEY is missing" in error.message()
 
 
 def test_the_server_is_healthy_after_bad_streams(client, sample_bytes):

@@ -6,7 +6,10 @@
 
 Protocol (one gRPC stream, one Triton sequence): every request carries `CHUNK` (BYTES [1]: the
 stream's next bytes) with the same random 63-bit sequence id, `sequence_start` on the first and
-`sequence_end` on the last (an empty chunk). The model answers with zero or more responses per
+`sequence_end` on the last (an empty chunk). The first request's first response is "open" with
+STREAM_KEY, a secret the server issues; every later request carries it as the input STREAM_KEY
+(BYTES [1]), so the sender waits for it after the first chunk: the key, not the sequence id, says
+whose stream a chunk belongs to. The model answers with zero or more responses per
 request, each with `EVENT`: "segment" (SEGMENT_INDEX, SEGMENT_TIMES, TRANSCRIPTS, SEGMENT_SCORES,
 SEGMENT_HAS_SPEECH, SEGMENT_HAS_FACE, SEGMENT_SPEAKER, PERSON_SEGMENTS, PERSON_SEGMENT_SCORES of one
 segment) or, once, after the last request's segments, "end" (VIDEO_SCORES, PERSON_SCORES, LABELS,
@@ -159,12 +162,17 @@ class _Stream:
         self.timeout_s = timeout_s
         self.last_answer = time.monotonic()  # last response, or when the sender finished
         self.sent_all = False
+        self.key: str | None = None  # the stream's key, from the "open" response
+        self.opened = threading.Event()
 
     def callback(self, result, error) -> None:
         self.last_answer = time.monotonic()
         if error is not None:
             self.events.put(("error", error))
             return
+        if not self.opened.is_set() and result.as_numpy("STREAM_KEY") is not None:
+            self.key = result.as_numpy("STREAM_KEY").reshape(-1)[0].decode()
+            self.opened.set()
         if is_final(result):
             self.window.release()
         self.events.put(("result", result))
@@ -179,15 +187,25 @@ class _Stream:
                                  f"({STREAM_WINDOW} chunks waiting)")
         return not self.halt.is_set()
 
+    def wait_for_key(self) -> bool:
+        """Waits for the "open" response's key; False when halted. Raises Fv2esError after timeout_s."""
+        while not self.opened.wait(POLL_S):
+            if self.halt.is_set():
+                return False
+            if self.timeout_s is not None and time.monotonic() - self.last_answer > self.timeout_s:
+                raise Fv2esError(DEADLINE_EXCEEDED, f"the server did not open the stream in {self.timeout_s:.0f} s")
+        return not self.halt.is_set()
+
 
 def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _Stream, chunks: Iterable[bytes],
           sequence_id: int) -> None:
     """The sender thread: every chunk as a request of the sequence, then an empty last one."""
 
     def send(data: bytes, first: bool, last: bool) -> None:
-        tensor = grpcclient.InferInput("CHUNK", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
-        grpc.async_stream_infer(client.stream_model, [tensor], sequence_id=sequence_id, sequence_start=first,
+        inputs = [bytes_tensor("CHUNK", data)]
+        if not first:
+            inputs.append(bytes_tensor("STREAM_KEY", state.key.encode()))
+        grpc.async_stream_infer(client.stream_model, inputs, sequence_id=sequence_id, sequence_start=first,
                                 sequence_end=last, enable_empty_final_response=True)
 
     try:
@@ -198,6 +216,8 @@ def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _S
             if not state.wait_for_window():
                 return
             send(piece, first, False)
+            if first and not state.wait_for_key():
+                return
             first = False
         if state.halt.is_set() or not state.wait_for_window():
             return
@@ -213,6 +233,12 @@ def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _S
             state.events.put(("sender_closed", None))
     except BaseException as exc:  # noqa: BLE001 - the source's failure (unreadable file, camera gone): the caller's
         state.events.put(("source_error", exc))
+
+
+def bytes_tensor(name: str, value: bytes) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
+    return tensor
 
 
 def stream_error(exc: InferenceServerException) -> Fv2esError:
@@ -288,3 +314,62 @@ def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: 
         grpc.close()
         if sender is not None:
             sender.join(timeout=1.0)  # a source blocked in a read stays behind as a daemon thread
+
+
+class RequestStream:
+    """One gRPC stream to the stream model, a request at a time, with the sequence id it is given: the
+    protocol as a hand-written client sees it (tests, the load test, clients that pace themselves).
+    `request()` sends one chunk and returns the events it brought; the key from "open" is kept and
+    sent on every later chunk unless `key` is given."""
+
+    def __init__(self, url: str, sequence_id: int = 1, model: str = "fv2es_stream", *,
+                 max_send_bytes: int = STREAM_CHANNEL_BYTES, timeout_s: float = 600.0):
+        self.grpc = grpcclient.InferenceServerClient(url, channel_args=[("grpc.max_send_message_length", max_send_bytes)])
+        self.answers: queue.Queue = queue.Queue()
+        self.grpc.start_stream(callback=lambda result, error: self.answers.put((result, error)))
+        self.sequence_id, self.model, self.timeout_s = sequence_id, model, timeout_s
+        self.key: str | None = None
+        self.segments: list[dict[str, np.ndarray]] = []
+
+    def request(self, data: bytes, *, start: bool = False, end: bool = False, key: str | None = None) -> list[dict]:
+        """One chunk, and the events its responses brought; raises Fv2esError for the server's error."""
+        inputs = [bytes_tensor("CHUNK", data)]
+        key = key or (None if start else self.key)
+        if key:
+            inputs.append(bytes_tensor("STREAM_KEY", key.encode()))
+        self.grpc.async_stream_infer(self.model, inputs, sequence_id=self.sequence_id, sequence_start=start,
+                                     sequence_end=end, enable_empty_final_response=True)
+        events = []
+        while True:
+            result, error = self.answers.get(timeout=self.timeout_s)
+            if error is not None:
+                raise stream_error(error)
+            outputs = response_arrays(result)
+            event = event_name(outputs)
+            if event == "open":
+                self.key = outputs["STREAM_KEY"].reshape(-1)[0].decode()
+            elif event == EVENT_SEGMENT:
+                self.segments.append(outputs)
+            if event:
+                events.append(outputs)
+            if is_final(result):
+                return events
+
+    def open(self, data: bytes) -> str:
+        """The stream's first chunk; returns the key the server issued."""
+        self.request(data, start=True)
+        return self.key
+
+    def finish(self, rest: bytes = b"") -> VideoResult:
+        """The last bytes and the end: the stream's VideoResult."""
+        if rest:
+            self.request(rest)
+        end = [e for e in self.request(b"", end=True) if event_name(e) == EVENT_END]
+        return parse_end_response(end[0], self.segments)
+
+    def close(self) -> None:
+        """Cancels the gRPC stream (what a client that goes away does)."""
+        try:
+            self.grpc.stop_stream(cancel_requests=True)
+        finally:
+            self.grpc.close()

@@ -168,6 +168,11 @@ FACE_STD = 78.2
 # The visual encoder averages the features of each face and its mirror image (twice its cost, which
 # is small: MODEL_CARD.md gives the accuracy with and without).
 FACE_MIRROR_AVERAGE = True
+# Largest video frame accepted, in pixels (width x height as the stream's header and each decoded
+# frame give it): H.264's largest (level 6.2, 139264 macroblocks), so 8K UHD 7680 x 4320 and DCI 8K
+# 8192 x 4320 pass. Frames are decoded at full size before they are scaled to FRAME_MAX_WIDTH: 8K
+# H.264 adds ~230 MB to the face step; FFmpeg alone would allow ~268 M pixels (16384 x 16384, GBs).
+MAX_FRAME_PIXELS = 8192 * 4352
 
 # --- People (one timeline per person; fv2es.faces, fv2es.people) -------------------------------
 MAX_FACES_PER_FRAME = 4  # the largest faces of a frame that are kept
@@ -267,6 +272,20 @@ RESTRICTED_APIS = ("shared-memory", "model-repository", "logging", "trace")
 ADMIN_KEY_HEADER = "fv2es-admin-key"
 ADMIN_KEY_ENV = "FV2ES_ADMIN_KEY"
 ADMIN_KEY_FILE_ENV = "FV2ES_ADMIN_KEY_FILE"
+# tritonserver takes the key only on its command line, which every local user can read (`ps`). So
+# its place there stays empty (tritonserver refuses to start so) and the key goes in ARGV_SECRET_ENV,
+# which only the same user and root can read; the library PRELOAD_LIBRARY (in the Python environment,
+# sys.prefix; `make` builds it from python_backend/native/fv2es_preload.c), preloaded into
+# tritonserver, puts it after ARGV_SECRET_AFTER_ENV's text in the arguments before main() runs, then
+# erases both variables; it also keeps the stubs' /dev/shm regions, which carry every request's inputs
+# and outputs, to the server's user. Without the library the server does not start, unless
+# ADMIN_KEY_ON_COMMAND_LINE_ENV is 1: then the key is on the command line, for every local user to see.
+ARGV_SECRET_ENV = "FV2ES_ARGV_SECRET"
+ARGV_SECRET_AFTER_ENV = "FV2ES_ARGV_SECRET_AFTER"
+PRELOAD_LIBRARY = "lib/fv2es/fv2es_preload.so"
+ADMIN_KEY_ON_COMMAND_LINE_ENV = "FV2ES_ADMIN_KEY_ON_COMMAND_LINE"
+# The umask of the server and its stubs: the files they create are for the server's user only.
+SERVER_UMASK = 0o077
 # The Python backend of Triton 2.51 never replaces a stub process that died (an OOM kill, a crash):
 # its model keeps failing while the health endpoints say ready. The process that starts tritonserver
 # looks at its stubs this often and reloads the model of a dead one (fv2es/watchdog.py).
@@ -279,6 +298,9 @@ STUB_KILL_WAIT_S = 30
 # watchdog reloads its model in place (0.2-0.5 s, readiness kept; benchmarks/oversize.py). A 60 s
 # clip grew all regions together from 12 to 37 MB.
 SHM_REGION_RESET_BYTES = 128 * 2**20
+# A stub replaced by such a reload that is still alive this long after is killed (Triton would wait
+# for it forever: a request that never ends, a finalize that hangs). Longer than any request takes.
+REPLACED_STUB_GRACE_S = 600.0
 # Rows of one forward call of an encoder: a long video's rows (one per face, per 0.4 s of audio, per
 # segment) go through in slices of this size, so the encoders' activations do not grow with the
 # video's length. Sizes from timing each encoder alone on 2 CPU cores (2,400 faces / 3,000 mel
@@ -289,11 +311,29 @@ BATCH_QUEUE_DELAY_US = 5_000  # how long an encoder waits to merge rows of concu
 
 # --- Live streams (fv2es_stream) ------------------------------------------------------------------
 STREAM_MODEL_NAME = "fv2es_stream"
-# Streams open at once, and how long one may go without a chunk before it is dropped (its memory
-# freed); its later chunks then get an error. A stream's bytes and duration have the limits of a file
-# (MAX_INPUT_BYTES, MAX_DURATION_S).
-STREAM_MAX_OPEN = 8
-STREAM_IDLE_S = 60.0
+# A stream's bytes and duration have the limits of a file (MAX_INPUT_BYTES, MAX_DURATION_S); the rest
+# are fv2es/streams.py's (its docstring says how each is measured). A stream that loses its slot is
+# ended, its memory freed; its later chunks get the reason.
+STREAM_MAX_OPEN = 8  # slots: streams open at once
+STREAM_IDLE_S = 30.0  # no chunk for this long (while the model was free to take one): a client gone away
+STREAM_MAX_WALL_S = 2 * MAX_DURATION_S  # open this long, whatever it sends (it carries MAX_DURATION_S of media at most)
+STREAM_MAX_CHUNK_BYTES = 16 * 2**20  # one request's CHUNK (the client sends 4 MiB at most)
+# When a new stream finds every slot taken, a stream that sends less than this many seconds of media
+# per second (judged after the grace period), or nothing for STREAM_STALLED_S, is ended for it.
+STREAM_MIN_PACE = 0.5
+STREAM_PACE_GRACE_S = 20.0
+STREAM_STALLED_S = 10.0
+STREAM_KEY_BYTES = 24  # the secret each stream gets on its first response (32 URL-safe characters)
+STREAM_ENDED_KEPT = 1024  # ended streams whose reason a late chunk still gets
+STREAM_REAP_INTERVAL_S = 1.0  # how often the model looks for streams over a limit
+# Draining for a reload (fv2es/streams.py) ends after this long if no watchdog reloaded the model
+# (a Triton of your own), and starts again only this much later.
+STREAM_DRAIN_TIMEOUT_S = 30.0
+STREAM_DRAIN_RETRY_S = 600.0
+# The stream model's metrics (Triton's metrics endpoint); the stub watchdog reads the draining gauge.
+STREAM_OPEN_METRIC = "fv2es_stream_open"
+STREAM_DRAINING_METRIC = "fv2es_stream_draining"
+STREAM_ENDED_METRIC = "fv2es_stream_ended_total"
 
 # --- Benchmarks (benchmarks/run.py, `make bench`) -----------------------------------------------
 BENCH_CLIPS_S = (10, 60, 600)  # generated talking-head clips, seconds

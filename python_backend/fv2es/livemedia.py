@@ -244,6 +244,13 @@ class LiveMedia:
     def bytes_fed(self) -> int:
         return self._end
 
+    @property
+    def media_s(self) -> float:
+        """Seconds of the stream decoded so far: its audio, or its sampled frames' times if further."""
+        with self._cond:
+            frames = self._next_sample if np.isfinite(self._next_sample) else 0.0
+            return max(self._n / config.SAMPLE_RATE, frames)
+
     # --- Decoder threads ------------------------------------------------------------------------
 
     def _start(self) -> None:

@@ -12,9 +12,10 @@ asr, or the mel step's chunks).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from . import config
+from .streams import StreamLimits
 
 F = config.FEATURE_DIM
 C = len(config.LABELS)
@@ -27,6 +28,7 @@ class Tensor:
     dtype: str  # Triton's data type without "TYPE_": FP32, INT64, BOOL, STRING
     dims: tuple[int, ...]  # per request (without the batch dimension of a batched model)
     labels: bool = False  # carries label_filename labels.txt (the scores' class names)
+    optional: bool = False  # an input a request may leave out
 
 
 def fp32(name: str, *dims: int) -> Tensor:
@@ -178,9 +180,11 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
     ]
 
 
-# The live stream's model: the container stream's next bytes in; responses, each a segment as soon
-# as it is final ("segment"), and after the last request the whole stream's scores ("end").
-STREAM_EVENTS = ("segment", "end")
+# The live stream's model: the container stream's next bytes in; responses: the stream's key on its
+# first request ("open"), each segment as soon as it is final ("segment"), and after the last request
+# the whole stream's scores ("end"). Every chunk after the first carries the key (fv2es/streams.py).
+STREAM_EVENTS = ("open", "segment", "end")
+STREAM_KEY = Tensor("STREAM_KEY", "STRING", (1,), optional=True)
 STREAM_SEGMENT_OUTPUTS = ("SEGMENT_INDEX", "SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH",
                           "SEGMENT_HAS_FACE", "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES")
 STREAM_END_OUTPUTS = ("VIDEO_SCORES", "PERSON_SCORES", "LABELS", "MODEL_INFO", "DURATION")
@@ -191,11 +195,12 @@ def stream_step(pipeline: list[Step]) -> Step:
     of `pipeline` on each stretch of the stream (BLS), with the same tensors the ensemble gives."""
     by_name = {t.name: t for t in ensemble_outputs(pipeline)}
     by_name.update({"EVENT": string("EVENT", 1), "SEGMENT_INDEX": int64("SEGMENT_INDEX", 1), "DURATION": fp32("DURATION", 1)})
-    names = ("EVENT", *STREAM_SEGMENT_OUTPUTS, *STREAM_END_OUTPUTS)
-    return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1),), tuple(by_name[n] for n in names), kind="KIND_AUTO",
-                decoupled=True, parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
-                                            "max_open": str(config.STREAM_MAX_OPEN), "idle_s": str(config.STREAM_IDLE_S),
-                                            "labels": ",".join(config.LABELS)})
+    by_name["STREAM_KEY"] = string("STREAM_KEY", 1)
+    names = ("EVENT", "STREAM_KEY", *STREAM_SEGMENT_OUTPUTS, *STREAM_END_OUTPUTS)
+    return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1), STREAM_KEY), tuple(by_name[n] for n in names),
+                kind="KIND_AUTO", decoupled=True,
+                parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
+                            **{k: str(v) for k, v in asdict(StreamLimits()).items()}, "labels": ",".join(config.LABELS)})
 
 
 def served_models(pipeline: list[Step]) -> list[Step]:
@@ -243,4 +248,13 @@ def check_wiring(pipeline: list[Step]) -> None:
         if twice:
             raise ValueError(f"step {s.name} produces {', '.join(twice)} again")
         available |= set(produced)
+
+
+def check_outputs_unread(pipeline: list[Step]) -> None:
+    """No step reads an ensemble output. Triton's pruning for a request that asks for some outputs
+    only assumes so; otherwise such requests fail with "unexpected deadlock" (the model repository's
+    ensemble reads copies: fv2es_build.repository.ensemble_steps)."""
+    read = [f"{s.name} reads {s.source(i.name)}" for s in pipeline for i in s.inputs if s.source(i.name) in ENSEMBLE_OUTPUTS]
+    if read:
+        raise ValueError(f"steps read ensemble outputs ({'; '.join(read)}): a request for some outputs only would deadlock")
 

@@ -7,7 +7,8 @@ LD_LIBRARY_PATH, and every config complete (auto-complete is off for a faster st
 Another tritonserver binary (the NGC container's) can be named with --tritonserver.
 
 The server is started locked down: bound to 127.0.0.1, the admin APIs (config.RESTRICTED_APIS)
-behind a key, and watched by a `StubWatchdog` that reloads a model whose stub process died.
+behind a key that no other local user can read (preload_library()), and watched by a `StubWatchdog`
+that reloads a model whose stub process died.
 
     fv2es-serve [--address 127.0.0.1] [--grpc-port 8001] [--http-port 8000]   # serve until Ctrl-C
 """
@@ -64,10 +65,30 @@ def load_admin_key() -> tuple[str, str]:
     return key, source
 
 
+# Where the key goes in restricted_api_args: fv2es_preload.so puts it after this text (config.ARGV_SECRET_ENV).
+ADMIN_KEY_PLACE = f":{config.ADMIN_KEY_HEADER}="
+
+
 def restricted_api_args(key: str) -> list[str]:
-    """tritonserver flags that put config.RESTRICTED_APIS behind the admin key on HTTP and gRPC."""
-    rule = f"{','.join(config.RESTRICTED_APIS)}:{config.ADMIN_KEY_HEADER}={key}"
+    """tritonserver flags that put config.RESTRICTED_APIS behind the admin key on HTTP and gRPC
+    (`key` "": its place left empty, for preload_library() to fill)."""
+    rule = f"{','.join(config.RESTRICTED_APIS)}{ADMIN_KEY_PLACE}{key}"
     return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+
+def preload_library() -> Path | None:
+    """The library that keeps the admin key off tritonserver's command line and the stubs' shared memory
+    private (config.PRELOAD_LIBRARY; `make` builds it); None where FV2ES_ADMIN_KEY_ON_COMMAND_LINE=1
+    puts the key there instead."""
+    if os.environ.get(config.ADMIN_KEY_ON_COMMAND_LINE_ENV) == "1":
+        return None
+    library = Path(sys.prefix) / config.PRELOAD_LIBRARY
+    if not library.is_file():
+        # Fail closed: a key on the command line is a key for every local user (`ps`).
+        raise RuntimeError(f"{library} is missing: it keeps the admin key off tritonserver's command line, which "
+                           f"every local user can read. Build it with `make` (python_backend/native/fv2es_preload.c, "
+                           f"a C compiler), or set {config.ADMIN_KEY_ON_COMMAND_LINE_ENV}=1 to accept the key there")
+    return library
 
 
 def prepare_backends(work_dir: Path) -> Path:
@@ -102,15 +123,22 @@ def server_env(embedded: bool = True, stub_env: Path | None = None) -> dict[str,
     return env
 
 
-def limited_repository(target: Path, max_input_bytes: int, repository: Path = REPOSITORY) -> Path:
-    """A view of `repository` at `target` whose size limit (`max_input_bytes` of the models that carry
-    it) is `max_input_bytes`; everything else is symlinked. For a server with a smaller limit."""
+def limited_repository(target: Path, max_input_bytes: int | None = None, repository: Path = REPOSITORY,
+                       parameters: dict[str, dict[str, str]] | None = None) -> Path:
+    """A view of `repository` at `target` with other limits: `max_input_bytes` for every model that
+    carries it, and `parameters` ({model: {name: value}}) for the models named; everything else is
+    symlinked. For a server with smaller limits."""
     target.mkdir(parents=True)
     for model in sorted(p for p in repository.iterdir() if p.is_dir()):
         config_text = (model / "config.pbtxt").read_text()
-        text, count = re.subn(r'(key: "max_input_bytes" value: \{ string_value: ")\d+(")',
-                              rf"\g<1>{max_input_bytes}\g<2>", config_text)
-        if count == 0:
+        text = config_text
+        if max_input_bytes is not None:
+            text = re.sub(r'(key: "max_input_bytes" value: \{ string_value: ")\d+(")', rf"\g<1>{max_input_bytes}\g<2>", text)
+        for name, value in (parameters or {}).get(model.name, {}).items():
+            text, count = re.subn(rf'(key: "{re.escape(name)}" value: \{{ string_value: )"[^"]*"', rf'\g<1>"{value}"', text)
+            if count != 1:
+                raise ValueError(f"model {model.name} has no parameter {name!r}")
+        if text == config_text:
             (target / model.name).symlink_to(model, target_is_directory=True)
             continue
         (target / model.name).mkdir()
@@ -191,6 +219,10 @@ class EmbeddedServer:
         return f"{self.local_address}:{self.http_port}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"{self.local_address}:{self.metrics_port}"
+
+    @property
     def admin_headers(self) -> dict[str, str]:
         """Headers that open the restricted APIs: HTTP (`http`) and gRPC (`grpc`) spellings."""
         return {config.ADMIN_KEY_HEADER: self.admin_key, f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": self.admin_key}
@@ -206,7 +238,8 @@ class EmbeddedServer:
             f"--http-address={self.address}", f"--http-port={self.http_port}",
             f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
-            *restricted_api_args(self.admin_key),
+            # The key's place left empty: env() hands the key to fv2es_preload.so, which fills it in.
+            *restricted_api_args("" if preload_library() else self.admin_key),
             # Explicit control with everything loaded at start: the watchdog reloads single models.
             "--model-control-mode=explicit", "--load-model=*",
             "--disable-auto-complete-config",
@@ -224,6 +257,16 @@ class EmbeddedServer:
         mount = self.work_dir / "s3"
         mount.mkdir(exist_ok=True)
         env.setdefault("TRITON_AWS_MOUNT_DIRECTORY", str(mount))
+        for name in (config.ARGV_SECRET_ENV, config.ARGV_SECRET_AFTER_ENV):
+            env.pop(name, None)
+        library = preload_library()
+        if library is None:
+            print(f"fv2es: warning: {config.ADMIN_KEY_ON_COMMAND_LINE_ENV}=1: the admin key is on tritonserver's "
+                  f"command line, where every local user can read it", file=sys.stderr, flush=True)
+        else:  # the key for fv2es_preload.so, which puts it into the arguments and out of the environment
+            env["LD_PRELOAD"] = ":".join(p for p in (str(library), env.get("LD_PRELOAD")) if p)
+            env[config.ARGV_SECRET_ENV] = self.admin_key
+            env[config.ARGV_SECRET_AFTER_ENV] = ADMIN_KEY_PLACE
         return env
 
     def start(self, timeout_s: float = 300.0) -> "EmbeddedServer":
@@ -234,7 +277,7 @@ class EmbeddedServer:
         out = None if self.verbose else open(self.log_file, "wb")
         self.process = subprocess.Popen(
             self.command(), env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, umask=config.SERVER_UMASK,  # the files it and its stubs make: this user's only
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -244,7 +287,8 @@ class EmbeddedServer:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{tail}")
             if self.ready():
                 if self.watch_stubs:
-                    self.watchdog = StubWatchdog(self.process.pid, self.http_url, self.admin_key).start()
+                    self.watchdog = StubWatchdog(self.process.pid, self.http_url, self.admin_key,
+                                                 metrics_url=self.metrics_url).start()
                 return self
             time.sleep(0.5)
         tail = self.log_tail()

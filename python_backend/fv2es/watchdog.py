@@ -15,13 +15,18 @@ It also bounds the stubs' shared memory: the Python backend copies every input i
 /dev/shm region, which grows to the largest request seen and never shrinks (a 600 MB request that
 demux refuses leaves a 600 MB file). A region over config.SHM_REGION_RESET_BYTES gets its model
 reloaded in place: new stubs with fresh regions take the next requests while the old ones finish
-theirs, and the ensemble stays ready throughout.
+theirs, and the ensemble stays ready throughout. A model that holds state between requests (the
+live streams of fv2es_stream) would lose it: such a model publishes a draining gauge
+(config.STREAM_DRAINING_METRIC, per stub pid), set once it has no stream open and takes no new one,
+and the watchdog reloads it only then.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
 import threading
 import time
@@ -102,6 +107,23 @@ def shm_bytes(name: str) -> int:
         return 0
 
 
+def own_shm_region() -> str | None:
+    """In a stub process: the /dev/shm region Triton gave it (its third argument); None elsewhere."""
+    argv = Path("/proc/self/cmdline").read_bytes().split(b"\0")
+    return argv[2].decode() if len(argv) > 2 and argv[0].decode(errors="replace").endswith(STUB_NAME) else None
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """A metric's value by its `pid` label, from Prometheus text (Triton's /metrics)."""
+    values = {}
+    for line in text.splitlines():
+        match = re.fullmatch(rf'{re.escape(name)}\{{(.*)\}} (\S+)', line.strip())
+        pid = match and re.search(r'pid="(\d+)"', match[1])
+        if pid:
+            values[pid[1]] = float(match[2])
+    return values
+
+
 def remove_shm_regions(names) -> list[str]:
     """Deletes the named /dev/shm files that still exist; returns the names it deleted."""
     removed = []
@@ -119,16 +141,20 @@ def remove_shm_regions(names) -> list[str]:
 class StubWatchdog:
     """A daemon thread that watches the stubs of one tritonserver and reloads the model of a dead one."""
 
-    def __init__(self, server_pid: int, http_url: str, admin_key: str, *, interval_s: float = config.STUB_WATCH_INTERVAL_S):
+    def __init__(self, server_pid: int, http_url: str, admin_key: str, *, metrics_url: str | None = None,
+                 interval_s: float = config.STUB_WATCH_INTERVAL_S):
         self.server_pid = server_pid
         self.http_url = http_url
+        self.metrics_url = metrics_url  # where the stream model says it may be reloaded; None: never for memory
         self.admin_key = admin_key
         self.interval_s = interval_s
         self.known: dict[int, Stub] = {}
         self.regions: set[str] = set()  # every stub region seen: removed at shutdown if left behind
         self.recoveries: list[dict] = []  # what happened, for the log and the tests
         self.resets: list[dict] = []  # models reloaded for the size of their shared memory
+        self.killed_replaced: list[int] = []  # replaced stubs that outlived REPLACED_STUB_GRACE_S
         self._reset_regions: set[str] = set()
+        self._replaced: dict[int, float] = {}  # stubs a reset replaced -> when they must be gone
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fv2es-stub-watchdog", daemon=True)
 
@@ -167,20 +193,30 @@ class StubWatchdog:
             if self._unloaded_on_purpose(model):  # an admin's unload stops the stubs too: not a death
                 continue
             self._recover(model, [s for s in dead if s.model == model])
-        for stub in current.values():
-            held = shm_bytes(stub.shm_region)
-            if held > config.SHM_REGION_RESET_BYTES and stub.shm_region not in self._reset_regions and not self._stop.is_set():
-                self._reset(stub, held)
+        self._kill_overdue_replaced()
+        oversized = [(stub, shm_bytes(stub.shm_region)) for stub in current.values() if stub.shm_region not in self._reset_regions]
+        oversized = [(stub, held) for stub, held in oversized if held > config.SHM_REGION_RESET_BYTES]
+        if oversized:
+            draining = self._draining()
+            for stub, held in oversized:
+                # the stream model's stub only once it has drained (its gauge says so)
+                stateless = stub.model != config.STREAM_MODEL_NAME
+                if not self._stop.is_set() and draining.get(str(stub.pid), float(stateless)) >= 1.0:
+                    self._reset(stub, held)
 
     def _reset(self, stub: Stub, held: int) -> None:
-        self._reset_regions.update(s.shm_region for s in live_stubs(self.server_pid).values() if s.model == stub.model)
+        old = [s for s in live_stubs(self.server_pid).values() if s.model == stub.model]
+        self._reset_regions.update(s.shm_region for s in old)
         started = time.monotonic()
         try:
             self.reload_in_place(stub.model)
         except (OSError, RuntimeError) as exc:
             self._log(f"stub watchdog: reloading '{stub.model}' to free its shared memory failed ({exc})")
             return
-        self.resets.append({"model": stub.model, "region_bytes": held, "at": time.time()})
+        self.resets.append({"model": stub.model, "region_bytes": held, "at": time.time(), "replaced": [s.pid for s in old]})
+        # Triton waits without a limit for a replaced stub to finish and exit (a request that never
+        # ends, a finalize that hangs): one still there after the grace period is killed.
+        self._replaced.update({s.pid: time.monotonic() + config.REPLACED_STUB_GRACE_S for s in old})
         self._log(f"stub watchdog: '{stub.model}' held {held / 2**20:.0f} MiB of shared memory "
                   f"(over {config.SHM_REGION_RESET_BYTES / 2**20:.0f} MiB); reloaded in place in {time.monotonic() - started:.1f} s")
 
@@ -216,6 +252,35 @@ class StubWatchdog:
         record["ready_at"] = time.time()
         self._log(f"stub watchdog: model '{model}' reloaded in {time.monotonic() - started:.1f} s")
         self.known.update(live_stubs(self.server_pid))
+
+    def _kill_overdue_replaced(self) -> None:
+        now = time.monotonic()
+        for pid, deadline in list(self._replaced.items()):
+            state = process_state(pid)
+            if state in (None, "Z"):
+                del self._replaced[pid]
+            elif now > deadline:
+                del self._replaced[pid]
+                try:
+                    wchan = Path(f"/proc/{pid}/wchan").read_text()
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    continue
+                self.killed_replaced.append(pid)
+                self._log(f"stub watchdog: replaced stub {pid} still alive {config.REPLACED_STUB_GRACE_S:.0f} s after "
+                          f"its model was reloaded (state {state}, waiting in {wchan or '?'}): killed")
+
+    def _draining(self) -> dict[str, float]:
+        """The stream model's draining gauge, by stub pid; without the metrics none (a stub without
+        a value counts as not drained: its streams are worth more than its memory)."""
+        if self.metrics_url is None:
+            return {}
+        try:
+            with urllib.request.urlopen(f"http://{self.metrics_url}/metrics", timeout=10) as reply:
+                return metric_values(reply.read().decode(errors="replace"), config.STREAM_DRAINING_METRIC)
+        except (OSError, ValueError) as exc:
+            self._log(f"stub watchdog: no metrics ({exc!r}): the stream model is not reloaded for its memory")
+            return {}
 
     def _unloaded_on_purpose(self, model: str) -> bool:
         """Whether the repository index shows `model` unloading or unloaded (a dead stub leaves it READY)."""

@@ -11,12 +11,16 @@ tracking, same persons), and cuts the timeline into stretches with the ensemble'
 ensemble after demux and face detection run on it, model by model (BLS, `pipeline.plan`): the
 stretch's segments are those the whole file gets, with the same scores. Each segment goes out as a
 "segment" response; after the last request, one "end" response has the whole stream's scores.
+
+Who owns a stream is the key the first response ("open") gives, not the client's sequence id; the
+slots, limits and key checks are fv2es.streams.StreamTable's. Any error ends the stream whose key the
+failing request carried, and no other.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 import traceback
 
 import numpy as np
@@ -29,6 +33,8 @@ from ..livemedia import LiveMedia
 from ..people import person_scores
 from ..segments import aggregate_scores
 from ..stages import face_rows
+from ..streams import StreamError, StreamLimits, StreamTable
+from ..watchdog import own_shm_region, shm_bytes
 from .base import _error, bytes_input, input_limits, short
 
 
@@ -53,6 +59,54 @@ def stream_error(message: str, code_name: str) -> "pb_utils.TritonError":
     return _error(short(f"[{GRPC_STATUS[code_name]}] {message}"), code_name)
 
 
+def tensor_text(request, name: str) -> str | None:
+    """An optional TYPE_STRING [1] input as text; None when the request has none."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    value = bytes_input(tensor.as_numpy(), name)
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"{name} must be the text the stream's first response gave") from None
+
+
+class StreamMetrics:
+    """Gauges and a counter on Triton's metrics endpoint: open streams, whether the model is draining
+    (the stub watchdog reads it: fv2es/watchdog.py), and streams ended by outcome. Labelled with the
+    stub's pid: an in-place reload runs two stubs of the model for a while, each with its own."""
+
+    def __init__(self, model: str):
+        labels = {"model": model, "pid": str(os.getpid())}
+        gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+        self._families = {
+            "open": pb_utils.MetricFamily(config.STREAM_OPEN_METRIC, "Live streams open", gauge),
+            "draining": pb_utils.MetricFamily(config.STREAM_DRAINING_METRIC, "1 while the stream model takes no new "
+                                              "stream so that it can be reloaded", gauge),
+            "ended": pb_utils.MetricFamily(config.STREAM_ENDED_METRIC, "Live streams ended, by outcome", counter),
+        }
+        self._open = self._families["open"].Metric(labels=labels)
+        self._draining = self._families["draining"].Metric(labels=labels)
+        self._ended = {outcome: self._families["ended"].Metric(labels={**labels, "outcome": outcome})
+                       for outcome in ("ended", "failed", "expired", "evicted")}
+
+    def open(self, count: int) -> None:
+        self._open.set(count)
+
+    def draining(self, on: bool) -> None:
+        self._draining.set(1 if on else 0)
+
+    def ended(self, outcome: str) -> None:
+        self._ended[outcome].increment(1)
+
+    def close(self) -> None:
+        """Takes this stub's metrics off the endpoint (a replaced stub's would stay there): the
+        metrics before their families, as the python backend requires."""
+        self._open = self._draining = None
+        self._ended = {}
+        self._families = {}
+
+
 FACE_KEYS = ("FACES", "FACE_TIMES", "FACE_PERSON", "FACE_MAIN", "FACE_MOUTH")
 STRETCH_OUTPUTS = (*pipeline.STREAM_SEGMENT_OUTPUTS[1:], "LABELS", "MODEL_INFO")
 
@@ -72,7 +126,6 @@ class Stream:
         self.pairs: list[np.ndarray] = []
         self.pair_scores: list[np.ndarray] = []
         self.labels = self.model_info = None
-        self.touched = time.monotonic()
 
     @property
     def n_segments(self) -> int:
@@ -118,14 +171,13 @@ class TritonPythonModel:
         self.detector = make_face_detector(self.parameter("detector", config.FACE_DETECTOR), device,
                                            self.parameter("cascade", config.FACE_CASCADE))
         self.limits = input_limits(self)
-        self.max_open = int(self.parameter("max_open", str(config.STREAM_MAX_OPEN)))
-        self.idle_s = float(self.parameter("idle_s", str(config.STREAM_IDLE_S)))
+        self.table: StreamTable[Stream] = StreamTable(StreamLimits.from_parameters(self.parameter))
         self.steps = pipeline.steps()
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]}
-        self.streams: dict[int, Stream] = {}
-        self.lock = threading.Lock()
+        self.shm_region = own_shm_region()
+        self.metrics = StreamMetrics(self.name)
         self.closing = threading.Event()
-        self.reaper = threading.Thread(target=self._reap_idle, name="fv2es-stream-reaper", daemon=True)
+        self.reaper = threading.Thread(target=self._reap, name="fv2es-stream-reaper", daemon=True)
         self.reaper.start()
 
     def parameter(self, name: str, default: str) -> str:
@@ -134,72 +186,104 @@ class TritonPythonModel:
     # --- Requests -------------------------------------------------------------------------------
 
     def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            sequence = request.correlation_id()
-            error = None
-            try:
-                self._chunk(request, sequence, sender)
-            except InputError as exc:
-                error = stream_error(f"{self.name}: {exc}", "INVALID_ARG")
-            except StepError as exc:
-                pb_utils.Logger.log_error(f"{self.name}: {exc}")
-                error = stream_error(f"{self.name}: {exc}", exc.code_name)
-            except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
-                pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
-                error = stream_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")
-            if error is None:
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
-            self._drop(sequence)
-            # The error and the final flag in one response (a final flag after an error response is a
-            # use-after-free in tritonserver 2.51 on a stream opened with triton_grpc_error; server PR 8708).
-            sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        with self.table.executing():
+            for request in requests:
+                self._request(request)
+        self._after_requests()
         return None
 
-    def _chunk(self, request, sequence, sender) -> None:
-        flags = request.flags()
-        first = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
-        last = bool(flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
-        if not isinstance(sequence, int) or sequence == 0:
-            raise InputError("a stream needs a non-zero integer sequence id (sequence_id), with sequence_start on its first chunk")
+    def _request(self, request) -> None:
+        sender = request.get_response_sender()
+        key = None  # the stream this request proved it owns: an error ends that stream, no other
+        try:
+            key, stream = self._stream_of(request, sender)
+            if self._take(request, stream, sender):
+                self._close(key, "it ended", "ended")
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        except (InputError, StreamError) as exc:
+            error = stream_error(f"{self.name}: {exc}", getattr(exc, "code_name", "INVALID_ARG"))
+        except StepError as exc:
+            pb_utils.Logger.log_error(f"{self.name}: {exc}")
+            error = stream_error(f"{self.name}: {exc}", exc.code_name)
+        except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
+            pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
+            error = stream_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")
+        if key is not None:
+            self._close(key, "it failed: " + error.message(), "failed")
+        # The error and the final flag in one response (a final flag after an error response is a
+        # use-after-free in tritonserver 2.51 on a stream opened with triton_grpc_error; server PR 8708).
+        sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _stream_of(self, request, sender) -> tuple[str, Stream]:
+        """The stream a request's chunk belongs to: a new one (sequence_start), else the one its
+        STREAM_KEY names."""
+        if request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
+            return self._open(sender)
+        key = tensor_text(request, "STREAM_KEY")
+        return key, self.table.get(key)
+
+    def _take(self, request, stream: Stream, sender) -> bool:
+        """Feeds the request's chunk to its stream and answers what became final; True at the end."""
+        last = bool(request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
         chunk = pb_utils.get_input_tensor_by_name(request, "CHUNK")
         if chunk is None:
             raise InputError("CHUNK is missing: send the stream's next bytes")
         data = bytes_input(chunk.as_numpy(), "CHUNK")
-        with self.lock:
-            if first:
-                if sequence in self.streams:
-                    self.streams.pop(sequence).stop()
-                if len(self.streams) >= self.max_open:
-                    raise InputError(f"the server already has {self.max_open} streams open; try again later")
-                self.streams[sequence] = Stream(self.detector, self.limits)
-            stream = self.streams.get(sequence)
-        if stream is None:
-            raise InputError(f"stream {sequence} is not open (never started with sequence_start, ended, failed, "
-                             f"or idle for over {self.idle_s:.0f} s)")
-        stream.touched = time.monotonic()
+        limit = self.table.limits.max_chunk_bytes
+        if len(data) > limit:  # before the stream keeps any of it
+            raise InputError(f"a chunk of {len(data)} bytes is over the limit of {limit} bytes per chunk: "
+                             "send the stream in smaller chunks")
         if data:
             stream.live.feed(data)
         if last:
             stream.live.close()
         self._advance(stream, sender, last)
-        if last:
-            self._drop(sequence)
+        return last
 
-    def _drop(self, sequence) -> None:
-        with self.lock:
-            stream = self.streams.pop(sequence, None)
+    def _open(self, sender) -> tuple[str, Stream]:
+        stream = Stream(self.detector, self.limits)
+        try:
+            key, evicted = self.table.open(stream, lambda: stream.live.media_s)
+        except BaseException:
+            stream.stop()
+            raise
+        for old, reason in evicted:
+            old.stop()
+            self.metrics.ended("evicted")
+            pb_utils.Logger.log_info(f"{self.name}: a stream was ended to free a slot: it {reason}")
+        self.metrics.open(len(self.table))
+        sender.send(self._response({"EVENT": np.array([b"open"], np.object_), "STREAM_KEY": np.array([key.encode()], np.object_)}))
+        return key, stream
+
+    def _close(self, key: str, reason: str, outcome: str) -> None:
+        stream = self.table.close(key, reason)
         if stream is not None:
             stream.stop()
+            self.metrics.ended(outcome)
+            self.metrics.open(len(self.table))
 
-    def _reap_idle(self) -> None:
-        while not self.closing.wait(max(1.0, self.idle_s / 4)):
-            now = time.monotonic()
-            with self.lock:
-                idle = [k for k, s in self.streams.items() if now - s.touched > self.idle_s]
-            for sequence in idle:
-                self._drop(sequence)
+    def _reap(self) -> None:
+        """Ends the streams over their idle or wall-time limit; drains an oversized model."""
+        while not self.closing.wait(config.STREAM_REAP_INTERVAL_S):
+            try:
+                for stream, reason in self.table.expired():
+                    stream.stop()
+                    self.metrics.ended("expired")
+                    pb_utils.Logger.log_info(f"{self.name}: a stream was ended: {reason}")
+                self._after_requests()
+            except Exception:  # noqa: BLE001 - the reaper must outlive one bad round
+                pb_utils.Logger.log_error(f"{self.name}: reaper: {traceback.format_exc()}")
+
+    def _after_requests(self) -> None:
+        """Once this stub's shared memory is over the watchdog's limit (a large chunk grew it), take
+        no new stream when none is open: the watchdog then reloads the model, losing no stream."""
+        self.metrics.open(len(self.table))
+        if not self.table.draining and self.shm_region and shm_bytes(self.shm_region) > config.SHM_REGION_RESET_BYTES:
+            if self.table.drain_if_empty():
+                pb_utils.Logger.log_info(f"{self.name}: shared memory over {config.SHM_REGION_RESET_BYTES >> 20} MiB and "
+                                         "no stream open: taking no new stream until the watchdog reloads the model")
+        self.metrics.draining(self.table.draining)
 
     # --- Stretches ------------------------------------------------------------------------------
 
@@ -277,7 +361,6 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.closing.set()
-        with self.lock:
-            streams, self.streams = list(self.streams.values()), {}
-        for stream in streams:
+        for stream in self.table.remove_all():
             stream.stop()
+        self.metrics.close()

@@ -1,0 +1,137 @@
+"""The live streams' table (fv2es.streams): keys, slots and limits, on a clock the test moves.
+The same rules against the real server are in tests/test_stream_limits.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from fv2es import config
+from fv2es.streams import StreamError, StreamLimits, StreamTable
+
+LIMITS = StreamLimits(max_open=2, idle_s=30.0, max_wall_s=600.0, max_chunk_bytes=1024, min_pace=0.5,
+                      pace_grace_s=20.0, stalled_s=10.0)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def table(clock):
+    return StreamTable(LIMITS, clock)
+
+
+def media(seconds: list[float]):
+    """A media_s callback whose value the test sets through the list."""
+    return lambda: seconds[0]
+
+
+def test_a_chunk_reaches_the_stream_its_key_names_and_no_other(table):
+    key_a, _ = table.open("a", media([0.0]))
+    key_b, _ = table.open("b", media([0.0]))
+    assert key_a != key_b and len(key_a) >= 32
+    assert table.get(key_a) == "a" and table.get(key_b) == "b"
+    for wrong in (None, "", key_a[:-1], key_a + "x", "x" * len(key_a)):
+        with pytest.raises(StreamError):
+            table.get(wrong)
+
+
+def test_an_ended_streams_chunk_gets_the_reason_and_a_wrong_key_ends_nothing(table):
+    key, _ = table.open("a", media([0.0]))
+    with pytest.raises(StreamError):
+        table.get("not-the-key")
+    assert table.get(key) == "a"  # still open
+    assert table.close(key, "it failed: bad bytes") == "a"
+    with pytest.raises(StreamError, match="ended by the server: it failed: bad bytes"):
+        table.get(key)
+    assert table.close(key) is None
+
+
+def test_full_slots_refuse_a_new_stream_when_every_stream_keeps_up(table, clock):
+    table.open("a", media([0.0]))
+    table.open("b", media([0.0]))
+    clock.now += 5  # young streams, not stalled
+    with pytest.raises(StreamError) as info:
+        table.open("c", media([0.0]))
+    assert info.value.code_name == "UNAVAILABLE" and "2 stream slots" in str(info.value)
+
+
+def test_a_slow_stream_gives_its_slot_to_a_new_one(table, clock):
+    fast, slow = [0.0], [0.0]
+    key_fast, _ = table.open("fast", media(fast))
+    key_slow, _ = table.open("slow", media(slow))
+    for _ in range(30):  # both send a chunk every second: one a second of media, one 0.03 s
+        clock.now += 1
+        fast[0] += 1.0
+        slow[0] += 0.03
+        table.get(key_fast), table.get(key_slow)
+    key_new, evicted = table.open("new", media([0.0]))
+    assert evicted == [("slow", evicted[0][1])] and "media per second" in evicted[0][1]
+    with pytest.raises(StreamError, match="ended by the server: sent 0.03 s of media per second"):
+        table.get(key_slow)
+    assert table.get(key_fast) == "fast" and table.get(key_new) == "new"
+
+
+def test_a_stalled_stream_gives_its_slot_even_before_the_grace_period(table, clock):
+    key_a, _ = table.open("a", media([5.0]))
+    table.open("b", media([5.0]))
+    clock.now += 3
+    table.get(key_a)
+    clock.now += 11  # b silent for 14 s, a for 11 s: b (lower pace) goes first
+    _, evicted = table.open("c", media([0.0]))
+    assert [s for s, _ in evicted] == ["b"] and "sent nothing for 14 s" in evicted[0][1]
+
+
+def test_time_the_model_spends_executing_is_not_a_streams_idle_time(table, clock):
+    key, _ = table.open("a", media([0.0]))
+    with table.executing():  # the model is busy for 100 s with other streams: a's chunks wait in the queue
+        clock.now += 100
+    assert table.expired() == []
+    clock.now += 31
+    assert [(s, r.split(" (")[0]) for s, r in table.expired()] == [("a", "no chunk for 31 s")]
+    with pytest.raises(StreamError, match="no chunk for 31 s"):
+        table.get(key)
+
+
+def test_the_wall_time_limit_ends_a_stream_that_keeps_sending(table, clock):
+    key, _ = table.open("a", media([0.0]))
+    for _ in range(61):
+        clock.now += 10
+        table.get(key)
+    assert [s for s, _ in table.expired()] == ["a"]
+
+
+def test_draining_opens_no_stream_and_waits_for_open_ones(table):
+    key, _ = table.open("a", media([0.0]))
+    assert not table.drain_if_empty() and not table.draining
+    table.close(key)
+    assert table.drain_if_empty() and table.draining
+    with pytest.raises(StreamError) as info:
+        table.open("b", media([0.0]))
+    assert info.value.code_name == "UNAVAILABLE" and "reloaded" in str(info.value)
+
+
+def test_draining_ends_when_nothing_reloads_the_model_and_resumes_later(table, clock):
+    assert table.drain_if_empty()
+    clock.now += config.STREAM_DRAIN_TIMEOUT_S + 1  # a Triton without our watchdog: no reload came
+    key, _ = table.open("a", media([0.0]))
+    table.close(key)
+    assert not table.drain_if_empty()
+    clock.now += config.STREAM_DRAIN_RETRY_S
+    assert table.drain_if_empty()
+
+
+def test_limits_are_read_from_config_parameters():
+    given = {"max_open": "3", "idle_s": "4.5"}
+    limits = StreamLimits.from_parameters(lambda name, default: given.get(name, default))
+    assert limits.max_open == 3 and isinstance(limits.max_open, int) and limits.idle_s == 4.5
+    assert limits.max_chunk_bytes == StreamLimits().max_chunk_bytes
