@@ -105,8 +105,12 @@ def hostile_client(url: str, clip: bytes, stop_at: float, tally: Tally) -> None:
             action(stream)
             tally.add(f"hostile {what}: ACCEPTED")
         except Fv2esError as exc:
-            ok = expected in exc.message() or exc.code == "UNAVAILABLE"
-            tally.add(f"hostile {what}: refused" if ok else f"hostile {what}: refused otherwise", error=None if ok else exc.message()[:200])
+            if expected in exc.message():
+                tally.add(f"hostile {what}: refused")
+            elif exc.code == "UNAVAILABLE" and stream.key is None:  # every slot held by an honest stream
+                tally.add(f"hostile {what}: no slot")
+            else:
+                tally.add(f"hostile {what}: refused otherwise", error=exc.message()[:200])
         finally:
             stream.close()
 

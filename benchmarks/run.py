@@ -43,6 +43,7 @@ import perf  # noqa: E402
 import stream  # noqa: E402
 from fv2es import config, pipeline, stages  # noqa: E402
 from fv2es_build import synth  # noqa: E402
+from fv2es_build.repository import served_models  # noqa: E402
 from fv2es.asr import SpeechRecognizer  # noqa: E402
 from fv2es.inprocess import InProcessPipeline  # noqa: E402
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer  # noqa: E402
@@ -52,7 +53,7 @@ from monitor import PeakMemory, process_tree, pss_bytes  # noqa: E402
 OUT = ROOT / "benchmarks" / "out"
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 REPORT = ROOT / "BENCHMARKS.md"
-STAGES = tuple(step.name for step in pipeline.served_models(pipeline.steps()))
+STAGES = tuple(step.name for step in served_models(pipeline.steps()))  # the ensemble's models, its copy model too
 MIB = 1024 * 1024
 
 
