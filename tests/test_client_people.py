@@ -38,6 +38,7 @@ from fv2es_client.sources import byte_clock, capture_chunks, done_marker, file_c
 from fv2es_client.stream import (
     DEFAULT_LABELS, STREAM_WINDOW, event_name, new_sequence_id, parse_end_response, parse_segment_response, pieces,
     stream_labels,
+    uses_keys,
 )
 
 LABELS = list(config.LABELS)
@@ -455,6 +456,16 @@ def test_parse_end_response_relabels_the_segments():
     assert sorted(result.people) == [0, 1] and result.duration == 3.0
     assert result.model_info["weights"] == "test weights"
     assert result.emotion == max(result.scores, key=result.scores.get)
+
+
+def test_streams_send_keys_only_to_a_server_that_issues_them(server):
+    """A server before stream keys has no STREAM_KEY input: its streams go without one, as before."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{config.STREAM_MODEL_NAME}/config") as reply:
+        assert uses_keys(json.loads(reply.read()))
+    assert not uses_keys({"input": [{"name": "CHUNK", "data_type": "TYPE_STRING", "dims": [1]}]})
 
 
 def test_stream_labels_rule():

@@ -164,6 +164,7 @@ class _Stream:
         self.sent_all = False
         self.key: str | None = None  # the stream's key, from the "open" response
         self.opened = threading.Event()
+        self.keyed = True  # the server issues keys (a server before them has no STREAM_KEY input)
 
     def callback(self, result, error) -> None:
         self.last_answer = time.monotonic()
@@ -203,7 +204,7 @@ def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _S
 
     def send(data: bytes, first: bool, last: bool) -> None:
         inputs = [bytes_tensor("CHUNK", data)]
-        if not first:
+        if not first and state.keyed:
             inputs.append(bytes_tensor("STREAM_KEY", state.key.encode()))
         grpc.async_stream_infer(client.stream_model, inputs, sequence_id=sequence_id, sequence_start=first,
                                 sequence_end=last, enable_empty_final_response=True)
@@ -216,7 +217,7 @@ def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _S
             if not state.wait_for_window():
                 return
             send(piece, first, False)
-            if first and not state.wait_for_key():
+            if first and state.keyed and not state.wait_for_key():
                 return
             first = False
         if state.halt.is_set() or not state.wait_for_window():
@@ -259,7 +260,14 @@ def run_stream(client: Fv2esClient, config: dict, chunks: Iterable[bytes], *, ti
         ("grpc.max_send_message_length", MAX_REQUEST_BYTES + MESSAGE_HEADROOM_BYTES),
         ("grpc.max_receive_message_length", STREAM_CHANNEL_BYTES)], **tls)
     state = _Stream(timeout_s, stop)
+    state.keyed = uses_keys(config)
     return _events(client, grpc, state, config, chunks)
+
+
+def uses_keys(config: dict) -> bool:
+    """Whether the stream model takes STREAM_KEY (servers before keys do not: their streams are sent
+    without one, as they were)."""
+    return any(i.get("name") == "STREAM_KEY" for i in config.get("input", []))
 
 
 def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _Stream, config: dict,
