@@ -2,6 +2,9 @@
 fv2es-client --stream SOURCE: send a live source to the server's stream model and print each
 segment as it arrives, then the summary. SOURCE: a file being written (--follow), a finished file,
 an RTSP/HTTP URL or a capture device such as /dev/video0 (read here; the server gets only bytes).
+fv2es-client --evaluate LABELS.csv: send the labelled videos of LABELS.csv and print accuracy, macro
+F1, per-class F1, the confusion matrix and the most predicted emotion's share, per video and per
+labelled span (the labels file's format is below).
 
 Exit status: 0 when every video (the stream) was analysed, 1 when any failed (each failure is
 reported with its file), 2 for a usage error or when no server / no ready model answers.
@@ -30,6 +33,7 @@ from .output import (
     plot_timelines, rounded, write_csv,
 )
 from .sources import DEFAULT_CHUNK_BYTES, DEFAULT_IDLE_TIMEOUT_S, source_chunks
+from . import evaluate as evaluation
 
 __all__ = ["main", "format_result"]  # format_result: used by fv2es.demo
 
@@ -38,14 +42,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fv2es-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="fv2es-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--evaluate LABELS.csv:\n\n" + evaluation.__doc__.split("\n\n", 1)[1])
     parser.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (any format FFmpeg reads)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true",
                      help="print one JSON document for the run instead of tables (--stream: one JSON line per segment, then the result)")
     out.add_argument("--csv", action="store_true",
                      help="print CSV, one row per segment, instead of tables (--stream: the summary goes to stderr)")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw the emotion timelines (one panel per video) to a PNG")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw the emotion timelines (one panel per video) to a PNG; with --evaluate, the confusion matrices")
+    parser.add_argument("--evaluate", metavar="LABELS.csv",
+                        help="measure the server on the labelled videos of LABELS.csv (instead of VIDEO files): "
+                             "accuracy, F1, confusion matrix; the format is below")
     server = parser.add_argument_group("server")
     server.add_argument("--url", default=DEFAULT_URL, help=f"gRPC address of the server (default {DEFAULT_URL})")
     server.add_argument("--model", default=MODEL_NAME, help=f"model name (default {MODEL_NAME})")
@@ -95,10 +104,18 @@ STREAM_ONLY = ("follow", "seconds", "input_format", "input_option", "transcode",
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.stream is not None and args.videos:
-        parser.error("give VIDEO files or --stream SOURCE, not both")
+    if sum(map(bool, (args.videos, args.stream is not None, args.evaluate is not None))) > 1:
+        parser.error("give VIDEO files, --stream SOURCE or --evaluate LABELS.csv, only one of them")
+    if args.evaluate is not None:
+        if args.csv:
+            parser.error("--evaluate prints tables or --json, not --csv")
+        try:
+            args.labelled = evaluation.read_labels(args.evaluate)
+        except evaluation.LabelsError as exc:
+            parser.error(f"--evaluate: {exc}")
+        args.videos = [video.path for video in args.labelled]
     if args.stream is None and not args.videos:
-        parser.error("give at least one VIDEO (or --stream SOURCE)")
+        parser.error("give at least one VIDEO (or --stream SOURCE, or --evaluate LABELS.csv)")
     if args.stream is None:
         used = [f"--{name.replace('_', '-')}" for name in STREAM_ONLY if getattr(args, name)]
         if used:
@@ -183,7 +200,7 @@ def analyze_all(args: argparse.Namespace, analyzer: Analyzer) -> list[Outcome]:
     videos = args.videos
     outcomes: list[Outcome | None] = [None] * len(videos)
     printed = 0
-    table = not (args.json or args.csv)
+    table = not (args.json or args.csv or args.evaluate)
     show_bar = not args.no_progress and sys.stderr.isatty()
     with ThreadPoolExecutor(args.concurrency) as pool, \
             tqdm(total=len(videos), unit="video", file=sys.stderr, disable=not show_bar) as bar:
@@ -307,6 +324,29 @@ def stream_main(args: argparse.Namespace, options: dict) -> int:
     return EXIT_OK
 
 
+def evaluate_main(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
+    """fv2es-client --evaluate LABELS.csv, once every video was analysed (or failed)."""
+    try:
+        report = evaluation.evaluate(args.labelled, outcomes, args.evaluate)
+    except evaluation.LabelsError as exc:  # a label this server does not have
+        print(f"fv2es-client: --evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else evaluation.format_report(report))
+    if args.plot:
+        try:
+            panels = evaluation.plot_report(report, args.plot)
+        except (OSError, ValueError) as exc:
+            print(f"fv2es-client: cannot write the plot {args.plot}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"fv2es-client: {panels} confusion matri{'ces' if panels != 1 else 'x'} written to {args.plot}"
+              if panels else "fv2es-client: nothing was compared: no plot written", file=sys.stderr)
+    failed = report["videos"]["failed"]
+    if failed:
+        print(f"fv2es-client: {failed} of {len(outcomes)} videos failed (listed above), left out of the numbers",
+              file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = client_options(args)
@@ -327,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         analyzer.close()
 
+    if args.evaluate is not None:
+        return evaluate_main(args, outcomes)
     failed = sum(not o.ok for o in outcomes)
     if args.json:
         server = {
