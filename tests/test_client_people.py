@@ -762,7 +762,7 @@ def test_cli_stream_reports_the_servers_error(breaking_server, sample_bytes, tmp
 def test_cli_usage(server, two_people_ts):
     assert run_cli("--url", server.grpc_url).returncode == 2
     done = run_cli("--stream", str(two_people_ts), str(two_people_ts), "--url", server.grpc_url)
-    assert done.returncode == 2 and "not both" in done.stderr
+    assert done.returncode == 2 and "only one of them" in done.stderr
     done = run_cli("--follow", str(two_people_ts), "--url", server.grpc_url)
     assert done.returncode == 2 and "only with --stream" in done.stderr
     done = run_cli("--stream", str(two_people_ts), "--url", server.grpc_url, "--stream-model", "no_such_stream",
