@@ -135,3 +135,25 @@ def test_limits_are_read_from_config_parameters():
     limits = StreamLimits.from_parameters(lambda name, default: given.get(name, default))
     assert limits.max_open == 3 and isinstance(limits.max_open, int) and limits.idle_s == 4.5
     assert limits.max_chunk_bytes == StreamLimits().max_chunk_bytes
+
+
+def test_the_watchdog_kills_a_replaced_stub_still_alive_past_its_grace():
+    """Triton waits for a replaced stub without a limit; the watchdog does not (a process that will
+    not exit stands in for the stub)."""
+    import subprocess
+    import time
+
+    from fv2es.watchdog import StubWatchdog, process_state
+
+    stuck = subprocess.Popen(["sleep", "60"])
+    try:
+        watchdog = StubWatchdog(server_pid=-1, http_url="127.0.0.1:1", admin_key="x" * 16)
+        watchdog._replaced[stuck.pid] = time.monotonic() + 60
+        watchdog._kill_overdue_replaced()
+        assert stuck.poll() is None and watchdog.killed_replaced == []  # within its grace: left alone
+        watchdog._replaced[stuck.pid] = time.monotonic() - 1
+        watchdog._kill_overdue_replaced()
+        assert stuck.wait(timeout=10) == -9 and watchdog.killed_replaced == [stuck.pid]
+        assert process_state(stuck.pid) is None and stuck.pid not in watchdog._replaced
+    finally:
+        stuck.kill()

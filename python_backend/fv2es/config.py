@@ -301,6 +301,7 @@ SHM_REGION_RESET_BYTES = 128 * 2**20
 # A stub replaced by such a reload that is still alive this long after is killed (Triton would wait
 # for it forever: a request that never ends, a finalize that hangs). Longer than any request takes.
 REPLACED_STUB_GRACE_S = 600.0
+DRAINED_STUB_GRACE_S = 30.0  # the same for a drained stream model's stub, which has no request left
 # Rows of one forward call of an encoder: a long video's rows (one per face, per 0.4 s of audio, per
 # segment) go through in slices of this size, so the encoders' activations do not grow with the
 # video's length. Sizes from timing each encoder alone on 2 CPU cores (2,400 faces / 3,000 mel

@@ -113,6 +113,19 @@ def own_shm_region() -> str | None:
     return argv[2].decode() if len(argv) > 2 and argv[0].decode(errors="replace").endswith(STUB_NAME) else None
 
 
+def thread_waits(pid: int) -> str:
+    """Each thread's state and kernel wait channel, e.g. "S futex_wait_queue x3, R -"."""
+    waits: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            where = f"{state} {(task / 'wchan').read_text() or '-'}"
+        except OSError:
+            continue
+        waits[where] = waits.get(where, 0) + 1
+    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(waits.items())) or "?"
+
+
 def metric_values(text: str, name: str) -> dict[str, float]:
     """A metric's value by its `pid` label, from Prometheus text (Triton's /metrics)."""
     values = {}
@@ -215,8 +228,10 @@ class StubWatchdog:
             return
         self.resets.append({"model": stub.model, "region_bytes": held, "at": time.time(), "replaced": [s.pid for s in old]})
         # Triton waits without a limit for a replaced stub to finish and exit (a request that never
-        # ends, a finalize that hangs): one still there after the grace period is killed.
-        self._replaced.update({s.pid: time.monotonic() + config.REPLACED_STUB_GRACE_S for s in old})
+        # ends, a finalize that hangs): one still there after the grace period is killed. A drained
+        # stream model has no request left: its grace is short.
+        grace = config.DRAINED_STUB_GRACE_S if stub.model == config.STREAM_MODEL_NAME else config.REPLACED_STUB_GRACE_S
+        self._replaced.update({s.pid: time.monotonic() + grace for s in old})
         self._log(f"stub watchdog: '{stub.model}' held {held / 2**20:.0f} MiB of shared memory "
                   f"(over {config.SHM_REGION_RESET_BYTES / 2**20:.0f} MiB); reloaded in place in {time.monotonic() - started:.1f} s")
 
@@ -261,14 +276,14 @@ class StubWatchdog:
                 del self._replaced[pid]
             elif now > deadline:
                 del self._replaced[pid]
+                waits = thread_waits(pid)  # where each thread sleeps: what it waited for, for the log
                 try:
-                    wchan = Path(f"/proc/{pid}/wchan").read_text()
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     continue
                 self.killed_replaced.append(pid)
-                self._log(f"stub watchdog: replaced stub {pid} still alive {config.REPLACED_STUB_GRACE_S:.0f} s after "
-                          f"its model was reloaded (state {state}, waiting in {wchan or '?'}): killed")
+                self._log(f"stub watchdog: replaced stub {pid} still alive past its grace period after its model was "
+                          f"reloaded (state {state}; threads waiting in {waits}): killed")
 
     def _draining(self) -> dict[str, float]:
         """The stream model's draining gauge, by stub pid; without the metrics none (a stub without

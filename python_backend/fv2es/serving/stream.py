@@ -360,7 +360,10 @@ class TritonPythonModel:
             pb_utils.Tensor(name, np.asarray(value, dtype=self.output_dtypes[name])) for name, value in outputs.items()])
 
     def finalize(self) -> None:
+        # No thread of ours may still talk to the server (a metric update is a message the stub waits
+        # on) while the stub tears down: the reaper ends first.
         self.closing.set()
+        self.reaper.join(timeout=config.STREAM_REAP_INTERVAL_S + 5)
         for stream in self.table.remove_all():
             stream.stop()
         self.metrics.close()
