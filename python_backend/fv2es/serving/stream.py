@@ -87,6 +87,8 @@ class StreamMetrics:
         }
         self._open = self._families["open"].Metric(labels=labels)
         self._draining = self._families["draining"].Metric(labels=labels)
+        self._draining.set(0)
+        self._draining_on = False
         self._ended = {outcome: self._families["ended"].Metric(labels={**labels, "outcome": outcome})
                        for outcome in ("ended", "failed", "expired", "evicted")}
 
@@ -94,7 +96,10 @@ class StreamMetrics:
         self._open.set(count)
 
     def draining(self, on: bool) -> None:
-        self._draining.set(1 if on else 0)
+        """Sends the gauge only when it changes (this runs after every request)."""
+        if on != self._draining_on:
+            self._draining.set(1 if on else 0)
+            self._draining_on = on
 
     def ended(self, outcome: str) -> None:
         self._ended[outcome].increment(1)
@@ -267,10 +272,13 @@ class TritonPythonModel:
         """Ends the streams over their idle or wall-time limit; drains an oversized model."""
         while not self.closing.wait(config.STREAM_REAP_INTERVAL_S):
             try:
-                for stream, reason in self.table.expired():
+                expired = self.table.expired()
+                for stream, reason in expired:
                     stream.stop()
                     self.metrics.ended("expired")
                     pb_utils.Logger.log_info(f"{self.name}: a stream was ended: {reason}")
+                if expired:
+                    self.metrics.open(len(self.table))
                 self._after_requests()
             except Exception:  # noqa: BLE001 - the reaper must outlive one bad round
                 pb_utils.Logger.log_error(f"{self.name}: reaper: {traceback.format_exc()}")
@@ -278,7 +286,6 @@ class TritonPythonModel:
     def _after_requests(self) -> None:
         """Once this stub's shared memory is over the watchdog's limit (a large chunk grew it), take
         no new stream when none is open: the watchdog then reloads the model, losing no stream."""
-        self.metrics.open(len(self.table))
         if not self.table.draining and self.shm_region and shm_bytes(self.shm_region) > config.SHM_REGION_RESET_BYTES:
             if self.table.drain_if_empty():
                 pb_utils.Logger.log_info(f"{self.name}: shared memory over {config.SHM_REGION_RESET_BYTES >> 20} MiB and "
