@@ -41,6 +41,7 @@ import baselines  # noqa: E402
 import earlier  # noqa: E402
 import perf  # noqa: E402
 import stream  # noqa: E402
+from fv2es_build.machine import cpu_name  # noqa: E402
 from fv2es import config, pipeline, stages  # noqa: E402
 from fv2es_build import synth  # noqa: E402
 from fv2es_build.repository import served_models  # noqa: E402
@@ -58,8 +59,7 @@ MIB = 1024 * 1024
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,

@@ -38,6 +38,8 @@ def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
     with torch.no_grad():
         fusion.modality_weights.copy_(fitted["modality_weights"])
         fusion.log_scale.copy_(fitted["log_scale"])
+        if "branch_temperature" in fitted:  # absent in weights fitted before calibration (and jointly trained ones)
+            fusion.branch_temperature.copy_(fitted["branch_temperature"])
     if text.encoder.hidden_size != config.TEXT_FEATURE_DIM:
         raise SystemExit(f"{config.TEXT_MODEL} gives {text.encoder.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
     if config.AUDIO_INPUT == "whisper":

@@ -140,8 +140,8 @@ def ensemble_pbtxt(steps: list[Step]) -> str:
         blocks.append(f'    {{\n      model_name: "{s.model_name}"\n      model_version: -1\n{maps}    }}')
     text += "ensemble_scheduling {\n  step [\n" + ",\n".join(blocks) + "\n  ]\n}\n"
     # The input limits again, on the model clients address: the client reads them to refuse an
-    # oversized file before sending it and to size its gRPC messages.
-    return text + _parameters_pbtxt(pipeline.INPUT_LIMITS)
+    # oversized file before sending it and to size its gRPC messages; and the unsure mark's threshold.
+    return text + _parameters_pbtxt({**pipeline.INPUT_LIMITS, **pipeline.RESULT_PARAMETERS})
 
 
 def libtorch_step(step: Step, argument_names: list[str]) -> Step:

@@ -3,10 +3,12 @@
     fv2es-train all              # audio, visual, text, then fusion: the shipped weights
     fv2es-train visual --resume  # one branch; continue an interrupted run
     fv2es-train all --quick      # a few examples, one epoch: a smoke run in seconds
+    fv2es-train loco             # the audio branch three more times, each time one speech corpus held
+                                 # out (build/out/loco/<corpus>/): build/evaluate.py tests on it
     fv2es-train multimodal --fe2e DIR --dataset iemocap   # the paper's joint setting
 
-Each branch trains on its own corpus (audio: RAVDESS, actors 17-20 held out; visual: FER2013 train,
-validated on its PublicTest split; text: MELD train, validated on dev) with the preprocessing code the
+Each branch trains on its own corpora (audio: RAVDESS, EmoDB and TurEV-DB, some speakers of each
+held out; visual: FER2013 train, validated on its PublicTest split; text: MELD train, validated on dev) with the preprocessing code the
 server runs. The best epoch by validation goes to WEIGHTS_DIR/<branch>.pt; `make build` exports them.
 `multimodal` trains all branches and the fusion together on IEMOCAP or CMU-MOSEI in the FE2E layout
 (build/training/fe2e.py), in that corpus's label set; set LABEL_SET in config.py to serve the result.
@@ -25,22 +27,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from fv2es import config
 from .training import tasks
-from .training.speech import audio_branch_task
+from .training import data
+from .training.speech import SPEECH_TRAINING_CORPORA, audio_branch_task
 from .training.loop import fit
 from .training.weights import load_trained_state, load_weights, save_weights, weights_path
 
+LOCO_DIR = ROOT / "build" / "out" / "loco"  # leave-one-corpus-out audio branches: LOCO_DIR/<held-out corpus>/
+
+
+def speech_description(corpora: tuple[str, ...]) -> str:
+    return "speech of " + ", ".join(f"{c} (speakers {list(data.SPEECH_CORPORA[c].validation_speakers)} held out)" for c in corpora)
+
+
 DATA_DESCRIPTION = {
-    "audio": f"RAVDESS speech, actors {sorted(set(range(1, 21)) - set(config.RAVDESS_VALIDATION_ACTORS))} train, "
-    f"{list(config.RAVDESS_VALIDATION_ACTORS)} validation",
+    "audio": speech_description(SPEECH_TRAINING_CORPORA),
     "visual": "FER2013 Training (train), PublicTest (validation)",
     "text": "MELD train (train), dev (validation)",
 }
 
 
-def make_task(branch: str, data_dir: Path, quick: bool, hp: dict):
+def make_task(branch: str, data_dir: Path, quick: bool, hp: dict, corpora: tuple[str, ...] = SPEECH_TRAINING_CORPORA):
     if branch == "visual":
         return tasks.visual_task(data_dir, quick, augment=hp.get("augment", "basic"))
-    return {"audio": audio_branch_task, "text": tasks.text_task}[branch](data_dir, quick)
+    if branch == "audio":
+        return audio_branch_task(data_dir, quick, corpora)
+    return tasks.text_task(data_dir, quick)
 
 
 def init_branch(model: torch.nn.Module, branch: str, path: Path) -> None:
@@ -53,7 +64,10 @@ def init_branch(model: torch.nn.Module, branch: str, path: Path) -> None:
     print(f"{branch}: initialised from {path} ({record.get('command')}, epoch {record.get('epoch')})")
 
 
-def train_branch(branch: str, args: argparse.Namespace) -> dict:
+def train_branch(branch: str, args: argparse.Namespace, corpora: tuple[str, ...] = SPEECH_TRAINING_CORPORA,
+                 weights_dir: Path | None = None) -> dict:
+    """One branch -> weights_dir (default --weights); the audio branch on `corpora`."""
+    weights_dir = weights_dir or args.weights
     key = config.weight_file(branch).removesuffix(".pt")
     if args.init is not None and f"{key}_finetune" in config.TRAINING:
         key += "_finetune"
@@ -64,28 +78,39 @@ def train_branch(branch: str, args: argparse.Namespace) -> dict:
         hp["epochs"] = args.epochs
     torch.manual_seed(args.seed)
     started = time.time()
-    task = make_task(branch, args.data, args.quick, hp)
+    task = make_task(branch, args.data, args.quick, hp, corpora)
     if args.init is not None:
         init_branch(task.model, branch, args.init)
     print(f"{branch}: {task.n_train} training / {task.n_val} validation examples, {hp}")
-    best = fit(task, hp, args.runs / key, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
+    run = key if weights_dir == args.weights else f"{key}-{weights_dir.name}"
+    best = fit(task, hp, args.runs / run, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
     minutes = (time.time() - started) / 60
     save_weights(
-        weights_path(args.weights, branch),
+        weights_path(weights_dir, branch),
         task.model,
         classes=task.classes,
         metrics=best["metrics"],
         epoch=best["epoch"],
         hyperparameters=hp,
-        data=DATA_DESCRIPTION[branch] + (" (quick: a few examples)" if args.quick else "")
+        data=(speech_description(corpora) if branch == "audio" else DATA_DESCRIPTION[branch]) + (" (quick: a few examples)" if args.quick else "")
         + (f"; initialised from {args.init} (trained: {load_weights(args.init).get('command')})" if args.init else ""),
         seed=args.seed,
         command="fv2es-train " + " ".join(sys.argv[1:]),
         minutes=round(minutes, 1),
         **({"audio_input": config.AUDIO_INPUT} if branch == "audio" else {}),
     )
-    print(f"{branch}: saved {weights_path(args.weights, branch)} after {minutes:.1f} min")
+    print(f"{branch}: saved {weights_path(weights_dir, branch)} after {minutes:.1f} min")
     return best
+
+
+def train_leave_one_corpus_out(args: argparse.Namespace) -> None:
+    """The audio branch trained on all speech corpora but one, for each one: the cross-corpus test
+    (build/evaluate.py tests each on its held-out corpus)."""
+    out = args.weights.parent / "loco" if args.quick else LOCO_DIR
+    for held_out in SPEECH_TRAINING_CORPORA:
+        corpora = tuple(c for c in SPEECH_TRAINING_CORPORA if c != held_out)
+        print(f"leave-one-corpus-out: training on {', '.join(corpora)}, {held_out} held out")
+        train_branch("audio", args, corpora, out / held_out)
 
 
 def train_multimodal(args: argparse.Namespace) -> dict:
@@ -119,7 +144,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "multimodal"))
+    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "multimodal"))
     parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR, help="the corpora (default: %(default)s)")
     parser.add_argument("--runs", type=Path, help="checkpoints, to resume from (default: build/out/runs)")
     parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {config.WEIGHTS_DIR}/, "
@@ -144,9 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "multimodal":
         train_multimodal(args)
         return
-    parts = ("audio", "visual", "text", "fusion") if args.part == "all" else (args.part,)
+    parts = ("audio", "visual", "text", "fusion", "loco") if args.part == "all" else (args.part,)
     for part in parts:
-        if part == "fusion":
+        if part == "loco":
+            train_leave_one_corpus_out(args)
+        elif part == "fusion":
             from .training.fusion_fit import train_fusion  # noqa: PLC0415
 
             train_fusion(args)

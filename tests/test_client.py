@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -17,11 +18,13 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE
 
+from fv2es import config
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port, limited_repository
 from fv2es_client import Fv2esClient, Fv2esError, InputTooLargeError, ServerUnavailableError
 from fv2es_client.client import DEFAULT_MAX_INPUT_BYTES, MESSAGE_HEADROOM_BYTES, parse_limits
 from fv2es_client.output import (
-    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, Outcome, people_cell, plot_timelines, rounded,
+    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, CSV_UNSURE_COLUMNS, Outcome, format_result, people_cell, plot_timelines,
+    rounded,
 )
 
 SMALL_LIMIT = 200_000  # max_input_bytes of the limited server; the sample (78 kB) fits, OVERSIZE does not
@@ -102,7 +105,10 @@ def json_run(server, broken_file, tmp_path_factory):
 def check_result_entry(entry: dict, reference) -> None:
     """Every field of a successful JSON result, with its type, against the Python API's result."""
     assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "people",
-                          "model_info"}
+                          "model_info", "unsure", "unsure_below"}
+    # The threshold comes from the ensemble's config (config.UNSURE_BELOW); each mark follows from the score.
+    assert entry["unsure_below"] == config.UNSURE_BELOW == reference.unsure_below
+    assert entry["unsure"] is (entry["score"] < config.UNSURE_BELOW)
     assert entry["ok"] is True
     assert isinstance(entry["seconds"], float) and entry["seconds"] > 0
     labels = entry["labels"]
@@ -120,7 +126,8 @@ def check_result_entry(entry: dict, reference) -> None:
         assert current["start"] == pytest.approx(previous["end"], abs=1e-4), "segments are contiguous"
     for i, (segment, expected) in enumerate(zip(segments, reference.segments)):
         assert set(segment) == {"index", "start", "end", "transcript", "scores", "has_speech", "has_face", "speaker",
-                                "people", "emotion", "score"}
+                                "people", "emotion", "score", "unsure"}
+        assert segment["unsure"] is (segment["score"] < config.UNSURE_BELOW) is expected.unsure
         assert segment["index"] == i
         assert isinstance(segment["speaker"], int) and segment["speaker"] == expected.speaker
         assert set(segment["people"]) == {str(p) for p in expected.people}
@@ -200,7 +207,7 @@ def test_csv_and_plot(server, reference, tmp_path):
     done = run_cli("--csv", "--plot", str(png), "--url", server.grpc_url, str(SAMPLE))
     assert done.returncode == 0, done.stderr
     reader = csv.DictReader(io.StringIO(done.stdout))
-    assert reader.fieldnames == [*CSV_COLUMNS, *reference.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS]
+    assert reader.fieldnames == [*CSV_COLUMNS, *reference.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS]
     rows = list(reader)
     assert len(rows) == len(reference.segments), "one row per segment"
     for row, segment in zip(rows, reference.segments):
@@ -215,7 +222,20 @@ def test_csv_and_plot(server, reference, tmp_path):
         assert float(row["score"]) == pytest.approx(segment.score, abs=1e-4)
         assert row["error_code"] == row["error_message"] == ""
         assert row["speaker"] == str(segment.speaker) and row["people"] == people_cell(segment)
+        assert row["unsure"] == str(int(float(row["score"]) < config.UNSURE_BELOW))
     check_png(png)
+
+
+def test_unsure_segments_are_marked_in_the_table(reference):
+    """The table marks each segment whose top score is below the threshold, and says what the mark means."""
+    result = copy.deepcopy(reference)
+    table = format_result("clip", result.mark_unsure(1.01))  # every top score is below 1.01
+    rows = [line for line in table.splitlines() if re.match(r"^\s+\d+\.\d\d\s+\d+\.\d\d\s", line)]
+    assert len(rows) == len(result.segments) and all(f"{s.score:5.2f}?" in row for row, s in zip(rows, result.segments))
+    assert "? unsure: top score below 1.01" in table and "overall emotion: " + result.emotion + " (unsure)" in table
+    table = format_result("clip", result.mark_unsure(0.0))
+    rows = [line for line in table.splitlines() if re.match(r"^\s+\d+\.\d\d\s+\d+\.\d\d\s", line)]
+    assert all(f"{s.score:5.2f} " in row for row, s in zip(rows, result.segments)) and "unsure" not in table
 
 
 def check_png(path) -> np.ndarray:

@@ -31,7 +31,7 @@ from fv2es_build import synth
 from fv2es_client import Fv2esClient, Fv2esError, ModelNotReadyError, Segment, VideoResult
 from fv2es_client.client import OUTPUTS, PERSON_OUTPUTS, parse_response, requested_outputs
 from fv2es_client.output import (
-    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, LANE_HEIGHT, LANES_MARGIN, Outcome, format_result, json_document,
+    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, CSV_UNSURE_COLUMNS, LANE_HEIGHT, LANES_MARGIN, Outcome, format_result, json_document,
     people_cell, plot_timelines, write_csv,
 )
 from fv2es_client.sources import byte_clock, capture_chunks, done_marker, file_chunks, growing_file_chunks, source_chunks
@@ -169,10 +169,11 @@ def test_table_has_a_speaker_column_and_a_people_block(result):
 def test_json_has_the_speaker_and_the_people(result):
     doc = json.loads(json.dumps(json_document([Outcome("clip.mp4", 1.0, result=result)], {"url": "x"})))
     entry = doc["results"][0]
-    assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "people", "model_info"}
+    assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "people", "model_info",
+                          "unsure", "unsure_below"}
     segment = entry["segments"][2]
     assert set(segment) == {"index", "start", "end", "transcript", "scores", "has_speech", "has_face", "speaker", "people",
-                            "emotion", "score"}
+                            "emotion", "score", "unsure"}
     assert segment["index"] == 2 and segment["speaker"] == 1
     assert set(segment["people"]) == {"0", "1"}
     assert set(segment["people"]["1"]) == {"emotion", "score", "scores"}
@@ -192,15 +193,16 @@ def test_csv_keeps_its_columns_and_adds_speaker_and_people(result):
     failed = Outcome("bad.mp4", 0.1, error_code="INVALID_ARGUMENT", error_message="not a video")
     write_csv([Outcome("clip.mp4", 1.0, result=result), failed], out)
     reader = csv.DictReader(io.StringIO(out.getvalue()))
-    assert reader.fieldnames == [*CSV_COLUMNS, *LABELS, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS]
-    assert CSV_PEOPLE_COLUMNS == ("speaker", "people")
+    assert reader.fieldnames == [*CSV_COLUMNS, *LABELS, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS]
+    assert CSV_PEOPLE_COLUMNS == ("speaker", "people") and CSV_UNSURE_COLUMNS == ("unsure",)
     rows = list(reader)
     assert [r["speaker"] for r in rows[:4]] == ["-1", "0", "1", "-1"]
     assert rows[0]["people"] == "0:happiness 0.8800;1:neutral 0.8800"
     assert rows[1]["people"] == "0:anger 0.8800" and rows[3]["people"] == ""
     assert rows[1]["transcript"] == "hello there" and float(rows[1]["start"]) == 1.5
     assert rows[4]["video"] == "bad.mp4" and rows[4]["error_code"] == "INVALID_ARGUMENT"
-    assert rows[4]["speaker"] == rows[4]["people"] == "" and rows[4]["emotion"] == ""
+    assert rows[4]["speaker"] == rows[4]["people"] == rows[4]["unsure"] == "" and rows[4]["emotion"] == ""
+    assert [r["unsure"] for r in rows[:4]] == ["0"] * 4, "no threshold from this result's server: nothing marked"
     assert people_cell(result.segments[2]) == "0:happiness 0.8800;1:sadness 0.8800"
 
 

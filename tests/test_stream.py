@@ -93,6 +93,9 @@ def test_the_stream_gives_the_whole_files_segments(whole, streamed):
         for person, scores in theirs.people.items():
             assert max(abs(mine.people[person][k] - scores[k]) for k in scores) < SCORE_TOLERANCE
     assert max(abs(final.scores[k] - whole.scores[k]) for k in whole.scores) < SCORE_TOLERANCE
+    # The stream model publishes the same unsure threshold as the ensemble; each segment is marked by it.
+    assert final.unsure_below == whole.unsure_below == config.UNSURE_BELOW
+    assert all(s.unsure_below == config.UNSURE_BELOW and s.unsure == (s.score < config.UNSURE_BELOW) for s in segments)
     assert sorted(final.people) == sorted(whole.people)
     for person, scores in whole.people.items():
         assert max(abs(final.people[person][k] - scores[k]) for k in scores) < SCORE_TOLERANCE

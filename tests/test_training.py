@@ -86,7 +86,15 @@ def test_quick_training_evaluation_and_export(tmp_path):
     results = json.loads((tmp_path / "eval.json").read_text())
     assert set(results["branches"]) == set(config.BRANCHES) and "fused" in results["fusion"]
     assert all(v <= 1e-4 for v in results["export"].values())
-    assert {p.name for p in (tmp_path / "fig").iterdir()} == {"audio.png", "visual.png", "text.png", "fused.png"}
+    assert {p.name for p in (tmp_path / "fig").iterdir()} == {"audio.png", "visual.png", "text.png", "fused.png", "reliability.png"}
+    # The audio branch on each corpus's held-out speakers, and each corpus held out in turn (train all
+    # ran `loco`); calibration of every branch and of the fused scores.
+    assert set(results["audio_inputs"]["whisper"]) == set(results["leave_one_corpus_out"]) == {"ravdess", "emodb", "turev"}
+    assert results["leave_one_corpus_out"]["turev"]["classes"] == ["neutral", "happy", "sad", "angry"]
+    assert set(results["calibration"]) == {*config.BRANCHES, "fused", "fused, neutral words"}
+    assert all(0 <= r["after"]["ece"] <= 1 for r in results["calibration"].values())
+    fusion = torch.load(weights / "fusion.pt", weights_only=False)["state_dict"]
+    assert fusion["branch_temperature"].shape == (3,) and (fusion["branch_temperature"] > 0).all()
     assert "RepVGG, batch of 64 faces" in result.stdout
 
     run("-m", "fv2es_build.repository", "--repository", str(repo), "--weights", str(weights))

@@ -45,27 +45,9 @@ def quick_subset(split: Split, n: int, seed: int = config.TRAIN_SEED) -> Split:
 
 # --- RAVDESS (audio) ----------------------------------------------------------------------------
 
-def ravdess_files(data_dir: Path) -> list[tuple[Path, int, int]]:
-    """(file, actor, class index) of every clip; the name is 03-01-EE-II-SS-RR-AA, EE the emotion 01..08."""
-    root = data_dir / "ravdess"
-    files = sorted(root.glob("Actor_*/*.flac"))
-    if not files:
-        raise FileNotFoundError(f"no RAVDESS clips under {root} (expected Actor_NN/*.flac)")
-    out = []
-    for path in files:
-        parts = path.stem.split("-")
-        out.append((path, int(parts[6]), int(parts[2]) - 1))
-    return out
-
-
 def load_ravdess(data_dir: Path, *, validation: bool, quick: bool = False) -> Split:
     """Waveforms (float32 tensors at SAMPLE_RATE) of the training or held-out validation actors."""
-    chosen = [f for f in ravdess_files(data_dir) if (f[1] in config.RAVDESS_VALIDATION_ACTORS) == validation]
-    if quick:
-        chosen = chosen[:: max(1, len(chosen) // config.QUICK_EXAMPLES)][: config.QUICK_EXAMPLES]
-    waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _, _ in chosen]
-    targets = torch.tensor([c for _, _, c in chosen])
-    return Split(waves, targets, config.RAVDESS_CLASSES, np.array([a for _, a, _ in chosen]))
+    return load_speech(data_dir, "ravdess", validation=validation, quick=quick)
 
 
 class MelChunker:
@@ -108,6 +90,60 @@ def augment_wave(wave: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return wave
 
 
+def augment_channel(wave: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A studio clip as another microphone, room and speaker might give it (the Whisper-input branch's
+    augmented variants, encoded offline): crop (80-100 %), speed 0.9-1.1x (tempo and pitch, as Kaldi's
+    speed perturbation), then each with its own chance a room (reverberation), a channel (telephone
+    300-3400 Hz, or a laptop microphone's 150-300 Hz to 5-7 kHz), background noise (white, pink or
+    brown, SNR 5-30 dB) and a loudness from -35 to -15 dBFS RMS (Whisper's features are not
+    loudness-invariant; clipped at full scale)."""
+    import torchaudio.functional as AF  # noqa: PLC0415, N812
+
+    rate = config.SAMPLE_RATE
+    keep = int(len(wave) * _uniform(generator, 0.8, 1.0))
+    start = int(torch.randint(0, len(wave) - keep + 1, (), generator=generator))
+    wave = wave[start : start + keep]
+    speed = _uniform(generator, 0.9, 1.1)
+    wave = torch.nn.functional.interpolate(wave[None, None], size=int(len(wave) / speed), mode="linear")[0, 0]
+    if float(torch.rand((), generator=generator)) < 0.4:
+        wave = reverberate(wave, _uniform(generator, 0.2, 0.8), generator)
+    channel = float(torch.rand((), generator=generator))
+    if channel < 0.25:  # telephone
+        wave = AF.lowpass_biquad(AF.highpass_biquad(wave, rate, 300.0), rate, 3400.0)
+    elif channel < 0.5:  # laptop or phone microphone
+        wave = AF.highpass_biquad(wave, rate, _uniform(generator, 150.0, 300.0))
+        wave = AF.lowpass_biquad(wave, rate, _uniform(generator, 5000.0, 7000.0))
+    if float(torch.rand((), generator=generator)) < 0.6:
+        wave = add_noise(wave, _uniform(generator, 5.0, 30.0), int(torch.randint(0, 3, (), generator=generator)), generator)
+    rms = wave.pow(2).mean().sqrt().clamp(min=1e-6)
+    wave = wave * (10 ** (_uniform(generator, -35.0, -15.0) / 20) / rms)
+    return wave.clamp(-1.0, 1.0)
+
+
+def reverberate(wave: torch.Tensor, rt60_s: float, generator: torch.Generator) -> torch.Tensor:
+    """A room: the wave convolved with a synthetic impulse response (a direct path, then exponentially
+    decaying noise reaching -60 dB after rt60_s), at the same loudness."""
+    import torchaudio.functional as AF  # noqa: PLC0415, N812
+
+    n = int(rt60_s * config.SAMPLE_RATE)
+    t = torch.arange(n) / config.SAMPLE_RATE
+    response = torch.randn(n, generator=generator) * torch.exp(-6.9 * t / rt60_s) * 0.3
+    response[0] = 1.0
+    wet = AF.fftconvolve(wave, response)[: len(wave)]
+    return wet * (wave.pow(2).mean().sqrt() / wet.pow(2).mean().sqrt().clamp(min=1e-9))
+
+
+def add_noise(wave: torch.Tensor, snr_db: float, colour: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise at `snr_db` below the wave: colour 0 white, 1 pink (1/f power), 2 brown (1/f^2)."""
+    noise = torch.randn(len(wave), generator=generator)
+    if colour:
+        spectrum = torch.fft.rfft(noise)
+        spectrum /= torch.arange(1, len(spectrum) + 1, dtype=torch.float32) ** (colour / 2)
+        noise = torch.fft.irfft(spectrum, n=len(wave))
+    power = wave.pow(2).mean().clamp(min=1e-10)
+    return wave + noise * torch.sqrt(power / 10 ** (snr_db / 10) / noise.pow(2).mean().clamp(min=1e-12))
+
+
 def spec_augment(chunks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """SpecAugment: one frequency band (<= 8 mels) and one time span (<= 4 frames) set to the mean (0)."""
     chunks = chunks.clone()
@@ -143,6 +179,36 @@ def load_fer2013(data_dir: Path, *, validation: bool, quick: bool = False) -> Sp
             raise ValueError(f"{path} has classes {classes}, expected {config.FER2013_CLASSES}")
         split = Split(torch.from_numpy(normalise_faces(data["images"])), torch.from_numpy(data["labels"]), classes)
     return quick_subset(split, config.QUICK_EXAMPLES) if quick else split
+
+
+# FER+ (Barsoum et al. 2016): ten annotators' votes per FER2013 image, rows in the order of the .npz splits.
+FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+FERPLUS_TO_FER2013 = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
+                      "anger": "angry", "disgust": "disgust", "fear": "fear"}  # contempt has no FER2013 class
+
+
+def load_ferplus_votes(data_dir: Path, *, validation: bool) -> np.ndarray:
+    """[N, 10] vote counts (FERPLUS_COLUMNS) of FER2013 Training or PublicTest, row i = image i of the .npz."""
+    path = data_dir / "ferplus" / "fer2013new.csv"
+    usage = "PublicTest" if validation else "Training"
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["Usage"] == usage]
+    return np.array([[int(r[c] or 0) for c in FERPLUS_COLUMNS] for r in rows], dtype=np.float32)
+
+
+def ferplus_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Soft targets [N, 7] over FER2013_CLASSES (the votes for those seven emotions, normalised) and
+    the majority class per image (-1 where there is none to use: most votes for contempt, unknown or
+    not-a-face, a tie for the top, or no emotion votes at all)."""
+    order = [FERPLUS_COLUMNS.index(f) for f, c in sorted(FERPLUS_TO_FER2013.items(), key=lambda x: config.FER2013_CLASSES.index(x[1]))]
+    emotions = votes[:, order]
+    total = emotions.sum(1, keepdims=True)
+    soft = np.divide(emotions, total, out=np.zeros_like(emotions), where=total > 0)
+    top = votes.max(1)
+    majority = emotions.argmax(1)
+    unique_top = (votes == top[:, None]).sum(1) == 1
+    usable = (emotions.max(1) == top) & unique_top & (total[:, 0] > 0)
+    return soft, np.where(usable, majority, -1)
 
 
 def augment_faces(faces: torch.Tensor, generator: torch.Generator, strong: bool = False) -> torch.Tensor:
@@ -208,19 +274,74 @@ def clean_meld_text(text: str) -> str:
     return " ".join(text.split())
 
 
-# --- EmoDB (audio, cross-corpus validation only) ------------------------------------------------
+# --- Speech corpora (audio) ---------------------------------------------------------------------
 
-# EmoDB's emotion letters (German names) -> RAVDESS classes; boredom (L) has no RAVDESS class.
+@dataclass(frozen=True)
+class SpeechCorpus:
+    """One labelled speech corpus: its clips' (file, speaker, RAVDESS class) and the speakers held out
+    for validation. The audio branch's classes are RAVDESS's eight; a corpus has some of them."""
+
+    name: str
+    validation_speakers: tuple[int, ...]
+
+    def clips(self, data_dir: Path) -> list[tuple[Path, int, str]]:
+        return SPEECH_CLIP_READERS[self.name](data_dir / self.name)
+
+    def classes(self, data_dir: Path) -> tuple[str, ...]:
+        """The RAVDESS classes this corpus has, in RAVDESS's order."""
+        present = {c for _, _, c in self.clips(data_dir)}
+        return tuple(c for c in config.RAVDESS_CLASSES if c in present)
+
+
+def _ravdess_clips(root: Path) -> list[tuple[Path, int, str]]:
+    """Names 03-01-EE-II-SS-RR-AA: EE the emotion 01..08 (RAVDESS_CLASSES' order), AA the actor."""
+    files = sorted(root.glob("Actor_*/*.flac"))
+    if not files:
+        raise FileNotFoundError(f"no RAVDESS clips under {root} (expected Actor_NN/*.flac)")
+    return [(f, int(f.stem.split("-")[6]), config.RAVDESS_CLASSES[int(f.stem.split("-")[2]) - 1]) for f in files]
+
+
+# EmoDB's emotion letters (German names) -> RAVDESS classes; boredom (L) has no RAVDESS class and is left out.
 EMODB_TO_RAVDESS = {"W": "angry", "E": "disgust", "A": "fearful", "F": "happy", "T": "sad", "N": "neutral"}
 
 
-def load_emodb(data_dir: Path) -> Split:
-    """EmoDB clips of the six classes it shares with RAVDESS, as waveforms, with RAVDESS class
-    indices as targets; groups = speaker. Never trained on: the audio branch's cross-corpus check."""
-    files = sorted((data_dir / "emodb").glob("*.flac"))
+def _emodb_clips(root: Path) -> list[tuple[Path, int, str]]:
+    """Names SSTTTEv: SS the speaker, E the emotion letter."""
+    files = sorted(root.glob("*.flac"))
     if not files:
-        raise FileNotFoundError(f"no EmoDB clips under {data_dir / 'emodb'} (expected SSTTTEv.flac)")
-    chosen = [(f, EMODB_TO_RAVDESS[f.stem[5]]) for f in files if f.stem[5] in EMODB_TO_RAVDESS]
-    waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _ in chosen]
-    targets = torch.tensor([config.RAVDESS_CLASSES.index(c) for _, c in chosen])
-    return Split(waves, targets, config.RAVDESS_CLASSES, np.array([int(f.stem[:2]) for f, _ in chosen]))
+        raise FileNotFoundError(f"no EmoDB clips under {root} (expected SSTTTEv.flac)")
+    return [(f, int(f.stem[:2]), EMODB_TO_RAVDESS[f.stem[5]]) for f in files if f.stem[5] in EMODB_TO_RAVDESS]
+
+
+# TurEV-DB's class folders -> RAVDESS classes (its README: Calm maps to neutral).
+TUREV_TO_RAVDESS = {"Angry": "angry", "Calm": "neutral", "Happy": "happy", "Sad": "sad"}
+
+
+def _turev_clips(root: Path) -> list[tuple[Path, int, str]]:
+    """Folders by class; names SPEAKER_CODE_word."""
+    files = sorted(root.glob("*/*.flac"))
+    if not files:
+        raise FileNotFoundError(f"no TurEV-DB clips under {root} (expected Angry|Calm|Happy|Sad/*.flac)")
+    return [(f, int(f.stem.split("_")[0]), TUREV_TO_RAVDESS[f.parent.name]) for f in files if f.parent.name in TUREV_TO_RAVDESS]
+
+
+SPEECH_CLIP_READERS = {"ravdess": _ravdess_clips, "emodb": _emodb_clips, "turev": _turev_clips}
+# Validation speakers, never trained on: RAVDESS actors 17-20 (2 male, 2 female), EmoDB 03 (male) and
+# 09 (female), TurEV 1358 and 6783 (both with all four classes).
+SPEECH_CORPORA = {
+    "ravdess": SpeechCorpus("ravdess", config.RAVDESS_VALIDATION_ACTORS),
+    "emodb": SpeechCorpus("emodb", (3, 9)),
+    "turev": SpeechCorpus("turev", (1358, 6783)),
+}
+
+
+def load_speech(data_dir: Path, corpus: str, *, validation: bool | None, quick: bool = False) -> Split:
+    """Waveforms (float32 at SAMPLE_RATE) of a corpus's training speakers (validation False), its
+    validation speakers (True) or all of it (None), with RAVDESS class indices; groups = speaker."""
+    spec = SPEECH_CORPORA[corpus]
+    chosen = [c for c in spec.clips(data_dir) if validation is None or (c[1] in spec.validation_speakers) == validation]
+    if quick:
+        chosen = chosen[:: max(1, len(chosen) // config.QUICK_EXAMPLES)][: config.QUICK_EXAMPLES]
+    waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _, _ in chosen]
+    targets = torch.tensor([config.RAVDESS_CLASSES.index(c) for _, _, c in chosen])
+    return Split(waves, targets, config.RAVDESS_CLASSES, np.array([s for _, s, _ in chosen]))

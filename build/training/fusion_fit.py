@@ -1,12 +1,13 @@
 """Fusion weights, fitted on clips composed from the three validation sets.
 
 There is no audio-visual-text emotion corpus here, so a "clip" is composed: pick a served label,
-then one example carrying it from each validation set (a RAVDESS held-out actor's utterance, a
-FER2013 PublicTest face, a MELD dev utterance), each scored by its trained branch. The fusion's
-modality weights and sharpness are fitted on clips from one half of every validation set (RAVDESS
-actors 17-18, even FER2013 indices, even MELD dialogues) with each modality dropped 20 % of the time
-(as when a segment has no face or no speech); the fused metrics come from clips composed from the
-other half only (actors 19-20, odd indices, odd dialogues), all modalities present.
+then one example carrying it from each validation set (an utterance of a held-out speaker of
+RAVDESS, EmoDB or TurEV-DB, a FER2013 PublicTest face, a MELD dev utterance), each scored by its
+trained branch. The fusion's modality weights and sharpness are fitted on clips from one half of
+every validation set (RAVDESS actors 17-18, EmoDB speaker 03, TurEV speaker 1358, even FER2013
+indices, even MELD dialogues) with each modality dropped 20 % of the time (as when a segment has no
+face or no speech); the fused metrics come from clips composed from the other half only (actors
+19-20, EmoDB 09, TurEV 6783, odd indices, odd dialogues), all modalities present.
 
 In most real videos the words are neutral while the voice and the face carry the emotion. A share
 of the clips (TRAINING["fusion"]["neutral_words"]) therefore get neutral words whatever their label:
@@ -30,8 +31,9 @@ from fv2es.text import load_tokenizer, tokenize
 
 from . import data
 from .loop import predict
+from .calibration import fit_temperature, reliability
 from .metrics import classification_metrics, format_metrics
-from .speech import audio_branch_task
+from .speech import clip_logits, validation_parts
 from .tasks import text_task, visual_task
 from .weights import BRANCHES, load_branch, save_weights, weights_path
 
@@ -48,6 +50,7 @@ class BranchOutputs:
     classes: tuple[str, ...]
     fit_half: np.ndarray  # [N] bool: used to fit the fusion (else: to evaluate it)
     neutral_extra: torch.Tensor | None = None  # [K, corpus classes]: more neutral examples, for both halves
+    corpus: np.ndarray | None = None  # [N] the corpus of each example, where a branch has several
 
     def all_logits(self) -> torch.Tensor:
         """The examples' logits, then the extra neutral ones (index len(logits) + k)."""
@@ -57,10 +60,8 @@ class BranchOutputs:
 def validation_outputs(branch: str, weights_dir: Path, data_dir: Path, quick: bool) -> BranchOutputs:
     """The trained branch's logits on its whole validation split (the same batches as in training)."""
     if branch == "audio":
-        task = audio_branch_task(data_dir, quick)
-        groups = data.load_ravdess(data_dir, validation=True, quick=quick).groups
-        fit_half = np.isin(groups, config.RAVDESS_VALIDATION_ACTORS[: len(config.RAVDESS_VALIDATION_ACTORS) // 2])
-    elif branch == "visual":
+        return audio_validation_outputs(weights_dir, data_dir, quick)
+    if branch == "visual":
         task = visual_task(data_dir, quick)
         fit_half = np.arange(task.n_val) % 2 == 0
     else:
@@ -75,6 +76,19 @@ def validation_outputs(branch: str, weights_dir: Path, data_dir: Path, quick: bo
         with torch.no_grad():
             neutral_extra = task.model(torch.from_numpy(ids), torch.from_numpy(mask))
     return BranchOutputs(torch.from_numpy(logits), targets, task.classes, fit_half, neutral_extra)
+
+
+def audio_validation_outputs(weights_dir: Path, data_dir: Path, quick: bool) -> BranchOutputs:
+    """The audio branch's logits on every speech corpus's validation speakers (each clip alone); the
+    first half of each corpus's validation speakers fits the fusion."""
+    parts = validation_parts(data_dir, quick)
+    branch = load_branch("audio", weights_dir)
+    logits = clip_logits(branch, [p.rows(i) for p in parts for i in range(len(p.split))])
+    targets = torch.cat([p.split.targets for p in parts]).numpy()
+    fit_half = np.concatenate([np.isin(p.split.groups, (s := data.SPEECH_CORPORA[p.corpus].validation_speakers)[: len(s) // 2])
+                               for p in parts])
+    corpus = np.concatenate([[p.corpus] * len(p.split) for p in parts])
+    return BranchOutputs(logits, targets, config.RAVDESS_CLASSES, fit_half, corpus=corpus)
 
 
 def compose_clips(
@@ -131,6 +145,7 @@ def evaluate_fusion(fusion, outputs: dict[str, BranchOutputs], seed: int, n: int
         with torch.no_grad():
             fused = fusion.fuse(scores, present)
         result[name] = classification_metrics(labels, fused.argmax(1).numpy(), config.LABELS)
+        result[name]["calibration"] = reliability(fusion.scores(fused).numpy(), labels)
         if not neutral_words:
             for i, branch in enumerate(BRANCHES):
                 result[f"{branch} alone"] = classification_metrics(labels, scores[:, i].argmax(1).numpy(), config.LABELS)
@@ -141,26 +156,47 @@ def all_validation_outputs(weights_dir: Path, data_dir: Path, quick: bool) -> di
     return {b: validation_outputs(b, weights_dir, data_dir, quick) for b in BRANCHES}
 
 
+def fit_fusion(outputs: dict[str, BranchOutputs], hp: dict, seed: int, *, calibrate: bool = True) -> models.fusion.Fv2esFusion:
+    """A fusion model fitted on the fitting half's composed clips; with `calibrate`, each branch's
+    temperature is fitted first on its own fitting half."""
+    fusion = models.create("fusion")
+    if calibrate:
+        temperatures = [fit_temperature(outputs[b].logits[torch.from_numpy(outputs[b].fit_half)], outputs[b].targets[outputs[b].fit_half])
+                        for b in BRANCHES]
+        with torch.no_grad():
+            fusion.branch_temperature.copy_(torch.tensor(temperatures))
+    index, labels = compose_clips(outputs, fit=True, n=CLIPS_PER_HALF, seed=seed, neutral_words=hp["neutral_words"])
+    scores = clip_scores(fusion, outputs, index)
+    fit_fusion_weights(fusion, scores, labels, hp["epochs"], hp["lr"], seed)
+    if calibrate:
+        # The fused scores' own temperature: the sharpness refitted, the modality weights fixed, with every
+        # modality present (fitted with modalities dropped, it was a compromise between the two cases).
+        with torch.no_grad():
+            unscaled = fusion.fuse(scores, torch.ones(scores.shape[:2], dtype=torch.bool)) / fusion.log_scale.exp()
+            fusion.log_scale.fill_(-np.log(fit_temperature(unscaled, labels)))
+    return fusion
+
+
 def train_fusion(args: argparse.Namespace) -> dict:
     hp = dict(config.TRAINING["fusion"])
     if args.quick:
         hp["epochs"] = 5
     outputs = all_validation_outputs(args.weights, args.data, args.quick)
-    fusion = models.create("fusion")
-    index, labels = compose_clips(outputs, fit=True, n=CLIPS_PER_HALF, seed=args.seed, neutral_words=hp["neutral_words"])
-    fit_fusion_weights(fusion, clip_scores(fusion, outputs, index), labels, hp["epochs"], hp["lr"], args.seed)
+    fusion = fit_fusion(outputs, hp, args.seed)
     metrics = evaluate_fusion(fusion, outputs, args.seed)
     for name, m in metrics.items():
-        print(format_metrics(f"composed clips, {name}", m))
+        print(format_metrics(f"composed clips, {name}", m) + (f"\n    expected calibration error {m['calibration']['ece']:.3f}" if "calibration" in m else ""))
     weights = torch.softmax(fusion.modality_weights.detach(), 0).tolist()
     print(f"fusion: modality weights audio {weights[0]:.3f}, visual {weights[1]:.3f}, text {weights[2]:.3f}, "
-          f"sharpness {fusion.log_scale.exp().item():.3f}")
-    only_fusion = torch.nn.ParameterDict({"modality_weights": fusion.modality_weights, "log_scale": fusion.log_scale})
+          f"sharpness {fusion.log_scale.exp().item():.3f}, branch temperatures "
+          + ", ".join(f"{b} {t:.2f}" for b, t in zip(BRANCHES, fusion.branch_temperature.tolist())))
+    fitted = torch.nn.ParameterDict({"modality_weights": fusion.modality_weights, "log_scale": fusion.log_scale,
+                                     "branch_temperature": torch.nn.Parameter(fusion.branch_temperature.clone(), requires_grad=False)})
     save_weights(
         weights_path(args.weights, "fusion"),
-        only_fusion,
+        fitted,
         metrics=metrics["fused"],
-        data="clips composed from the RAVDESS / FER2013 / MELD validation splits (build/training/fusion_fit.py)",
+        data="clips composed from the RAVDESS, EmoDB, TurEV-DB, FER2013 and MELD validation splits (build/training/fusion_fit.py)",
         hyperparameters=hp,
         seed=args.seed,
         command="fv2es-train " + " ".join(sys.argv[1:]),

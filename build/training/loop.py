@@ -35,6 +35,10 @@ class Task:
     multi_label: bool = False
     # Training examples per class (single-label tasks); hp["class_weight_power"] > 0 weights the loss by them.
     class_counts: tuple[int, ...] | None = None
+    # A task's own loss (hp -> loss(logits, targets)) and validation metrics ((logits, targets) -> dict
+    # with the keys of classification_metrics), where targets carry more than a class index.
+    criterion: Callable[[dict], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None
+    metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None
 
 
 def class_weights(counts: tuple[int, ...], power: float) -> torch.Tensor:
@@ -69,6 +73,8 @@ def predict(model: nn.Module, batches: Iterator[Batch]) -> tuple[np.ndarray, np.
 
 def evaluate(task: Task, batch_size: int) -> dict:
     logits, targets = predict(task.model, task.val_batches(batch_size))
+    if task.metrics is not None:
+        return task.metrics(logits, targets)
     if task.multi_label:
         return multilabel_metrics(targets, 1 / (1 + np.exp(-logits)), task.classes)
     return classification_metrics(targets, logits.argmax(1), task.classes)
@@ -101,7 +107,7 @@ def fit(task: Task, hp: dict, run_dir: Path, *, seed: int, resume: bool = False,
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(1, hp["epochs"] * steps_per_epoch), pct_start=0.15
     )
-    criterion = loss_function(task, hp.get("label_smoothing", 0.0), hp.get("class_weight_power", 0.0))
+    criterion = task.criterion(hp) if task.criterion else loss_function(task, hp.get("label_smoothing", 0.0), hp.get("class_weight_power", 0.0))
     state = {"epoch": 0, "best": None, "history": []}
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.exists():

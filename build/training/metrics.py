@@ -35,8 +35,15 @@ def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, classes: tuple[s
 
 
 def format_metrics(name: str, metrics: dict) -> str:
+    """One block of text; metrics over several corpora (a "per_corpus" entry) show each corpus's line."""
+    if "per_corpus" in metrics:
+        lines = [f"{name}: mean over corpora: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}"]
+        lines += ["  " + format_metrics(corpus, m) for corpus, m in metrics["per_corpus"].items()]
+        return "\n".join(lines)
     per_class = ", ".join(f"{k} {v:.2f}" for k, v in metrics["per_class_f1"].items())
+    most = metrics.get("most_predicted")
+    share = f"  most predicted {most['class']} {most['share']:.0%}" if most else ""
     return (
         f"{name}: n={metrics['n']} accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
-        f"weighted F1 {metrics['weighted_f1']:.4f}  WAcc {metrics['wacc']:.4f}\n    per-class F1: {per_class}"
+        f"weighted F1 {metrics['weighted_f1']:.4f}  WAcc {metrics['wacc']:.4f}{share}\n    per-class F1: {per_class}"
     )

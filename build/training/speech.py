@@ -6,14 +6,20 @@ is the slow part (0.4 s per 30 s window on one CPU core), so each clip's rows ar
 and cached under build/out/speech_cache/ (keyed by the clips and the ASR and row settings).
 
 Each training clip is seen several ways: alone (a short video: its speech padded to a 30 s window,
-as the server pads it), and packed with other training clips into windows of continuous speech (a
-long video: the encoder's attention then also sees the neighbouring speech), as recorded and with
-its waveform augmented (crop, speed, noise: `data.augment_wave`) before encoding.
+as the server pads it), and packed with other training clips of its corpus into windows of
+continuous speech (a long video: the encoder's attention then also sees the neighbouring speech),
+as recorded and through another channel (room, band, noise, loudness, speed: `data.augment_channel`).
+
+The branch trains on several corpora (SPEECH_TRAINING_CORPORA), each with only some of RAVDESS's
+eight classes: the loss of an example is over its corpus's classes (masked_cross_entropy), the
+sampling draws corpora and classes equally often (balanced_order), and the metrics are each
+corpus's, in its own classes (corpus_metrics).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +32,7 @@ from fv2es.models.branches import create_branch
 
 from . import data
 from .loop import Batch, Task
+from .metrics import classification_metrics
 
 CACHE = Path(__file__).resolve().parents[1] / "out" / "speech_cache"
 PACK_GAP_S = 0.3  # silence between packed clips
@@ -33,17 +40,22 @@ PACK_SECONDS = 27.0  # packed clips per window: up to this much audio, below one
 PACKINGS = 2  # packed variants of every training clip (different neighbours)
 AUGMENTED_PACKINGS = 2  # ... and packed variants of the augmented waveforms
 ROW_NOISE = 0.2  # training: Gaussian noise on the rows, times the features' standard deviation
+# The speech corpora the shipped audio branch trains on (data.SPEECH_CORPORA: each one's held-out speakers).
+SPEECH_TRAINING_CORPORA = ("ravdess", "emodb", "turev")
 
 
-def recognizer() -> SpeechRecognizer:
-    return SpeechRecognizer(config.ASR_MODEL, cpu_threads=2)
+def recognizer(compute_type: str = "default") -> SpeechRecognizer:
+    """The ASR model as the server runs it on CPU (int8); compute_type "float32" to measure what int8 changes."""
+    return SpeechRecognizer(config.ASR_MODEL, cpu_threads=2, compute_type=compute_type)
 
 
-def _key(name: str, waves: list[torch.Tensor], extra: str = "") -> Path:
+def _key(name: str, waves: list[torch.Tensor], extra: str = "", compute_type: str = "int8") -> Path:
     digest = hashlib.sha256()
     for w in waves:
         digest.update(w.numpy().tobytes()[:4096] + str(len(w)).encode())
     settings = (config.ASR_MODEL, config.ASR_BLOCK_S, config.SPEECH_CHUNK_STATES, config.SPEECH_MIN_STATES, extra)
+    if compute_type != "int8":  # the server's CPU precision keeps the keys it always had
+        settings += (compute_type,)
     digest.update(" ".join(map(str, settings)).encode())
     return CACHE / f"{name}-{digest.hexdigest()[:12]}.pt"
 
@@ -76,7 +88,7 @@ def alone_rows(name: str, waves: list[torch.Tensor], asr: SpeechRecognizer | Non
                 print(f"{name}: encoded {i + 1}/{len(waves)} clips", flush=True)
         return out
 
-    return _cached(_key(name, waves), compute)
+    return _cached(_key(name, waves, compute_type=asr.compute_type if asr else "int8"), compute)
 
 
 def packed_rows(
@@ -90,7 +102,7 @@ def packed_rows(
         clips = waves
         if augment:
             generator = torch.Generator().manual_seed(seed)
-            clips = [data.augment_wave(w, generator) for w in waves]
+            clips = [data.augment_channel(w, generator) for w in waves]
         out: list[torch.Tensor] = [torch.zeros(0)] * len(waves)
         order = np.random.default_rng(seed).permutation(len(waves))
         gap = np.zeros(int(PACK_GAP_S * config.SAMPLE_RATE), np.float32)
@@ -109,7 +121,8 @@ def packed_rows(
                 out[index] = clip_rows(speech.states[inside], speech.times[inside])
         return out
 
-    return _cached(_key(name, waves, f"packed {seed} {PACK_SECONDS} {PACK_GAP_S}{' augmented' if augment else ''}"), compute)
+    extra = f"packed {seed} {PACK_SECONDS} {PACK_GAP_S}{' channel-augmented' if augment else ''}"
+    return _cached(_key(name, waves, extra, asr.compute_type if asr else "int8"), compute)
 
 
 def placeholder(rows: torch.Tensor) -> torch.Tensor:
@@ -160,45 +173,164 @@ class AudioRows:
         return augment_rows(placeholder(self.variants[pick][i]), generator, self.scale)
 
 
-def speech_audio_task(data_dir: Path, quick: bool) -> Task:
-    train = data.load_ravdess(data_dir, validation=False, quick=quick)
-    val = data.load_ravdess(data_dir, validation=True, quick=quick)
+@dataclass
+class CorpusPart:
+    """One corpus's clips of one split with their rows and the RAVDESS classes the corpus has."""
+
+    corpus: str
+    split: data.Split
+    rows: AudioRows
+    classes: tuple[str, ...]
+
+
+def corpus_part(data_dir: Path, corpus: str, *, validation: bool, quick: bool, asr: SpeechRecognizer,
+                variants: bool = True) -> CorpusPart:
+    """validation: False the training speakers (with every encoded variant unless `variants` is False:
+    then each clip alone, as a held-out corpus is tested), True the validation speakers, each clip alone."""
+    split = data.load_speech(data_dir, corpus, validation=validation, quick=quick)
+    name = f"{corpus}-{'val' if validation else 'train'}-{'quick' if quick else 'full'}"
+    variants = dict(packings=PACKINGS, augmented_packings=AUGMENTED_PACKINGS) if variants and not validation else {}
+    return CorpusPart(corpus, split, AudioRows(name, split.inputs, asr=asr, **variants), data.SPEECH_CORPORA[corpus].classes(data_dir))
+
+
+def class_mask(classes: tuple[str, ...]) -> torch.Tensor:
+    """[8] bool: which of RAVDESS's classes a corpus has."""
+    return torch.tensor([c in classes for c in config.RAVDESS_CLASSES])
+
+
+def corpus_predictions(logits: torch.Tensor | np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """The class (an index into `classes`) the audio branch gives each clip of a corpus that has only
+    `classes`: the most probable of them, calm counted as neutral where the corpus has no calm (as the
+    fusion maps both to the served "neutral")."""
+    probabilities = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1).clone()
+    if "calm" not in classes:
+        probabilities[:, config.RAVDESS_CLASSES.index("neutral")] += probabilities[:, config.RAVDESS_CLASSES.index("calm")]
+    index = [config.RAVDESS_CLASSES.index(c) for c in classes]
+    return probabilities[:, index].argmax(1).numpy()
+
+
+def corpus_metrics(logits: torch.Tensor | np.ndarray, targets: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Metrics over a corpus's own classes (targets: RAVDESS class indices), with the share of the most
+    predicted class."""
+    index = [config.RAVDESS_CLASSES.index(c) for c in classes]
+    truth = np.array([index.index(int(t)) for t in targets])
+    predicted = corpus_predictions(logits, classes)
+    metrics = classification_metrics(truth, predicted, classes)
+    counts = np.bincount(predicted, minlength=len(classes))
+    metrics["most_predicted"] = {"class": classes[int(counts.argmax())], "share": float(counts.max() / max(len(predicted), 1))}
+    return metrics
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy over each example's corpus's classes only (targets [B, 2]: RAVDESS class, corpus
+    index; masks [corpora, 8]): a 4-class corpus says nothing about the classes it lacks. Label
+    smoothing spreads over the allowed classes."""
+    allowed = masks[targets[:, 1]]
+    log_p = torch.log_softmax(logits.masked_fill(~allowed, -1e4), -1)
+    nll = -log_p.gather(1, targets[:, :1])[:, 0]
+    uniform = -(log_p * allowed).sum(1) / allowed.sum(1)
+    return ((1 - smoothing) * nll + smoothing * uniform).mean()
+
+
+def balanced_order(parts: list[CorpusPart], n: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """n (part, clip) picks: a corpus uniformly, then one of its classes uniformly, then a clip of it
+    with speech: every corpus and every class of it weigh the same whatever their size."""
+    pools = []
+    for part in parts:
+        usable = np.array([i for i in range(len(part.split)) if part.rows.has_speech(i)], dtype=np.int64)
+        targets = part.split.targets.numpy()[usable]
+        pools.append([usable[targets == c] for c in np.unique(targets)])
+    picks = []
+    for _ in range(n):
+        k = int(torch.randint(0, len(parts), (), generator=generator))
+        pool = pools[k][int(torch.randint(0, len(pools[k]), (), generator=generator))]
+        picks.append((k, int(pool[int(torch.randint(0, len(pool), (), generator=generator))])))
+    return picks
+
+
+def speech_audio_task(data_dir: Path, quick: bool, corpora: tuple[str, ...] = SPEECH_TRAINING_CORPORA) -> Task:
+    """The audio branch on Whisper input, trained on `corpora` (their training speakers) and validated
+    on their validation speakers; the best epoch by the mean over corpora of macro F1."""
     asr = recognizer()
-    tag = "quick" if quick else "full"
-    train_rows = AudioRows(f"ravdess-train-{tag}", train.inputs, packings=PACKINGS, augmented_packings=AUGMENTED_PACKINGS, asr=asr)
-    val_rows = AudioRows(f"ravdess-val-{tag}", val.inputs, asr=asr)
+    train = [corpus_part(data_dir, c, validation=False, quick=quick, asr=asr) for c in corpora]
+    val = [corpus_part(data_dir, c, validation=True, quick=quick, asr=asr) for c in corpora]
+    masks = torch.stack([class_mask(p.classes) for p in train])
+    n_train = sum(len(p.split) for p in train)
 
     def train_batches(generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
-        usable = [i for i in range(len(train)) if train_rows.has_speech(i)]  # nothing to learn from silence
-        order = [usable[int(j)] for j in torch.randperm(len(usable), generator=generator)]
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            padded, mask = data.pad_sequences([train_rows(i, generator) for i in index])
-            yield (padded, mask), train.targets[index]
+        picks = balanced_order(train, n_train, generator)
+        for start in range(0, len(picks), batch_size):
+            chosen = picks[start : start + batch_size]
+            padded, mask = data.pad_sequences([train[k].rows(i, generator) for k, i in chosen])
+            yield (padded, mask), torch.tensor([[int(train[k].split.targets[i]), k] for k, i in chosen])
 
     def val_batches(batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(val), batch_size):
-            index = list(range(start, min(start + batch_size, len(val))))
-            padded, mask = data.pad_sequences([val_rows(i) for i in index])
-            yield (padded, mask), val.targets[index]
+        for k, part in enumerate(val):
+            for start in range(0, len(part.split), batch_size):
+                index = list(range(start, min(start + batch_size, len(part.split))))
+                padded, mask = data.pad_sequences([part.rows(i) for i in index])
+                yield (padded, mask), torch.stack([part.split.targets[index], torch.full((len(index),), k)], 1)
 
-    return Task("audio", create_branch("audio", len(train.classes)), train.classes, len(train), len(val), train_batches, val_batches)
+    def metrics(logits: np.ndarray, targets: np.ndarray) -> dict:
+        per_corpus = {p.corpus: corpus_metrics(logits[targets[:, 1] == k], targets[targets[:, 1] == k, 0], p.classes)
+                      for k, p in enumerate(val)}
+        keys = ("accuracy", "macro_f1", "weighted_f1", "mean_weighted_macro_f1", "wacc")
+        mean = {key: float(np.mean([m[key] for m in per_corpus.values()])) for key in keys}
+        return {"n": len(targets), **mean, "per_class_f1": {}, "per_corpus": per_corpus}
+
+    return Task("audio", create_branch("audio", len(config.RAVDESS_CLASSES)), config.RAVDESS_CLASSES, n_train,
+                sum(len(p.split) for p in val), train_batches, val_batches, select_by="macro_f1",
+                criterion=lambda hp: lambda logits, targets: masked_cross_entropy(logits, targets, masks, hp.get("label_smoothing", 0.0)),
+                metrics=metrics)
 
 
-def audio_branch_task(data_dir: Path, quick: bool) -> Task:
-    """The audio branch's training task for the configured input (config.AUDIO_INPUT)."""
+def audio_branch_task(data_dir: Path, quick: bool, corpora: tuple[str, ...] = SPEECH_TRAINING_CORPORA) -> Task:
+    """The audio branch's training task for the configured input (config.AUDIO_INPUT); the Mel input
+    trains on RAVDESS only."""
     if config.AUDIO_INPUT == "whisper":
-        return speech_audio_task(data_dir, quick)
+        return speech_audio_task(data_dir, quick, corpora)
     from .tasks import audio_task
 
     return audio_task(data_dir, quick)
 
 
-def clip_inputs(name: str, waves: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each clip's audio-encoder rows for the configured input, as the server computes them for a
-    video holding only that clip as one segment."""
-    rows = AudioRows(name, waves)
-    return [rows(i) for i in range(len(waves))]
+def validation_parts(data_dir: Path, quick: bool, corpora: tuple[str, ...] = SPEECH_TRAINING_CORPORA,
+                     compute_type: str = "default") -> list[CorpusPart]:
+    """Each corpus's validation speakers, each clip alone: what evaluation needs (no training rows)."""
+    asr = recognizer(compute_type)
+    return [corpus_part(data_dir, c, validation=True, quick=quick, asr=asr) for c in corpora]
+
+
+def whole_corpus(data_dir: Path, corpus: str, quick: bool) -> list[CorpusPart]:
+    """All of a corpus (training and validation speakers), each clip alone: a held-out corpus's test."""
+    asr = recognizer()
+    return [corpus_part(data_dir, corpus, validation=v, quick=quick, asr=asr, variants=False) for v in (False, True)]
+
+
+def held_out_corpus_metrics(branch: torch.nn.Module, corpus: str, data_dir: Path, quick: bool,
+                            corpora: tuple[str, ...] = SPEECH_TRAINING_CORPORA) -> dict:
+    """A branch trained on the other `corpora` on every clip of `corpus`, in the classes it shares with
+    them (a class it lacks but whose served label a trained class has, RAVDESS's calm, counts as that
+    class; the others, RAVDESS's surprised, are left out)."""
+    trained = {c for other in corpora if other != corpus for c in data.SPEECH_CORPORA[other].classes(data_dir)}
+    parts = whole_corpus(data_dir, corpus, quick)
+    shared = tuple(c for c in parts[0].classes if c in trained)
+    served = {config.CLASS_TO_LABEL[c]: c for c in shared}
+    rows, targets = [], []
+    for part in parts:
+        for i in range(len(part.split)):
+            truth = served.get(config.CLASS_TO_LABEL[config.RAVDESS_CLASSES[int(part.split.targets[i])]])
+            if truth is not None:
+                rows.append(part.rows(i))
+                targets.append(config.RAVDESS_CLASSES.index(truth))
+    return corpus_metrics(clip_logits(branch, rows), np.array(targets), shared)
+
+
+def parts_metrics(branch: torch.nn.Module, parts: list[CorpusPart]) -> dict:
+    """The branch's metrics over the clips of `parts` (one corpus), in that corpus's classes."""
+    logits = clip_logits(branch, [p.rows(i) for p in parts for i in range(len(p.split))])
+    targets = torch.cat([p.split.targets for p in parts]).numpy()
+    return corpus_metrics(logits, targets, parts[0].classes)
 
 
 @torch.no_grad()

@@ -108,10 +108,16 @@ class Segment:
     speaker: int = NO_SPEAKER  # person id of who speaks in the segment; -1: unknown or nobody
     people: dict[int, dict[str, float]] = field(default_factory=dict)  # person id -> scores in this segment
     index: int = -1  # position in the video's timeline (0, 1, ...)
+    unsure_below: float | None = None  # the server's `unsure_below` (None: a server without one)
 
     @property
     def emotion(self) -> str:
         return max(self.scores, key=self.scores.get)
+
+    @property
+    def unsure(self) -> bool:
+        """The top score is below the server's threshold: a guess, not an answer."""
+        return self.unsure_below is not None and self.score < self.unsure_below
 
     @property
     def score(self) -> float:
@@ -131,6 +137,7 @@ class Segment:
             "index": self.index, "start": self.start, "end": self.end, "transcript": self.transcript,
             "scores": dict(self.scores), "has_speech": self.has_speech, "has_face": self.has_face,
             "speaker": self.speaker, "people": people, "emotion": self.emotion, "score": self.score,
+            "unsure": self.unsure,
         }
 
 
@@ -168,10 +175,22 @@ class VideoResult:
     model_info: dict = field(default_factory=dict)
     people: dict[int, dict[str, float]] = field(default_factory=dict)  # person id -> overall scores
     duration: float | None = None  # seconds of media, when the server says (live streams)
+    unsure_below: float | None = None  # the server's `unsure_below` (None: a server without one)
 
     @property
     def score(self) -> float:
         return self.scores[self.emotion]
+
+    @property
+    def unsure(self) -> bool:
+        return self.unsure_below is not None and self.score < self.unsure_below
+
+    def mark_unsure(self, threshold: float | None) -> "VideoResult":
+        """Sets the server's threshold on the result and its segments (their `unsure`)."""
+        self.unsure_below = threshold
+        for segment in self.segments:
+            segment.unsure_below = threshold
+        return self
 
     def person_summaries(self) -> list[PersonSummary]:
         """Every person of PERSON_SCORES (ids 0..P-1), and anyone seen in a segment, in id order."""
@@ -198,6 +217,8 @@ class VideoResult:
             "segments": [s.to_dict() for s in self.segments],
             "people": [p.to_dict() for p in self.person_summaries()],
             "model_info": self.model_info,
+            "unsure": self.unsure,
+            "unsure_below": self.unsure_below,
         }
 
 
@@ -309,6 +330,14 @@ def parse_limits(config: dict, default_max_input_bytes: int) -> ServerLimits:
     return ServerLimits(max_bytes, max_duration, from_server)
 
 
+def unsure_threshold(config: dict) -> float | None:
+    """The `unsure_below` parameter of a model config (get_model_config as JSON); None when absent."""
+    try:
+        return float(config.get("parameters", {}).get("unsure_below", {}).get("string_value"))
+    except (TypeError, ValueError):
+        return None
+
+
 def requested_outputs(metadata: dict) -> tuple[str, ...]:
     """The ensemble outputs to ask for, from its metadata: OUTPUTS, and the person outputs where the
     model has them (a server from before them has not, and Triton refuses a request for an output
@@ -350,6 +379,7 @@ class Fv2esClient:
         }
         self.default_max_input_bytes = default_max_input_bytes
         self.limits: ServerLimits | None = None
+        self.unsure_below: float | None = None  # from the model config, on connect
         self.client: grpcclient.InferenceServerClient | None = None
         self.outputs: tuple[str, ...] = OUTPUTS  # what infer_raw requests: OUTPUTS and the person outputs served
         self.stream_config: dict | None = None  # the stream model's config, once it was found ready
@@ -389,6 +419,7 @@ class Fv2esClient:
                 metadata = {}
         self.outputs = requested_outputs(metadata)
         limits = parse_limits(config.get("config", {}), self.default_max_input_bytes)
+        self.unsure_below = unsure_threshold(config.get("config", {}))
         self.client = self._open(limits.channel_bytes)
         self.limits = limits
         return limits
@@ -510,7 +541,8 @@ class Fv2esClient:
             path = Path(video)
             self.check_size(path.stat().st_size, str(path))  # before reading it
             data = path.read_bytes()
-        return parse_response(self.infer_raw(data))
+        result = parse_response(self.infer_raw(data))  # connects first: the threshold is known
+        return result.mark_unsure(self.unsure_below)
 
     def infer_raw(self, data: bytes) -> dict[str, np.ndarray]:
         """Sends the bytes as they are (no size check) and returns the ensemble's outputs."""

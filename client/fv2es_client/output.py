@@ -17,6 +17,9 @@ CSV_ERROR_COLUMNS = ("error_code", "error_message")
 # speaker: the speaking person's id, -1 for unknown or nobody (as the server says);
 # people: every person seen in the segment, `id:emotion score`, `;`-separated, ids in order.
 CSV_PEOPLE_COLUMNS = ("speaker", "people")
+# unsure: 1 where the segment's top score is below the server's `unsure_below` (after the people columns).
+CSV_UNSURE_COLUMNS = ("unsure",)
+UNSURE_MARK = "?"  # after a score in the table
 JSON_DIGITS = 6  # decimals of times and scores in --json
 # The web page's colours (fv2es_web/static/app.css), for the plot's lanes.
 EMOTION_COLOURS = {
@@ -48,8 +51,9 @@ def speaker_text(speaker: int) -> str:
 
 
 def format_row(s: Segment) -> str:
-    """One segment as a table row (what fv2es-client --stream prints as each segment arrives)."""
-    return (f"  {s.start:7.2f} {s.end:7.2f}  {s.emotion:<10} {s.score:5.2f}  "
+    """One segment as a table row (what fv2es-client --stream prints as each segment arrives); an
+    unsure segment's score is followed by UNSURE_MARK."""
+    return (f"  {s.start:7.2f} {s.end:7.2f}  {s.emotion:<10} {s.score:5.2f}{UNSURE_MARK if s.unsure else ' '} "
             f"{'yes' if s.has_face else 'no':<4} {'yes' if s.has_speech else 'no':<6}  {speaker_text(s.speaker):<9}  "
             f"{s.transcript}").rstrip()
 
@@ -72,9 +76,15 @@ def format_summary(result: VideoResult) -> str:
     """The lines under the rows: overall scores and emotion, the people, the model."""
     ranked = sorted(result.scores.items(), key=lambda kv: -kv[1])
     lines = ["  overall: " + ", ".join(f"{label} {score:.2f}" for label, score in ranked),
-             f"  overall emotion: {result.emotion}", *format_people(result),
+             f"  overall emotion: {result.emotion}{' (unsure)' if result.unsure else ''}", *format_people(result),
              f"  model: {result.model_info.get('weights', 'unknown')}"]
+    if any(seg.unsure for seg in result.segments):
+        lines.insert(0, unsure_note(result.unsure_below))
     return "\n".join(lines)
+
+
+def unsure_note(threshold: float) -> str:
+    return f"  {UNSURE_MARK} unsure: top score below {threshold:.2f}, a guess more likely wrong than right"
 
 
 def format_result(name: str, result: VideoResult) -> str:
@@ -132,21 +142,21 @@ class CsvWriter:
     def header(self, labels: list[str]) -> None:
         if not self.started:
             self.labels, self.started = list(labels), True
-            self.writer.writerow([*CSV_COLUMNS, *self.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS])
+            self.writer.writerow([*CSV_COLUMNS, *self.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS])
 
     def segment(self, video: str, s: Segment) -> None:
         self.header(self.labels if self.labels is not None else list(s.scores))
         self.writer.writerow([
             video, f"{s.start:.3f}", f"{s.end:.3f}", s.emotion, f"{s.score:.4f}", int(s.has_face),
             int(s.has_speech), s.transcript, *[f"{s.scores.get(label, float('nan')):.4f}" for label in self.labels],
-            "", "", s.speaker, people_cell(s),
+            "", "", s.speaker, people_cell(s), int(s.unsure),
         ])
 
     def error(self, video: str, code: str, message: str) -> None:
         """A failed video: one row with only `video` and the error columns."""
         self.header(self.labels or [])
         self.writer.writerow([video, *[""] * (len(CSV_COLUMNS) - 1 + len(self.labels)), code, message,
-                              *[""] * len(CSV_PEOPLE_COLUMNS)])
+                              *[""] * (len(CSV_PEOPLE_COLUMNS) + len(CSV_UNSURE_COLUMNS))])
 
 
 def write_csv(outcomes: list[Outcome], out: TextIO) -> None:
@@ -176,7 +186,7 @@ LANES_MARGIN = 0.55  # inches around the lanes panel
 
 
 def plot_timelines(outcomes: list[Outcome], path: str | Path) -> int:
-    """Draws each analysed video's per-segment scores over time, one panel per video, and under it,
+    """Draws each analysed video's per-segment scores over time (unsure segments on grey), one panel per video, and under it,
     when the video has people, one lane for the video and one per person, each segment coloured by
     the emotion (hatched where the person is the speaker); returns the panel count."""
     import matplotlib
@@ -206,7 +216,11 @@ def plot_timelines(outcomes: list[Outcome], path: str | Path) -> int:
             values = [s.scores[label] for s in result.segments]
             ax.stairs(values, edges, baseline=None, label=f"{label} {result.scores[label]:.2f}", linewidth=1.5,
                       color=emotion_colour(label, result.labels))
-        ax.set_title(f"{Path(outcome.video).name}: overall {result.emotion} ({result.score:.2f})", fontsize=10)
+        unsure = [s for s in result.segments if s.unsure]
+        for i, s in enumerate(unsure):  # grey behind the segments that are guesses
+            ax.axvspan(s.start, s.end, color="0.85", zorder=0, label="unsure" if i == 0 else None)
+        ax.set_title(f"{Path(outcome.video).name}: overall {result.emotion} ({result.score:.2f}"
+                     f"{', unsure' if result.unsure else ''})", fontsize=10)
         ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(0, 1)
         ax.set_ylabel("score")

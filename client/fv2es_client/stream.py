@@ -42,7 +42,7 @@ from tritonclient.utils import InferenceServerException
 
 from .client import (
     MESSAGE_HEADROOM_BYTES, NO_SPEAKER, Fv2esError, MiB, Segment, VideoResult, _label_scores, overall_people,
-    person_rows, status_name,
+    person_rows, status_name, unsure_threshold,
 )
 
 if TYPE_CHECKING:
@@ -285,6 +285,7 @@ def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: 
         sender.start()
         segments: list[dict[str, np.ndarray]] = []
         labels: list[str] | None = None
+        threshold = unsure_threshold(config)
         while True:
             try:
                 kind, payload = state.events.get(timeout=POLL_S)
@@ -306,9 +307,11 @@ def _events(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: 
                 if labels is None:
                     labels = stream_labels(config, np.size(outputs["SEGMENT_SCORES"]))
                 segments.append(outputs)
-                yield parse_segment_response(outputs, labels)
+                segment = parse_segment_response(outputs, labels)
+                segment.unsure_below = threshold
+                yield segment
             elif event == EVENT_END:
-                result = parse_end_response(outputs, segments)
+                result = parse_end_response(outputs, segments).mark_unsure(threshold)
                 finished = True
                 yield result
                 return

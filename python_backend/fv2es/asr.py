@@ -82,6 +82,7 @@ class SpeechRecognizer:
     ):
         if compute_type == "default":
             compute_type = "float16" if device == "cuda" else "int8"
+        self.compute_type = compute_type
         self.model = _whisper_model_class()(
             resolve_asr_model(model),
             device=device,

@@ -200,6 +200,11 @@ TEXT_TRAINABLE_LAYERS = 2
 TEXT_POOLING = "mean"  # "mean" for sentence-transformer models (MiniLM), "cls" for ALBERT (the paper's)
 FEATURE_DIM = 64  # per-frame / per-chunk feature size of the audio and visual encoders
 
+# A segment (or video) whose top score is below this is marked unsure by the client, the web page and
+# their JSON/CSV: the scores are calibrated (temperature scaling, MODEL_CARD.md), so a top score of p is
+# right about a share p of the time, and below 0.5 the answer is more likely wrong than right.
+UNSURE_BELOW = 0.5
+
 # --- Training (build/train.py) ------------------------------------------------------------------
 DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
 WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <part>.pt for each part
@@ -218,7 +223,7 @@ TRAIN_SEED = 0
 RAVDESS_VALIDATION_ACTORS = (17, 18, 19, 20)
 TRAINING = {
     # The audio branch's entry follows its weights file (AUDIO_WEIGHTS): "audio" on Whisper input, "audio_mel" on Mel.
-    "audio": {"epochs": 40, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    "audio": {"epochs": 80, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
     "audio_mel": {"epochs": 60, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
     "visual": {"epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
     # A second run from the first one's weights (build/train.py visual --init; `train.py all` runs both).

@@ -103,6 +103,8 @@ ENSEMBLE_OUTPUTS = ("SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_H
                     "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "PERSON_SCORES")
 
 INPUT_LIMITS = {"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)}
+# How clients read the scores: below this top score a result is marked unsure (ensemble and stream model).
+RESULT_PARAMETERS = {"unsure_below": str(config.UNSURE_BELOW)}
 # The steps after demux validate times, audio lengths and segment counts against the same limit.
 DURATION_LIMIT = {"max_duration_s": str(config.MAX_DURATION_S)}
 
@@ -200,7 +202,8 @@ def stream_step(pipeline: list[Step]) -> Step:
     return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1), STREAM_KEY), tuple(by_name[n] for n in names),
                 kind="KIND_AUTO", decoupled=True,
                 parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
-                            **{k: str(v) for k, v in asdict(StreamLimits()).items()}, "labels": ",".join(config.LABELS)})
+                            **{k: str(v) for k, v in asdict(StreamLimits()).items()}, "labels": ",".join(config.LABELS),
+                            **RESULT_PARAMETERS})
 
 
 def served_models(pipeline: list[Step]) -> list[Step]:

@@ -25,6 +25,11 @@ function colour(element, label) {
   element.style.background = "hsl(" + hash + ", 55%, 45%)";
 }
 
+// A result whose top score is below the server's unsure_below: a guess, not an answer.
+function unsureText(result) {
+  return result.unsure ? " (unsure)" : "";
+}
+
 function scoreRows(container, scores) {
   container.replaceChildren();
   for (const [label, value] of Object.entries(scores).sort((a, b) => b[1] - a[1])) {
@@ -94,12 +99,12 @@ function render(file, body) {
   transcript.replaceChildren();
   segments.forEach((s, i) => {
     const block = document.createElement("div");
-    block.className = "segment";
+    block.className = s.unsure ? "segment unsure" : "segment";
     block.dataset.index = i;
     block.style.flex = String(Math.max(s.end - s.start, 0.01));
-    block.title = fmt(s.start) + "-" + fmt(s.end) + ": " + s.emotion + " " + s.score.toFixed(2) +
+    block.title = fmt(s.start) + "-" + fmt(s.end) + ": " + s.emotion + " " + s.score.toFixed(2) + unsureText(s) +
       (s.transcript ? "\n" + s.transcript : "");
-    block.textContent = s.emotion;
+    block.textContent = s.emotion + (s.unsure ? "?" : "");
     block.style.opacity = String(0.45 + 0.55 * s.score);
     colour(block, s.emotion);
     block.onclick = () => { $("player").currentTime = s.start + 0.01; };
@@ -113,13 +118,13 @@ function render(file, body) {
       line.append(speaker);
       block.title += "\nspeaking: " + personName(s.speaker);
     }
-    line.append(s.emotion + " " + s.score.toFixed(2) + (s.transcript ? ": " + s.transcript : ""));
+    line.append(s.emotion + " " + s.score.toFixed(2) + unsureText(s) + (s.transcript ? ": " + s.transcript : ""));
     line.onclick = block.onclick;
     transcript.append(line);
   });
   renderPeople(body.people || [], segments);
   $("axis-end").textContent = fmt(duration);
-  $("overall-emotion").textContent = body.emotion;
+  $("overall-emotion").textContent = body.emotion + unsureText(body);
   $("overall-score").textContent = body.score.toFixed(2);
   scoreRows($("overall-scores"), body.scores);
   $("summary").textContent = segments.length + " segments, " + fmt(duration) + " of video, analysed in " +
@@ -195,7 +200,7 @@ function highlight(time) {
   }
   if (index >= 0) {
     const s = segments[index];
-    $("current-emotion").textContent = s.emotion + " " + fmt(s.start) + "-" + fmt(s.end);
+    $("current-emotion").textContent = s.emotion + unsureText(s) + " " + fmt(s.start) + "-" + fmt(s.end);
     scoreRows($("current-scores"), s.scores);
     const list = $("current-people");
     list.replaceChildren();

@@ -95,8 +95,9 @@ class SpeechStateEncoder(nn.Module):
     because RAVDESS has 960 training clips; attention across the rows of a segment is the branch's
     sequence encoder, as on Mel input."""
 
-    def __init__(self, *, state_dim: int = config.SPEECH_STATE_DIM, hidden: int = 256, feature_dim: int = config.FEATURE_DIM, dropout: float = 0.3):
+    def __init__(self, *, state_dim: int | None = None, hidden: int = 256, feature_dim: int = config.FEATURE_DIM, dropout: float = 0.3):
         super().__init__()
+        state_dim = state_dim or config.SPEECH_STATE_DIM  # read when built: another ASR model, another width
         self.net = nn.Sequential(
             nn.LayerNorm(2 * state_dim),
             nn.Dropout(dropout),

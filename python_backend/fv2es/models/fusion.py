@@ -88,6 +88,10 @@ class Fv2esFusion(nn.Module):
         # learned sharpness exp(log_scale). Fitted after the branches (build/train.py fusion).
         self.modality_weights = nn.Parameter(torch.zeros(3))
         self.log_scale = nn.Parameter(torch.zeros(()))
+        # Each branch's temperature (audio, visual, text), fitted on validation data before the modality
+        # weights, so that its probabilities mean what they say before they are mapped and fused
+        # (build/training/calibration.py). A buffer: joint training leaves it at 1.
+        self.register_buffer("branch_temperature", torch.ones(3))
 
     def load_branches(self, audio: SequenceBranch, visual: SequenceBranch, text: TextBranch) -> None:
         """Takes the sequence encoders and heads of trained branches (their encoders export separately).
@@ -122,6 +126,9 @@ class Fv2esFusion(nn.Module):
 
     def to_labels(self, audio_logits: torch.Tensor, visual_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
         """Branch logits in their corpus classes -> [S, 3, C] scores over the served labels."""
+        audio_logits = audio_logits / self.branch_temperature[0]
+        visual_logits = visual_logits / self.branch_temperature[1]
+        text_logits = text_logits / self.branch_temperature[2]
         if self.multi_label:
             return torch.stack([audio_logits, visual_logits, text_logits], dim=1)
         mapped = [

