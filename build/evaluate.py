@@ -4,9 +4,11 @@
     fv2es-evaluate --write-card    # ... and rewrite MODEL_CARD.md's results section
 
 Branch metrics are on each corpus's validation split (RAVDESS actors 17-20, 8 classes; FER2013
-PublicTest; MELD dev); the audio branch also on EmoDB (German, other speakers and studio, never
-trained on: the cross-corpus check), for both audio inputs; fused metrics on composed clips of the
-held-out half (build/training/fusion_fit.py).
+PublicTest; MELD dev); the audio branch also on the held-out speakers of EmoDB and TurEV-DB, for
+both audio inputs, and, trained with one speech corpus left out (`fv2es-train loco`), on that whole
+corpus: the cross-corpus check. Fused metrics and the calibration error on composed clips of the
+held-out half (build/training/fusion_fit.py). Only validation clips are encoded (the held-out
+corpora's clips alone, which training has cached), and every number names the CPU it ran on.
 """
 
 from __future__ import annotations
