@@ -224,7 +224,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     outputs = all_validation_outputs(args.weights, args.data, args.quick)
     for branch, out in outputs.items():
         if branch == "audio":  # RAVDESS's validation actors; the other corpora below
-            ravdess = out.targets >= 0 if out.corpus is None else out.corpus == "ravdess"
+            ravdess = out.corpus == "ravdess"
             metrics = classification_metrics(out.targets[ravdess], out.logits[torch.from_numpy(ravdess)].argmax(1).numpy(), out.classes)
         else:
             metrics = classification_metrics(out.targets, out.logits.argmax(1).numpy(), out.classes)

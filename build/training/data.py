@@ -335,11 +335,11 @@ SPEECH_CORPORA = {
 }
 
 
-def load_speech(data_dir: Path, corpus: str, *, validation: bool | None, quick: bool = False) -> Split:
-    """Waveforms (float32 at SAMPLE_RATE) of a corpus's training speakers (validation False), its
-    validation speakers (True) or all of it (None), with RAVDESS class indices; groups = speaker."""
+def load_speech(data_dir: Path, corpus: str, *, validation: bool, quick: bool = False) -> Split:
+    """Waveforms (float32 at SAMPLE_RATE) of a corpus's training speakers (validation False) or its
+    validation speakers (True), with RAVDESS class indices; groups = speaker."""
     spec = SPEECH_CORPORA[corpus]
-    chosen = [c for c in spec.clips(data_dir) if validation is None or (c[1] in spec.validation_speakers) == validation]
+    chosen = [c for c in spec.clips(data_dir) if (c[1] in spec.validation_speakers) == validation]
     if quick:
         chosen = chosen[:: max(1, len(chosen) // config.QUICK_EXAMPLES)][: config.QUICK_EXAMPLES]
     waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _, _ in chosen]
