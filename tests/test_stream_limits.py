@@ -61,7 +61,9 @@ def assert_same_result(streamed, whole) -> None:
     for mine, theirs in zip(streamed.segments, whole.segments):
         assert mine.transcript == theirs.transcript
         assert max(abs(mine.scores[k] - theirs.scores[k]) for k in theirs.scores) < SCORE_TOLERANCE
+        assert mine.unsure_below == theirs.unsure_below is not None  # the server's marks, as the whole file's
     assert max(abs(streamed.scores[k] - whole.scores[k]) for k in whole.scores) < SCORE_TOLERANCE
+    assert streamed.unsure_below == whole.unsure_below is not None
 
 
 def halves(data: bytes) -> tuple[bytes, bytes]:

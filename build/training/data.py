@@ -256,15 +256,31 @@ def _jitter_and_erase(faces: torch.Tensor, generator: torch.Generator) -> torch.
 
 # --- MELD (text) --------------------------------------------------------------------------------
 
-def load_meld(data_dir: Path, *, validation: bool, quick: bool = False) -> Split:
-    """Utterance texts and classes of MELD train or dev; groups = dialogue ids."""
+def load_meld(data_dir: Path, *, validation: bool, quick: bool = False, context: int = 0) -> Split:
+    """Utterance texts and classes of MELD train or dev; groups = dialogue ids. With `context` > 0 each
+    input is (text, the up to `context` utterances before it in its dialogue, joined)."""
     path = data_dir / "meld" / ("dev_sent_emo.csv" if validation else "train_sent_emo.csv")
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     texts = [clean_meld_text(r["Utterance"]) for r in rows]
+    if context:
+        texts = list(zip(texts, meld_contexts(rows, texts, context)))
     targets = torch.tensor([config.MELD_CLASSES.index(r["Emotion"].strip().lower()) for r in rows])
     split = Split(texts, targets, config.MELD_CLASSES, np.array([int(r["Dialogue_ID"]) for r in rows]))
     return quick_subset(split, config.QUICK_EXAMPLES) if quick else split
+
+
+def meld_contexts(rows: list[dict], texts: list[str], n: int) -> list[str]:
+    """For each utterance, the n utterances before it in the same dialogue (by Utterance_ID), oldest first."""
+    by_dialogue: dict[str, list[tuple[int, int]]] = {}
+    for i, row in enumerate(rows):
+        by_dialogue.setdefault(row["Dialogue_ID"], []).append((int(row["Utterance_ID"]), i))
+    contexts = [""] * len(rows)
+    for utterances in by_dialogue.values():
+        order = [i for _, i in sorted(utterances)]
+        for k, i in enumerate(order):
+            contexts[i] = " ".join(texts[j] for j in order[max(0, k - n) : k])
+    return contexts
 
 
 def clean_meld_text(text: str) -> str:

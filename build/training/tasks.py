@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from fv2es.text import load_tokenizer, tokenize
@@ -74,11 +75,18 @@ def visual_task(data_dir: Path, quick: bool, augment: str = "basic") -> Task:
     )
 
 
-def text_task(data_dir: Path, quick: bool) -> Task:
-    train = data.load_meld(data_dir, validation=False, quick=quick)
-    val = data.load_meld(data_dir, validation=True, quick=quick)
+def text_task(data_dir: Path, quick: bool, context: int = 0) -> Task:
+    """MELD; with `context` > 0 each utterance is paired with the ones before it in its dialogue."""
+    train = data.load_meld(data_dir, validation=False, quick=quick, context=context)
+    val = data.load_meld(data_dir, validation=True, quick=quick, context=context)
     tokenizer = load_tokenizer()
-    tokens = {id(split): tokenize(tokenizer, split.inputs) for split in (train, val)}
+
+    def encode(split: data.Split) -> tuple[np.ndarray, np.ndarray]:
+        if not context:
+            return tokenize(tokenizer, split.inputs)
+        return tokenize(tokenizer, [text for text, _ in split.inputs], [before for _, before in split.inputs])
+
+    tokens = {id(split): encode(split) for split in (train, val)}
 
     def batches(split: data.Split, generator: torch.Generator | None, batch_size: int) -> Iterator[Batch]:
         ids, mask = tokens[id(split)]

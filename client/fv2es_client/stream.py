@@ -331,7 +331,7 @@ class RequestStream:
     """One gRPC stream to the stream model, a request at a time, with the sequence id it is given: the
     protocol as a hand-written client sees it (tests, the load test, clients that pace themselves).
     `request()` sends one chunk and returns the events it brought; the key from "open" is kept and
-    sent on every later chunk unless `key` is given."""
+    sent on every later chunk unless `key` is given. `finish()`'s result carries the server's unsure marks."""
 
     def __init__(self, url: str, sequence_id: int = 1, model: str = "fv2es_stream", *,
                  max_send_bytes: int = STREAM_CHANNEL_BYTES, timeout_s: float = 600.0):
@@ -376,7 +376,8 @@ class RequestStream:
         if rest:
             self.request(rest)
         end = [e for e in self.request(b"", end=True) if event_name(e) == EVENT_END]
-        return parse_end_response(end[0], self.segments)
+        config = self.grpc.get_model_config(self.model, as_json=True).get("config", {})
+        return parse_end_response(end[0], self.segments).mark_unsure(unsure_threshold(config))
 
     def close(self) -> None:
         """Cancels the gRPC stream (what a client that goes away does)."""

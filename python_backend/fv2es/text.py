@@ -22,9 +22,11 @@ def load_tokenizer(name: str = config.TEXT_MODEL):
     return AutoTokenizer.from_pretrained(resolve_text_model(name))
 
 
-def tokenize(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and attention mask, int64 [N, TEXT_MAX_TOKENS] (padded and truncated)."""
+def tokenize(tokenizer, texts: list[str], contexts: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask, int64 [N, TEXT_MAX_TOKENS] (padded and truncated). With `contexts`
+    (what was said before each text), each row is the pair "text [SEP] context"."""
+    pair = () if contexts is None else (list(contexts),)
     encoded = tokenizer(
-        list(texts), padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="np"
+        list(texts), *pair, padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="np"
     )
     return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
