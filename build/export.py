@@ -43,11 +43,13 @@ def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
     if text.encoder.hidden_size != config.TEXT_FEATURE_DIM:
         raise SystemExit(f"{config.TEXT_MODEL} gives {text.encoder.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
     if config.AUDIO_INPUT == "whisper":
-        from fv2es.asr import SpeechRecognizer  # noqa: PLC0415
+        from fv2es.asr import SpeechRecognizer, check_state_dim, check_trained_on  # noqa: PLC0415
 
-        state_dim = SpeechRecognizer(config.ASR_MODEL).state_dim
-        if state_dim != config.SPEECH_STATE_DIM:
-            raise SystemExit(f"{config.ASR_MODEL}'s encoder gives {state_dim}-d states: set SPEECH_STATE_DIM to match and retrain the audio branch")
+        try:  # the served asr model checks the same when it loads
+            check_trained_on(config.ASR_MODEL, records["audio"].get("asr_model"))
+            check_state_dim(config.ASR_MODEL, SpeechRecognizer(config.ASR_MODEL).state_dim)
+        except ValueError as error:
+            raise SystemExit(f"{weights_path(weights_dir, 'audio')}: {error}") from None
     # The text branch's encoder: the pretrained model with its fine-tuned top layers from text.pt.
     return {"audio_encoder": audio.encoder, "visual_encoder": visual.encoder, "text_encoder": text.encoder, "fusion": fusion.eval()}
 

@@ -51,7 +51,7 @@ def make_task(branch: str, data_dir: Path, quick: bool, hp: dict, corpora: tuple
         return tasks.visual_task(data_dir, quick, augment=hp.get("augment", "basic"))
     if branch == "audio":
         return audio_branch_task(data_dir, quick, corpora)
-    return tasks.text_task(data_dir, quick)
+    return tasks.text_task(data_dir, quick, context=hp.get("context_utterances", 0))
 
 
 def init_branch(model: torch.nn.Module, branch: str, path: Path) -> None:
@@ -76,6 +76,8 @@ def train_branch(branch: str, args: argparse.Namespace, corpora: tuple[str, ...]
         hp["epochs"] = 1
     if args.epochs:
         hp["epochs"] = args.epochs
+    if branch == "text" and args.text_context is not None:
+        hp["context_utterances"] = args.text_context
     torch.manual_seed(args.seed)
     started = time.time()
     task = make_task(branch, args.data, args.quick, hp, corpora)
@@ -98,6 +100,8 @@ def train_branch(branch: str, args: argparse.Namespace, corpora: tuple[str, ...]
         command="fv2es-train " + " ".join(sys.argv[1:]),
         minutes=round(minutes, 1),
         **({"audio_input": config.AUDIO_INPUT} if branch == "audio" else {}),
+        # The served asr model must be this one: its encoder states are the branch's input (build/export.py).
+        **({"asr_model": config.ASR_MODEL} if branch == "audio" and config.AUDIO_INPUT == "whisper" else {}),
     )
     print(f"{branch}: saved {weights_path(weights_dir, branch)} after {minutes:.1f} min")
     return best
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=config.TRAIN_SEED)
     parser.add_argument("--fe2e", type=Path, help="multimodal: the FE2E data folder (IEMOCAP_RAW_PROCESSED, ...)")
     parser.add_argument("--dataset", choices=("iemocap", "mosei"), default="iemocap", help="multimodal: which corpus")
+    parser.add_argument("--text-context", type=int, help="text: pair each utterance with this many before it in its "
+                        "dialogue (an experiment: the served text encoder sees one segment's words)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--init", type=Path, help="start a branch from the weights in this weights record "
                         "(e.g. weights/visual.pt) instead of from scratch: fine-tuning")

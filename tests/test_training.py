@@ -57,6 +57,23 @@ def test_corpus_classes_map_onto_the_served_labels():
         class_map(("anger", "joy"), config.LABELS)
 
 
+def test_text_context_is_the_utterances_before_in_the_same_dialogue_and_follows_the_text():
+    from fv2es.text import load_tokenizer, tokenize
+    from fv2es_build.training.data import meld_contexts
+
+    # Out of order on purpose: the context follows Utterance_ID, not the row order.
+    rows = [{"Dialogue_ID": "7", "Utterance_ID": "1"}, {"Dialogue_ID": "7", "Utterance_ID": "0"},
+            {"Dialogue_ID": "8", "Utterance_ID": "0"}, {"Dialogue_ID": "7", "Utterance_ID": "2"}]
+    texts = ["second", "first", "other dialogue", "third"]
+    assert meld_contexts(rows, texts, 1) == ["first", "", "", "second"]
+    assert meld_contexts(rows, texts, 2) == ["first", "", "", "first second"]
+    tokenizer = load_tokenizer()
+    ids, mask = tokenize(tokenizer, ["third"], ["first second"])
+    words = tokenizer.convert_ids_to_tokens(ids[0][mask[0] == 1].tolist())
+    assert words == ["[CLS]", "third", "[SEP]", "first", "second", "[SEP]"]
+    assert ids.shape == (1, config.TEXT_MAX_TOKENS)
+
+
 @pytest.mark.parametrize("label_set", sorted(config.LABEL_SETS))
 def test_every_label_set_builds_a_fusion_model(label_set):
     labels = config.LABEL_SETS[label_set]
@@ -102,6 +119,13 @@ def test_quick_training_evaluation_and_export(tmp_path):
     assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{p}.pt") for p in config.WEIGHT_PARTS]
     served = torch.jit.load(str(repo / "visual_encoder" / "1" / "model.pt"))
     assert "batch_norm" not in str(served.inlined_graph)
+
+    # An audio branch trained on another ASR model's states is not exported beside this one.
+    audio = torch.load(weights / "audio.pt", weights_only=False)
+    assert audio["asr_model"] == config.ASR_MODEL
+    torch.save({**audio, "asr_model": "Systran/faster-whisper-base"}, weights / "audio.pt")
+    refused = run("-m", "fv2es_build.repository", "--repository", str(tmp_path / "other"), "--weights", str(weights), check=False)
+    assert refused.returncode != 0 and "is not the ASR model the audio branch was trained on" in refused.stderr
 
 
 @needs_data

@@ -27,6 +27,22 @@ def resolve_asr_model(name: str) -> str:
     return name
 
 
+def check_trained_on(model: str, trained_on: str) -> None:
+    """The audio branch reads the ASR model's encoder states: another model gives it features it never
+    learnt (silently wrong at the same width; every request failing at another). Refused at load time."""
+    if model != trained_on:
+        raise ValueError(
+            f"asr_model {model!r} is not the ASR model the audio branch was trained on ({trained_on!r}): its encoder "
+            "states are the audio branch's input. Keep asr_model, or retrain the audio branch on the new model's "
+            "states (config.ASR_MODEL and SPEECH_STATE_DIM, then `fv2es-train audio` and `make build`)")
+
+
+def check_state_dim(model: str, state_dim: int) -> None:
+    if state_dim != config.SPEECH_STATE_DIM:
+        raise ValueError(f"asr_model {model!r} gives {state_dim}-d encoder states; the audio branch reads "
+                         f"{config.SPEECH_STATE_DIM}-d ones (SPEECH_STATE_DIM)")
+
+
 @dataclass
 class Speech:
     """What ASR hears in a clip: the transcribed segments and the encoder's states of the speech."""

@@ -143,7 +143,10 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
               fp32("FACE_MOUTH", -1)),
              kind="KIND_AUTO", parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS}),
         Step("asr", "asr", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)), asr_outputs, kind="KIND_AUTO",
-             parameters={"asr_model": config.ASR_MODEL, "beam_size": str(config.ASR_BEAM_SIZE),
+             # audio_branch_asr_model: what the audio weights were trained on (build/export.py checks it); the
+             # asr model refuses to load with another asr_model.
+             parameters={"asr_model": config.ASR_MODEL, "audio_branch_asr_model": config.ASR_MODEL,
+                         "beam_size": str(config.ASR_BEAM_SIZE),
                          "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
                          "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL,
                          "window_s": str(config.WINDOW_S), "audio_input": audio_input, **DURATION_LIMIT}),

@@ -5,7 +5,7 @@ encoder states that the transcription computes)."""
 from __future__ import annotations
 
 from .. import config, stages
-from ..asr import SpeechRecognizer
+from ..asr import SpeechRecognizer, check_state_dim, check_trained_on
 from ..text import load_tokenizer
 from .base import PipelineModel, input_limits
 
@@ -13,8 +13,12 @@ from .base import PipelineModel, input_limits
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         gpu = self.device.startswith("cuda")
+        asr_model = self.parameter("asr_model", config.ASR_MODEL)
+        self.speech_rows = self.parameter("audio_input", config.AUDIO_INPUT) == "whisper"
+        if self.speech_rows:
+            check_trained_on(asr_model, self.parameter("audio_branch_asr_model", config.ASR_MODEL))
         self.recognizer = SpeechRecognizer(
-            self.parameter("asr_model", config.ASR_MODEL),
+            asr_model,
             device="cuda" if gpu else "cpu",
             device_index=int(self.device.split(":")[1]) if gpu else 0,
             compute_type=self.parameter("compute_type", "default"),
@@ -25,7 +29,8 @@ class TritonPythonModel(PipelineModel):
         )
         self.tokenizer = load_tokenizer(self.parameter("text_model", config.TEXT_MODEL))
         self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
-        self.speech_rows = self.parameter("audio_input", config.AUDIO_INPUT) == "whisper"
+        if self.speech_rows:
+            check_state_dim(asr_model, self.recognizer.state_dim)
         self.max_duration_s = input_limits(self)["max_duration_s"]
 
     def process(self, inputs):
