@@ -9,13 +9,18 @@ CODE := triton_models/demux/1/fv2es/__init__.py
 RUNTIME := $(shell find python_backend/fv2es -name '*.py')
 PRELOAD := $(VENV)/lib/fv2es/fv2es_preload.so
 
-.PHONY: demo test serve web build configs train evaluate bench clean
+.PHONY: demo test test-quick serve web build configs train evaluate bench clean
 
 demo: $(MODELS) $(CODE)
 	$(BIN)/fv2es-demo
 
+# The whole suite (CI); the 15 slowest tests are listed at the end.
 test: $(MODELS) $(CODE)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
+
+# The edit loop: everything but the tests marked slow (own servers, training, long runs).
+test-quick: $(MODELS) $(CODE)
+	$(BIN)/pytest -q -m "not slow" tests
 
 serve: $(MODELS) $(CODE)
 	$(BIN)/fv2es-serve

@@ -1,7 +1,8 @@
 """Peak memory of a process tree (tritonserver and its Python-backend stubs), sampled in a thread.
 
-Proportional set size (PSS, /proc/<pid>/smaps_rollup) is summed over the processes, so shared
-pages (the libraries, the shared-memory tensors between server and stubs) count once.
+Proportional set size (PSS: psutil's memory_full_info, from /proc/<pid>/smaps_rollup) is summed over
+the processes, so shared pages (the libraries, the shared-memory tensors between server and stubs)
+count once.
 """
 
 from __future__ import annotations
@@ -9,31 +10,22 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import psutil
+
 
 def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
+    """`root` and all its descendants."""
+    try:
+        return [root] + [child.pid for child in psutil.Process(root).children(recursive=True)]
+    except psutil.Error:  # the process ended
+        return [root]
 
 
 def process_pss(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass  # the process ended
-    return 0
+        return psutil.Process(pid).memory_full_info().pss
+    except psutil.Error:  # the process ended
+        return 0
 
 
 def pss_bytes(pids: list[int]) -> int:
@@ -43,13 +35,13 @@ def pss_bytes(pids: list[int]) -> int:
 def process_label(pid: int) -> str:
     """The Triton model a Python-backend stub runs (its first argument is the model.py path), else the program."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        args = psutil.Process(pid).cmdline()
+    except psutil.Error:
         return "?"
-    first = args[1].decode(errors="replace") if len(args) > 1 else ""
+    first = args[1] if len(args) > 1 else ""
     if first.endswith("/model.py"):
         return Path(first).parents[1].name
-    return Path(args[0].decode(errors="replace")).name
+    return Path(args[0]).name if args else "?"
 
 
 class PeakMemory:

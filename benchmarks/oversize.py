@@ -9,12 +9,12 @@ its memory idle, after one normal request (samples/talking_head.mp4), at the pea
 oversize request sent raw with tritonclient (the FV2ES client would refuse to send it), a while
 later, after another normal request, and (--reload) after reloading demux through the model-repository API.
 
-Memory of each process of the server (tritonserver and each Python-backend stub) is read from
-/proc/<pid>/smaps_rollup: `anon` = its anonymous resident pages (heap, malloc arenas, stacks; not
-the libraries, whose PSS moves whenever another process of the machine maps the same files), and
-the Python backend's shared-memory regions (/dev/shm files named on the stubs' command lines) are
-counted once each, by the pages they hold (st_blocks), whoever maps them. The total is the sum of
-both: what a request can make the server take from the machine and keep.
+Memory of each process of the server (tritonserver and each Python-backend stub, found with psutil)
+is read from /proc/<pid>/smaps_rollup: `anon` = its anonymous resident pages (heap, malloc arenas,
+stacks; not the libraries, whose PSS moves whenever another process of the machine maps the same
+files), and the Python backend's shared-memory regions (/dev/shm files named on the stubs' command
+lines) are counted once each, by the pages they hold (st_blocks), whoever maps them. The total is the
+sum of both: what a request can make the server take from the machine and keep.
 
 --limit-bytes runs on a copy of the model repository whose demux/face_crop/fv2es `max_input_bytes`
 is that size (the oversize request, and the time it takes, can then be small). --env overlays the
@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+from monitor import process_tree  # noqa: E402 - benchmarks/monitor.py, beside this script
 
 from fv2es import config  # noqa: E402
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, limited_repository  # noqa: E402
@@ -49,27 +51,9 @@ MB = 1e6
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
-def process_tree(root: int) -> list[int]:
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children(pid))
-    return tree
-
-
 def rollup(pid: int) -> dict[str, int]:
-    """smaps_rollup of one process, in bytes ({} when it has ended)."""
+    """smaps_rollup of one process, in bytes ({} when it has ended). Read here, not with psutil: its
+    memory_full_info has no anonymous total, and memory_maps() would parse all of smaps at each sample."""
     values = {}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
@@ -82,8 +66,8 @@ def rollup(pid: int) -> dict[str, int]:
 
 def cmdline(pid: int) -> list[str]:
     try:
-        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
 
 
@@ -102,11 +86,10 @@ def shm_regions(pids: list[int]) -> list[Path]:
     for pid in pids:
         names.update(a for a in cmdline(pid) if a.startswith("triton_python_backend_shm_region"))
     try:
-        for line in Path(f"/proc/{pids[0]}/maps").read_text().splitlines():
-            if "/dev/shm/" in line:
-                names.add(line.split("/dev/shm/", 1)[1].split(" (deleted)")[0])
-    except OSError:
-        pass
+        maps = psutil.Process(pids[0]).memory_maps()
+    except psutil.Error:
+        maps = []
+    names.update(m.path.removeprefix("/dev/shm/") for m in maps if m.path.startswith("/dev/shm/"))
     return [Path("/dev/shm") / n for n in sorted(names)]
 
 
@@ -146,34 +129,24 @@ def snapshot(root: int) -> dict:
 
 def cpu_seconds(root: int) -> float:
     """User + system CPU time of the process tree so far (its live processes)."""
-    total = 0
+    total = 0.0
     for pid in process_tree(root):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+        total += times.user + times.system
+    return total
 
 
 def anon_mappings(pid: int, top: int = 8) -> list[str]:
     """The largest resident anonymous mappings of a process: where its heap memory sits."""
-    rows, current = [], None
     try:
-        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
-    except OSError:
+        maps = psutil.Process(pid).memory_maps(grouped=False)
+    except psutil.Error:
         return []
-    for line in lines:
-        fields = line.split()
-        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            current = {"name": fields[5] if len(fields) > 5 else "[anon]", "size": end - start, "anon": 0}
-            rows.append(current)
-        elif fields[0] == "Anonymous:" and current is not None:
-            current["anon"] = int(fields[1]) * 1024
-    rows.sort(key=lambda r: -r["anon"])
-    return [f"{r['name']:<10} mapping {r['size'] / MB:7.1f} MB, anon resident {r['anon'] / MB:7.1f} MB"
-            for r in rows[:top]]
+    maps.sort(key=lambda m: -m.anonymous)
+    return [f"{m.path:<10} mapping {m.size / MB:7.1f} MB, anon resident {m.anonymous / MB:7.1f} MB" for m in maps[:top]]
 
 
 class Peak:

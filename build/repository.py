@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import fv2es
-from fv2es import config, pipeline
+from fv2es import config, model_configs, pipeline
 from fv2es.pipeline import Step, Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,34 +45,40 @@ from fv2es.serving.{runner} import TritonPythonModel  # noqa: E402,F401
 HEADER = "# Written by fv2es-build (build/repository.py) from fv2es/pipeline.py and config.py: edit those, not this file.\n"
 
 
-def _tensor_pbtxt(t: Tensor, dims: tuple[int, ...] | None = None) -> str:
-    extra = f'\n    label_filename: "{pipeline.LABELS_FILE}"' if t.labels else ""
-    extra += "\n    optional: true" if t.optional else ""
-    dims = t.dims if dims is None else dims
-    return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.dtype}\n    dims: [ {", ".join(map(str, dims))} ]{extra}\n  }}'
+def _tensor(message, t: Tensor) -> None:
+    """One input or output of a config, from the pipeline's Tensor."""
+    message.name = t.name
+    message.data_type = model_configs.DataType.Value(f"TYPE_{t.dtype}")
+    message.dims.extend(t.dims)
+    if t.labels:
+        message.label_filename = pipeline.LABELS_FILE
+    if t.optional:
+        message.optional = True
 
 
-def _tensors_pbtxt(key: str, tensors) -> str:
-    return f"{key} [\n" + ",\n".join(_tensor_pbtxt(t) for t in tensors) + "\n]\n"
+def _tensors(model_config: model_configs.ModelConfig, inputs, outputs) -> None:
+    for t in inputs:
+        _tensor(model_config.input.add(), t)
+    for t in outputs:
+        _tensor(model_config.output.add(), t)
 
 
-def _parameters_pbtxt(parameters: dict[str, str]) -> str:
-    return "".join(f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}\n' for k, v in parameters.items())
-
-
-def model_pbtxt(step: Step, backend: str = "python") -> str:
+def model_config(step: Step, backend: str = "python") -> model_configs.ModelConfig:
     """The config of one step. `backend` "libtorch" serves a TorchScript step with Triton's PyTorch
     backend (`libtorch_step` names its tensors); the others always run in the Python backend."""
-    text = HEADER + f'name: "{step.name}"\n'
-    text += 'platform: "pytorch_libtorch"\n' if backend == "libtorch" else 'backend: "python"\n'
-    text += f"max_batch_size: {step.max_batch_size}\n"
-    text += _tensors_pbtxt("input", step.inputs) + _tensors_pbtxt("output", step.outputs)
-    text += f"instance_group [ {{ count: {step.instance_count}, kind: {step.kind} }} ]\n"
+    model = model_configs.ModelConfig(name=step.name, max_batch_size=step.max_batch_size)
+    if backend == "libtorch":
+        model.platform = "pytorch_libtorch"
+    else:
+        model.backend = "python"
+    _tensors(model, step.inputs, step.outputs)
+    model.instance_group.add(count=step.instance_count, kind=model_configs.InstanceKind.Value(step.kind))
     if step.batched:
-        text += f"dynamic_batching {{ max_queue_delay_microseconds: {config.BATCH_QUEUE_DELAY_US} }}\n"
+        model.dynamic_batching.max_queue_delay_microseconds = config.BATCH_QUEUE_DELAY_US
     if step.decoupled:
-        text += "model_transaction_policy { decoupled: true }\n"
-    return text + _parameters_pbtxt(step.parameters)
+        model.model_transaction_policy.decoupled = True
+    model_configs.set_parameters(model, step.parameters)
+    return model
 
 
 # A request for some of the ensemble's outputs makes Triton prune the steps only the others need;
@@ -127,21 +132,20 @@ def served_models(steps: list[Step]) -> list[Step]:
     return pipeline.served_models(steps) + ([publish_model(steps)] if read_outputs(steps) else [])
 
 
-def ensemble_pbtxt(steps: list[Step]) -> str:
+def ensemble_config(steps: list[Step]) -> model_configs.ModelConfig:
     steps = ensemble_steps(steps)
     pipeline.check_wiring(steps)
     pipeline.check_outputs_unread(steps)
-    text = HEADER + f'name: "{config.ENSEMBLE_NAME}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
-    text += _tensors_pbtxt("input", [pipeline.ENSEMBLE_INPUT]) + _tensors_pbtxt("output", pipeline.ensemble_outputs(steps))
-    blocks = []
+    ensemble = model_configs.ModelConfig(name=config.ENSEMBLE_NAME, platform="ensemble", max_batch_size=0)
+    _tensors(ensemble, [pipeline.ENSEMBLE_INPUT], pipeline.ensemble_outputs(steps))
     for s in steps:
-        maps = "".join(f'      input_map {{ key: "{i.name}" value: "{s.source(i.name)}" }}\n' for i in s.inputs)
-        maps += "".join(f'      output_map {{ key: "{o.name}" value: "{s.target(o.name)}" }}\n' for o in s.outputs)
-        blocks.append(f'    {{\n      model_name: "{s.model_name}"\n      model_version: -1\n{maps}    }}')
-    text += "ensemble_scheduling {\n  step [\n" + ",\n".join(blocks) + "\n  ]\n}\n"
+        step = ensemble.ensemble_scheduling.step.add(model_name=s.model_name, model_version=-1)
+        step.input_map.update({i.name: s.source(i.name) for i in s.inputs})
+        step.output_map.update({o.name: s.target(o.name) for o in s.outputs})
     # The input limits again, on the model clients address: the client reads them to refuse an
     # oversized file before sending it and to size its gRPC messages; and the unsure mark's threshold.
-    return text + _parameters_pbtxt({**pipeline.INPUT_LIMITS, **pipeline.RESULT_PARAMETERS})
+    model_configs.set_parameters(ensemble, {**pipeline.INPUT_LIMITS, **pipeline.RESULT_PARAMETERS})
+    return ensemble
 
 
 def libtorch_step(step: Step, argument_names: list[str]) -> Step:
@@ -194,7 +198,7 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
         folder = repository / s.name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         libtorch = backend == "libtorch" and s.torchscript
-        (folder / "config.pbtxt").write_text(model_pbtxt(s, "libtorch" if libtorch else "python"))
+        (folder / "config.pbtxt").write_text(model_configs.to_text(model_config(s, "libtorch" if libtorch else "python"), HEADER))
         if libtorch:  # the PyTorch backend reads model.pt alone
             (folder / "1" / "model.py").unlink(missing_ok=True)
             shutil.rmtree(folder / "1" / "fv2es", ignore_errors=True)
@@ -207,7 +211,7 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
     remove_stale_models(repository, {s.name for s in models} | {config.ENSEMBLE_NAME})
     (ensemble / "1").mkdir(parents=True, exist_ok=True)
     (ensemble / "1" / ".gitkeep").write_text("")
-    (ensemble / "config.pbtxt").write_text(ensemble_pbtxt(steps))
+    (ensemble / "config.pbtxt").write_text(model_configs.to_text(ensemble_config(steps), HEADER))
     (ensemble / pipeline.LABELS_FILE).write_text(labels)
 
 

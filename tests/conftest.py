@@ -1,4 +1,5 @@
-"""Shared fixtures: one real tritonserver per test session, a gRPC client, and real media."""
+"""Shared fixtures: the real tritonservers of a test session (the main one, one with small input limits),
+a gRPC client, and real media."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from fv2es import config
 from fv2es.media import demux
-from fv2es.tritonserver import REPOSITORY, EmbeddedServer
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer, limited_repository
 from fv2es_build import synth
 from fv2es_client import Fv2esClient
 
@@ -27,6 +28,28 @@ def server():
         yield instance
     finally:
         instance.stop()
+
+
+# max_input_bytes of `small_server`'s repository: the sample (78 kB) fits, twice the sample does not.
+SMALL_LIMIT = 100_000
+
+
+@pytest.fixture(scope="session")
+def small_server(tmp_path_factory):
+    """A second server, on a view of the repository that takes at most SMALL_LIMIT bytes per input:
+    the tests of size limits (oversize requests, the web page's upload limit) share it."""
+    repository = limited_repository(tmp_path_factory.mktemp("small") / "models", SMALL_LIMIT)
+    with EmbeddedServer(repository) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def spare_server():
+    """A second server on the real repository for the tests that break things (kill stubs, unload models,
+    abandon or break streams): whatever they leave behind stays out of the main one. Each such test
+    checks that this one survived."""
+    with EmbeddedServer(REPOSITORY) as instance:
+        yield instance
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE
 
-from fv2es import config
+from fv2es import config, model_configs
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port, limited_repository
 from fv2es_client import Fv2esClient, Fv2esError, InputTooLargeError, ServerUnavailableError
 from fv2es_client.client import DEFAULT_MAX_INPUT_BYTES, MESSAGE_HEADROOM_BYTES, parse_limits
@@ -162,8 +162,7 @@ def test_json_document_schema(json_run, reference, server):
     srv = doc["server"]
     assert srv["url"] == server.grpc_url and srv["model"] == "fv2es" and srv["model_version"] == ""
     assert isinstance(srv["max_input_bytes"], int) and srv["max_input_bytes_from_server"] is True
-    config = (REPOSITORY / "fv2es" / "config.pbtxt").read_text()
-    expected_limit = re.search(r'key: "max_input_bytes" value: \{ string_value: "(\d+)"', config).group(1)
+    expected_limit = model_configs.parameters(model_configs.read(REPOSITORY / "fv2es" / "config.pbtxt"))["max_input_bytes"]
     assert srv["max_input_bytes"] == int(expected_limit)
     assert isinstance(srv["max_duration_s"], float) and srv["max_duration_s"] > 0
     assert [r["video"] for r in doc["results"]] == videos, "results in the order given, despite --concurrency"
@@ -368,6 +367,7 @@ def oversize(tmp_path_factory, sample_bytes):
     return path
 
 
+@pytest.mark.slow
 def test_oversize_file_is_refused_before_sending(limited, oversize):
     server, cli_tls, tls = limited
     before = ensemble_counts(server.grpc_url, **tls)
@@ -390,6 +390,7 @@ def test_oversize_file_is_refused_before_sending(limited, oversize):
     assert f"{oversize}: error [INPUT_TOO_LARGE]: {oversize} is " in done.stderr
 
 
+@pytest.mark.slow
 def test_server_refuses_oversize_input_with_invalid_argument(limited, oversize):
     server, _, tls = limited
     with Fv2esClient(server.grpc_url, timeout_s=VIDEO_TIMEOUT_S, **tls) as c:
@@ -404,6 +405,7 @@ def test_server_refuses_oversize_input_with_invalid_argument(limited, oversize):
     assert f"limit of {SMALL_LIMIT} bytes" in info.value.message()
 
 
+@pytest.mark.slow
 def test_tls(limited):
     server, cli_tls, _ = limited
     if not cli_tls:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import ROOT
@@ -497,17 +498,10 @@ def whole(client, two_people_ts) -> VideoResult:
 
 
 @pytest.fixture(scope="module")
-def breaking_server():
-    """A server of its own for the streams that end in an error, that the client abandons or whose
-    step an admin unloads: whatever they leave behind stays out of the session's server. Each test
-    checks that this one survived."""
-    from fv2es.tritonserver import EmbeddedServer
-
-    instance = EmbeddedServer().start(timeout_s=300)
-    try:
-        yield instance
-    finally:
-        instance.stop()
+def breaking_server(spare_server):
+    """The streams that end in an error, that the client abandons or whose step an admin unloads run on
+    the spare server (conftest): whatever they leave behind stays out of the session's server."""
+    return spare_server
 
 
 def survived(server, sample_bytes) -> None:
@@ -571,6 +565,7 @@ def test_a_slow_consumer_does_not_stall_the_stream(client, two_people_ts, whole)
     same_result(seen[-1], whole)
 
 
+@pytest.mark.slow
 def test_a_server_error_raises_with_its_status_and_message(breaking_server, sample_bytes):
     with Fv2esClient(breaking_server.grpc_url) as client, pytest.raises(Fv2esError) as raised:
         list(client.stream([b"these are notes, not a video\n" * 2000]))
@@ -596,6 +591,7 @@ def test_stop_ends_the_stream_with_the_result_of_what_was_sent(client, two_peopl
     assert result.duration < whole_end - 1 and result.segments[-1].end < whole_end - 1, (result.duration, whole_end)
 
 
+@pytest.mark.slow
 def test_a_source_error_is_raised_to_the_caller(breaking_server, two_people_ts, sample_bytes):
     def broken():
         yield two_people_ts.read_bytes()[:65536]
@@ -606,6 +602,7 @@ def test_a_source_error_is_raised_to_the_caller(breaking_server, two_people_ts, 
     survived(breaking_server, sample_bytes)
 
 
+@pytest.mark.slow
 def test_a_server_that_takes_longer_than_the_timeout(breaking_server, two_people_ts, sample_bytes):
     with Fv2esClient(breaking_server.grpc_url) as impatient:
         started = time.monotonic()
@@ -616,6 +613,7 @@ def test_a_server_that_takes_longer_than_the_timeout(breaking_server, two_people
     survived(breaking_server, sample_bytes)
 
 
+@pytest.mark.slow
 def test_a_step_model_that_is_not_loaded_ends_the_stream_with_its_error(breaking_server, two_people_ts, sample_bytes):
     """A step the stream runs (BLS) unloaded by an admin: the stream ends with that step's error and
     Triton's code for it, not as a bad input (INVALID_ARGUMENT is for what the client sent)."""
@@ -646,9 +644,11 @@ def test_the_stream_model_must_be_served(server):
     assert "no_such_stream" in raised.value.message() and "--stream-model" in raised.value.message()
 
 
-def test_an_unloaded_stream_model_is_refused_before_anything_is_sent(server, client, sample_bytes):
-    """fv2es_stream unloaded (with the admin key), then loaded again. Without the key (the repository
-    index is behind it) Triton's answers make an unloaded model look like a missing one."""
+@pytest.mark.slow
+def test_an_unloaded_stream_model_is_refused_before_anything_is_sent(spare_server, sample_bytes):
+    """fv2es_stream unloaded (with the admin key; on the spare server), then loaded again. Without the key
+    (the repository index is behind it) Triton's answers make an unloaded model look like a missing one."""
+    server = spare_server
     admin = grpcclient.InferenceServerClient(server.grpc_url)
     key = {f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": server.admin_key}
     admin.unload_model(config.STREAM_MODEL_NAME, headers=key)
@@ -666,7 +666,8 @@ def test_an_unloaded_stream_model_is_refused_before_anything_is_sent(server, cli
         time.sleep(4 * config.STUB_WATCH_INTERVAL_S + 1)
         admin.load_model(config.STREAM_MODEL_NAME, headers=key)
     assert admin.is_model_ready(config.STREAM_MODEL_NAME)
-    assert client.analyze(sample_bytes).segments
+    with Fv2esClient(server.grpc_url) as client:
+        assert client.analyze(sample_bytes).segments
     time.sleep(4 * config.STUB_WATCH_INTERVAL_S + 1)
     assert all(r["model"] != config.STREAM_MODEL_NAME for r in server.watchdog.recoveries), \
         "the watchdog took the unload for a crash"
@@ -721,10 +722,9 @@ def test_cli_stream_follows_a_growing_file(server, two_people_ts, whole, tmp_pat
 
 
 def opened_by(pid: int, path: Path) -> bool:
-    fds = Path(f"/proc/{pid}/fd")
     try:
-        return any(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
-    except OSError:  # a descriptor closed while listing
+        return any(f.path == str(path.resolve()) for f in psutil.Process(pid).open_files())
+    except psutil.Error:  # the process ended
         return False
 
 
@@ -749,6 +749,7 @@ def test_cli_stream_first_ctrl_c_ends_the_stream_with_its_summary(server, two_pe
     assert "stopping" in stderr and "  overall emotion:" in stdout and " segment" in stdout
 
 
+@pytest.mark.slow
 def test_cli_stream_reports_the_servers_error(breaking_server, sample_bytes, tmp_path):
     bad = tmp_path / "bad.ts"
     bad.write_bytes(b"these are notes, not a video\n" * 2000)

@@ -19,11 +19,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import SAMPLE
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from fv2es import config, pipeline
+from fv2es import config, model_configs, pipeline
 from fv2es.pipeline import ENSEMBLE_OUTPUTS
 from fv2es.tritonserver import REPOSITORY
 from fv2es_build.repository import PUBLISH_MODEL
@@ -61,7 +59,7 @@ class Ensemble:
         return writers
 
 
-def from_config(model_config: model_config_pb2.ModelConfig) -> Ensemble:
+def from_config(model_config: model_configs.ModelConfig) -> Ensemble:
     return Ensemble([t.name for t in model_config.input], [t.name for t in model_config.output],
                     [(list(s.input_map.values()), list(s.output_map.values())) for s in model_config.ensemble_scheduling.step])
 
@@ -129,7 +127,7 @@ def subsets(names) -> list[tuple[str, ...]]:
 
 
 def written_ensemble() -> Ensemble:
-    return from_config(text_format.Parse(ENSEMBLE_CONFIG.read_text(), model_config_pb2.ModelConfig()))
+    return from_config(model_configs.read(ENSEMBLE_CONFIG))
 
 
 def test_no_subset_of_the_outputs_deadlocks():
@@ -153,7 +151,7 @@ def test_the_simulation_finds_the_deadlock_of_the_unpublished_wiring():
 
 def test_pruning_skips_what_a_subset_does_not_need():
     ensemble = written_ensemble()
-    models = [m.model_name for m in text_format.Parse(ENSEMBLE_CONFIG.read_text(), model_config_pb2.ModelConfig())
+    models = [m.model_name for m in model_configs.read(ENSEMBLE_CONFIG)
               .ensemble_scheduling.step]
 
     def run(*names):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import io
 import re
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
+from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -31,11 +33,12 @@ CUDA_LABEL = "cu126"  # the CUDA of that image, 12.6: the torch builds must matc
 CUDA_BUILDS = ("torch", "torchaudio", "torchvision")  # installed by the Dockerfile from PyTorch's index
 # Pinned in requirements.txt for development and tests only, kept out of the image: the embedded
 # tritonserver (the image has its own), the test runner and the client's plots, and the tools of the
-# deployment tests (a local S3 endpoint, the Kubernetes schemas), and the web page (fv2es-web runs next
-# to the server, not in its image) with its browser test. A new pin in requirements.txt goes into
-# docker/requirements.txt or here (test_every_pin_of_requirements_txt_is_...).
+# deployment tests (a local S3 endpoint, the Kubernetes schemas), the web page (fv2es-web runs next
+# to the server, not in its image) with its browser test, and this test's Dockerfile parser. A new pin
+# in requirements.txt goes into docker/requirements.txt or here (test_every_pin_of_requirements_txt_is_...).
 NOT_IN_IMAGE = ("nvidia-pytriton", "pytest", "matplotlib", "moto", "boto3", "kubernetes-validate",
-                "fastapi", "starlette", "uvicorn", "python-multipart", "opentelemetry-api", "playwright")
+                "fastapi", "starlette", "uvicorn", "python-multipart", "opentelemetry-api", "playwright",
+                "dockerfile-parse")
 
 # The code that runs in the image: the models' package, the client (fv2es-probe is the image's health
 # check) and the models' entry points.
@@ -71,42 +74,14 @@ def read_pins(path: Path) -> dict[str, str | None]:
     return pins
 
 
+def parsed(dockerfile_text: str) -> DockerfileParser:
+    return DockerfileParser(fileobj=io.BytesIO(dockerfile_text.encode()))
+
+
 def instructions(dockerfile_text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order; continuation lines joined, comments dropped."""
-    result, pending = [], ""
-    for raw in dockerfile_text.splitlines():
-        line = raw.strip()
-        if line.startswith("#"):  # comments (parser directives included) and comment lines in continuations
-            continue
-        if not line and not pending:
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        pending += line
-        keyword, _, arguments = pending.strip().partition(" ")
-        result.append((keyword.upper(), arguments.strip()))
-        pending = ""
-    if pending.strip():
-        keyword, _, arguments = pending.strip().partition(" ")
-        result.append((keyword.upper(), arguments.strip()))
-    return result
-
-
-def variables(steps: list[tuple[str, str]]) -> dict[str, str]:
-    """Defaults of ARG and values of ENV (either form), for expanding $NAME and ${NAME}."""
-    values: dict[str, str] = {}
-    for keyword, arguments in steps:
-        if keyword == "ARG" and "=" in arguments:
-            name, _, value = arguments.partition("=")
-            values[name.strip()] = value.strip().strip('"')
-        elif keyword == "ENV":
-            tokens = shlex.split(arguments)
-            if tokens and "=" not in tokens[0]:
-                values[tokens[0]] = " ".join(tokens[1:])
-            else:
-                values.update(token.split("=", 1) for token in tokens if "=" in token)
-    return values
+    return [(step["instruction"], step["value"]) for step in parsed(dockerfile_text).structure
+            if step["instruction"] != "COMMENT"]
 
 
 def expand(text: str, values: dict[str, str]) -> str:
@@ -168,13 +143,13 @@ PIP_VALUE_OPTIONS = {
 
 def pip_installs(dockerfile_text: str) -> list[dict]:
     """Each `pip install` in a RUN: its options, requirements (incl. -r files from the context) and local paths."""
-    steps = instructions(dockerfile_text)
-    values, mapping = variables(steps), copies(steps)
+    parser, mapping = parsed(dockerfile_text), copies(instructions(dockerfile_text))
     found = []
-    for keyword, arguments in steps:
-        if keyword != "RUN":
+    for step, context in zip(parser.structure, parser.context_structure):
+        if step["instruction"] != "RUN":
             continue
-        for command in re.split(r"&&|\|\||;|\|", expand(arguments, values)):
+        values = {**context.args, **context.envs}  # the ARG and ENV values at this step
+        for command in re.split(r"&&|\|\||;|\|", expand(step["value"], values)):
             try:
                 tokens = shlex.split(command)
             except ValueError:
@@ -408,13 +383,10 @@ def test_the_default_command_serves_the_copied_repository(steps):
     assert copies(steps).get("/models") == "triton_models"
 
 
-def test_the_environment_matches_the_server_settings(steps):
+def test_the_environment_matches_the_server_settings(dockerfile):
     from fv2es import config
 
-    env = {}
-    for keyword, arguments in steps:
-        if keyword == "ENV":
-            env.update(variables([(keyword, arguments)]))
+    env = parsed(dockerfile).envs  # the image's (its last stage's)
     for name in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME"):
         assert env.get(name) == config.SERVER_ENV[name], name
     assert env.get("HF_HUB_OFFLINE") == "1"

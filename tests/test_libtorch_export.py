@@ -16,18 +16,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
-from fv2es import config, pipeline
+from fv2es import config, model_configs, pipeline
 from fv2es_build.repository import ensemble_steps
 
 DTYPES = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64, "TYPE_BOOL": torch.bool}
 BATCH, ROWS = 3, 4  # batch size of a batched model; the size given to a -1 dimension
 
 
-def read_config(path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+def read_config(path) -> model_configs.ModelConfig:
+    return model_configs.read(path)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +47,7 @@ def config_inputs(model_config) -> dict[str, torch.Tensor]:
     tensors = {}
     for spec in model_config.input:
         shape = batch + tuple(ROWS if d == -1 else d for d in spec.dims)
-        dtype = DTYPES[model_config_pb2.DataType.Name(spec.data_type)]
+        dtype = DTYPES[model_configs.DataType.Name(spec.data_type)]
         if dtype == torch.float32:
             tensors[spec.name] = torch.randn(shape, generator=generator)
         elif dtype == torch.bool:
@@ -79,7 +77,7 @@ def test_config_matches_the_torchscript_signature_and_runs(libtorch_repository, 
     assert len(results) == len(model_config.output)
     batch = (BATCH,) if model_config.max_batch_size > 0 else ()
     for value, spec in zip(results, model_config.output):
-        assert value.dtype == DTYPES[model_config_pb2.DataType.Name(spec.data_type)], spec.name
+        assert value.dtype == DTYPES[model_configs.DataType.Name(spec.data_type)], spec.name
         want = batch + tuple(spec.dims)
         assert value.dim() == len(want), spec.name
         assert all(w in (-1, got) for w, got in zip(want, value.shape)), f"{spec.name}: {tuple(value.shape)} vs {want}"

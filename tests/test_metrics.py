@@ -2,27 +2,27 @@
 dashboard (dashboards/grafana/fv2es.json) checked against what the real server exports.
 
 One real request goes through the client between two scrapes of `/metrics`; the counters of the
-ensemble and of every step must move by what that request did. The scrape is parsed here (the
-Prometheus text format, version 0.0.4) because prometheus_client is not a dependency.
+ensemble and of every step must move by what that request did. The scrape (the Prometheus text
+format, version 0.0.4) is parsed with prometheus_client.
 """
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
 import math
 import re
 import socket
-import struct
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from fv2es import config, pipeline
+from fv2es import config, model_configs, pipeline
 from fv2es.tritonserver import REPOSITORY
 from fv2es_build.repository import served_models
 
@@ -50,11 +50,6 @@ NOT_EXPORTED_WITHOUT_GPU = {
 
 # --- the Prometheus text format -----------------------------------------------------------------
 
-SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+(-?\d+))?[ \t]*$")
-LABEL_PAIR = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(?:,|$)')
-ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-
-
 @dataclass
 class Scrape:
     """One scrape: samples by (name, labels), and the # TYPE / # HELP of each metric family."""
@@ -80,56 +75,37 @@ class Scrape:
         return [line for line in self.text.splitlines() if f'model="{model}"' in line]
 
 
-def parse_labels(text: str) -> dict[str, str]:
-    labels, position = {}, 0
-    while position < len(text.rstrip()):
-        match = LABEL_PAIR.match(text, position)
-        if not match:
-            raise ValueError(f"bad labels at {text[position:]!r}")
-        name, raw = match.groups()
-        if name in labels:
-            raise ValueError(f"label {name} twice in {text!r}")
-        labels[name] = re.sub(r'\\[\\"n]', lambda m: ESCAPES[m.group(0)], raw)
-        position = match.end()
-    return labels
-
-
 def parse_prometheus(text: str) -> Scrape:
     scrape = Scrape(text)
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if line.startswith("#"):
-            parts = line.split(None, 3)
-            if len(parts) >= 3 and parts[1] in ("TYPE", "HELP"):
-                target = scrape.types if parts[1] == "TYPE" else scrape.help
-                target[parts[2]] = parts[3] if len(parts) > 3 else ""
-            continue
-        match = SAMPLE_LINE.match(line)
-        if not match:
-            raise ValueError(f"line {number} is not a Prometheus sample: {line!r}")
-        name, labels, value, _timestamp = match.groups()
-        key = (name, frozenset(parse_labels(labels or "").items()))
-        if key in scrape.samples:
-            raise ValueError(f"line {number} repeats a series: {line!r}")
-        scrape.samples[key] = float(value)  # float() reads NaN, +Inf and -Inf as Prometheus writes them
+    for family in text_string_to_metric_families(text):
+        scrape.types[family.name] = family.type
+        scrape.help[family.name] = family.documentation
+        for sample in family.samples:
+            # prometheus_client names a counter's samples the OpenMetrics way, <name>_total; Triton's
+            # counters (and the dashboard's queries) are named without the suffix: the family's name.
+            name = family.name if family.type == "counter" else sample.name
+            key = (name, frozenset(sample.labels.items()))
+            if key in scrape.samples:
+                raise ValueError(f"the scrape repeats a series: {name} {sample.labels}")
+            scrape.samples[key] = float(sample.value)
     return scrape
 
 
 def test_the_parser_reads_the_text_format():
     scrape = parse_prometheus(
-        "# HELP a_total A counter\n# TYPE a_total counter\n"
-        'a_total{model="m",version="1"} 3\n'
-        'a_total{model="odd \\"quoted\\", \\\\ and\\nnewline",version="1",} 4 1700000000000\n'
+        "# HELP a_count A counter\n# TYPE a_count counter\n"
+        'a_count{model="m",version="1"} 3\n'
+        'a_count{model="odd \\"quoted\\", \\\\ and\\nnewline",version="1",} 4 1700000000000\n'
         "# a plain comment\n\n"
-        "b_gauge NaN\nc_gauge +Inf\n"
+        "# TYPE b_gauge gauge\nb_gauge NaN\nc_gauge +Inf\n"
     )
-    assert scrape.types == {"a_total": "counter"} and scrape.help == {"a_total": "A counter"}
-    assert scrape.get("a_total", model="m", version="1") == 3
-    assert scrape.get("a_total", model='odd "quoted", \\ and\nnewline', version="1") == 4
+    assert scrape.types["a_count"] == "counter" and scrape.types["b_gauge"] == "gauge"
+    assert scrape.help["a_count"] == "A counter"
+    assert scrape.get("a_count", model="m", version="1") == 3  # a counter keeps its name, as Triton writes it
+    assert scrape.get("a_count", model='odd "quoted", \\ and\nnewline', version="1") == 4
     assert math.isnan(scrape.get("b_gauge")) and scrape.get("c_gauge") == math.inf
-    assert scrape.names == {"a_total", "b_gauge", "c_gauge"}
-    for bad in ("a_total{model=m} 1", 'a_total{model="m"}', "3 a_total", 'a{x="1",x="2"} 1'):
+    assert scrape.names == {"a_count", "b_gauge", "c_gauge"}
+    for bad in ("a_count{model=m} 1", 'a_count{model="m"}', "3 a_count", 'a{x="1",x="2"} 1', "a 1\na 2"):
         with pytest.raises(ValueError):
             parse_prometheus(bad)
 
@@ -151,18 +127,13 @@ def success(s: Scrape, model: str) -> float:
     return s.get("nv_inference_request_success", model=model, version="1") or 0.0
 
 
-def model_config(model: str) -> str:
-    return (REPOSITORY / model / "config.pbtxt").read_text()
+def model_config(model: str) -> model_configs.ModelConfig:
+    return model_configs.read(REPOSITORY / model / "config.pbtxt")
 
 
 def batched_models() -> list[str]:
     """The steps with dynamic batching (max_batch_size > 0): the three encoders."""
-    found = []
-    for model in STEPS:
-        match = re.search(r"^max_batch_size:\s*(\d+)", model_config(model), re.MULTILINE)
-        if match and int(match.group(1)) > 0:
-            found.append(model)
-    return found
+    return [model for model in STEPS if model_config(model).max_batch_size > 0]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +152,7 @@ def scrapes(server, client, sample_bytes) -> tuple[Scrape, Scrape]:
 
 
 def test_the_steps_are_the_ensembles():
-    steps = re.findall(r'model_name:\s*"([^"]+)"', model_config(ENSEMBLE))
+    steps = [step.model_name for step in model_config(ENSEMBLE).ensemble_scheduling.step]
     assert sorted(set(steps)) == sorted(STEPS)
     assert sorted(batched_models()) == sorted(step.name for step in pipeline.batched_steps())
 
@@ -250,21 +221,12 @@ def test_the_encoders_report_their_batch_sizes(scrapes):
 def interface_addresses() -> list[tuple[int, tuple]]:
     """(family, sockaddr) of every address this machine's interfaces have, IPv4 and IPv6 (Linux)."""
     found = []
-    for _, name in socket.if_nameindex():
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:  # SIOCGIFADDR
-                reply = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
-            except OSError:
-                continue
-        found.append((socket.AF_INET, (socket.inet_ntoa(reply[20:24]),)))
-    try:
-        lines = Path("/proc/net/if_inet6").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:  # address, interface index, prefix length, scope, flags, name
-        raw, index = line.split()[:2]
-        address = str(ipaddress.IPv6Address(bytes.fromhex(raw)))
-        found.append((socket.AF_INET6, (address, 0, int(index, 16))))
+    for name, addresses in psutil.net_if_addrs().items():
+        for address in addresses:
+            if address.family == socket.AF_INET:
+                found.append((socket.AF_INET, (address.address,)))
+            elif address.family == socket.AF_INET6:  # a link-local address ends in %<interface>
+                found.append((socket.AF_INET6, (address.address.split("%")[0], 0, socket.if_nametoindex(name))))
     return found
 
 

@@ -11,7 +11,7 @@ requests (3 runs, all over SERVER_MARGIN). The stub's /dev/shm region only grows
 reloads demux in place when it passes config.SHM_REGION_RESET_BYTES, which releases it.
 benchmarks/oversize.py measures the same at 600 MB.
 
-Runs on a copy of the repository whose max_input_bytes is 1 MB; 3 x 300 MB requests, about 30 s.
+Runs on the session's server whose max_input_bytes is 100 kB (conftest.small_server); 3 x 300 MB requests, about 30 s.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SMALL_LIMIT
 
 from fv2es import config
-from fv2es.tritonserver import EmbeddedServer
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import oversize  # noqa: E402 - benchmarks/oversize.py: the measuring code
 
-LIMIT = 1_000_000  # max_input_bytes of the copied repository; the sample (78 kB) fits
+pytestmark = pytest.mark.slow  # 300 MB requests
+
+LIMIT = SMALL_LIMIT  # max_input_bytes of the server these tests use
 OVERSIZE = 300_000_000
 REQUESTS = 3  # oversize requests in a row
 # What tritonserver may keep (anonymous memory) over its level before the oversize requests.
@@ -43,17 +44,12 @@ SETTLE_S = 20.0  # how long the memory may take to come back
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory):
-    """A server on the repository copy with max_input_bytes = LIMIT."""
+def limited(small_server):
+    """The session's server with max_input_bytes = LIMIT."""
     jemalloc = config.SERVER_ENV.get("LD_PRELOAD")
     assert not jemalloc or Path(jemalloc).exists(), (
         f"{jemalloc} (config.SERVER_ENV's LD_PRELOAD) is missing: apt-get install libjemalloc2")
-    repository = oversize.limited_repository(tmp_path_factory.mktemp("oversize") / "models", LIMIT)
-    server = EmbeddedServer(repository).start(timeout_s=300)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return small_server
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,11 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from fv2es import model_configs
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port
 from fv2es_client import Fv2esClient
+
+pytestmark = pytest.mark.slow  # servers of its own, from a local S3 endpoint
 
 BUCKET = "fv2es-models"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -153,8 +156,8 @@ def test_full_repository_from_s3_matches_local(moto_endpoint, tmp_path, monkeypa
         # Every backend model was downloaded from S3, each folder by itself, its code with it
         # (an ensemble has nothing to download).
         models = sorted(p.name for p in REPOSITORY.iterdir() if (p / "config.pbtxt").exists()
-                        and 'platform: "ensemble"' not in (p / "config.pbtxt").read_text())
-        downloaded = sorted(re.search(r'^name: "([^"]+)"', (f / "config.pbtxt").read_text(), re.M).group(1)
+                        and model_configs.read(p / "config.pbtxt").platform != "ensemble")
+        downloaded = sorted(model_configs.read(f / "config.pbtxt").name
                             for f in mount.glob("folder*") if (f / "config.pbtxt").exists())
         assert downloaded == models
         with Fv2esClient(server.grpc_url) as remote_client:

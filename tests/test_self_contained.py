@@ -15,6 +15,8 @@ from fv2es import config
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer
 from fv2es_client import Fv2esClient
 
+pytestmark = pytest.mark.slow  # a repository copy served by a server of its own
+
 
 @pytest.fixture(scope="module")
 def third_party_env(tmp_path_factory):

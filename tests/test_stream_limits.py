@@ -20,6 +20,8 @@ from fv2es_build import synth
 from fv2es_client import Fv2esError
 from fv2es_client.stream import RequestStream
 
+pytestmark = pytest.mark.slow  # a server of its own, with short stream limits
+
 TS_PACKET = 188
 SCORE_TOLERANCE = 1e-4
 # A server whose stream limits are short enough to reach in a test.

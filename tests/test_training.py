@@ -88,6 +88,7 @@ def test_every_label_set_builds_a_fusion_model(label_set):
 
 
 @needs_data
+@pytest.mark.slow
 def test_quick_training_evaluation_and_export(tmp_path):
     """Every branch and the fusion train on a few real examples; the weights export to a working repository."""
     weights, runs, repo = tmp_path / "weights", tmp_path / "runs", tmp_path / "repo"
@@ -129,6 +130,7 @@ def test_quick_training_evaluation_and_export(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     common = ["-m", "fv2es_build.train", "visual", "--quick", "--epochs", "2", "--threads", "1"]
     run(*common, "--runs", str(tmp_path / "a"), "--weights", str(tmp_path / "wa"))
@@ -172,6 +174,7 @@ def write_fe2e_corpus(root: Path, dataset: str, speech: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("dataset", ["iemocap", "mosei"])
+@pytest.mark.slow
 def test_multimodal_training_on_the_fe2e_layout(tmp_path, dataset):
     speech = synth.speak("I am so happy to see you again")
     write_fe2e_corpus(tmp_path / "data", dataset, speech)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, SMALL_LIMIT
 from test_web_hardening import page_server  # the page's app on a free port (its protections are tested there)
 from tritonclient.utils import InferenceServerException
 
@@ -181,13 +181,12 @@ def test_a_file_over_the_limit_is_refused_before_the_upload(page, tmp_path):
     assert "over the server's limit" in page.text_content("#error") and limit > 1000
 
 
-def test_the_page_server_stops_an_upload_at_the_servers_limit(browser, tmp_path):
+@pytest.mark.slow
+def test_the_page_server_stops_an_upload_at_the_servers_limit(browser, small_server):
     """The limit comes from the server's config: a server with a 100 kB limit; the page's server
     stops reading the upload there and answers 413 with the limit in the message."""
-    from fv2es.tritonserver import EmbeddedServer, limited_repository
-
-    limit = 100_000
-    with EmbeddedServer(limited_repository(tmp_path / "models", limit)) as small, page_server(small.grpc_url) as url:
+    limit = SMALL_LIMIT
+    with page_server(small_server.grpc_url) as url:
         context = browser.new_context()
         reply = context.request.post(f"{url}/api/analyze", multipart={
             "file": {"name": "big.mp4", "mimeType": "video/mp4", "buffer": SAMPLE.read_bytes() * 2}})

@@ -25,13 +25,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, SMALL_LIMIT
 
-from fv2es.tritonserver import EmbeddedServer, free_port, limited_repository
+from fv2es.tritonserver import free_port
 from fv2es_client.client import mib
 from fv2es_web.app import MULTIPART_OVERHEAD_BYTES, SECURITY_HEADERS, STATIC, create_app, page_hosts
 
-LIMIT = 100_000  # max_input_bytes of the server's repository copy; the sample (78 kB) fits
+pytestmark = pytest.mark.slow  # the small-limit server and the page's server
+
+LIMIT = SMALL_LIMIT  # max_input_bytes of the server's repository (conftest.small_server); the sample (78 kB) fits
 BOUNDARY = "fv2es-test-boundary"
 OVERSIZE = 64 << 20  # a chunked upload this big is sent at the page: far more than the kernel buffers
 PIECE = 64 << 10
@@ -62,9 +64,8 @@ def page_server(grpc_url: str, **app_options):
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory):
-    with EmbeddedServer(limited_repository(tmp_path_factory.mktemp("web-hardening") / "models", LIMIT)) as server:
-        yield server
+def limited(small_server):
+    return small_server
 
 
 class Folders:

@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import config
+from . import config, model_configs
 from .watchdog import SHM_DIR, StubWatchdog, orphaned_stubs, process_group_members, process_state, remove_shm_regions
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
@@ -130,22 +130,22 @@ def limited_repository(target: Path, max_input_bytes: int | None = None, reposit
     symlinked. For a server with smaller limits."""
     target.mkdir(parents=True)
     for model in sorted(p for p in repository.iterdir() if p.is_dir()):
-        config_text = (model / "config.pbtxt").read_text()
-        text = config_text
-        if max_input_bytes is not None:
-            text = re.sub(r'(key: "max_input_bytes" value: \{ string_value: ")\d+(")', rf"\g<1>{max_input_bytes}\g<2>", text)
-        for name, value in (parameters or {}).get(model.name, {}).items():
-            text, count = re.subn(rf'(key: "{re.escape(name)}" value: \{{ string_value: )"[^"]*"', rf'\g<1>"{value}"', text)
-            if count != 1:
-                raise ValueError(f"model {model.name} has no parameter {name!r}")
-        if text == config_text:
+        model_config = model_configs.read(model / "config.pbtxt")
+        values = dict((parameters or {}).get(model.name, {}))
+        unknown = set(values) - set(model_config.parameters)
+        if unknown:
+            raise ValueError(f"model {model.name} has no parameter {sorted(unknown)}")
+        if max_input_bytes is not None and "max_input_bytes" in model_config.parameters:
+            values["max_input_bytes"] = str(max_input_bytes)
+        if not values:
             (target / model.name).symlink_to(model, target_is_directory=True)
             continue
+        model_configs.set_parameters(model_config, values)
         (target / model.name).mkdir()
         for item in model.iterdir():
             if item.name != "config.pbtxt":
                 (target / model.name / item.name).symlink_to(item)
-        (target / model.name / "config.pbtxt").write_text(text)
+        (target / model.name / "config.pbtxt").write_text(model_configs.to_text(model_config))
     return target
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -34,6 +33,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import config
 
@@ -49,53 +51,53 @@ class Stub:
     shm_region: str  # the stub's shared-memory file in /dev/shm
 
 
+# psutil names the state that /proc/<pid>/stat gives as a letter; callers compare ("Z") and log the letter.
+_STATE_LETTERS = {
+    psutil.STATUS_RUNNING: "R", psutil.STATUS_SLEEPING: "S", psutil.STATUS_DISK_SLEEP: "D", psutil.STATUS_STOPPED: "T",
+    psutil.STATUS_TRACING_STOP: "t", psutil.STATUS_ZOMBIE: "Z", psutil.STATUS_DEAD: "X", psutil.STATUS_WAKING: "W",
+    psutil.STATUS_IDLE: "I", psutil.STATUS_PARKED: "P",
+}
+
+
 def process_state(pid: int) -> str | None:
     """The process's state letter (R, S, Z, ...), None when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
         return None
-    return stat.rsplit(")", 1)[1].split()[0]  # the name in parentheses may hold spaces
+    return _STATE_LETTERS.get(status, status)
 
 
 def process_group_members(pgid: int) -> list[int]:
-    """The processes of process group `pgid`, read from /proc/<pid>/stat: unlike the command line,
-    the group stays readable while a killed process tears its memory down."""
+    """The processes of process group `pgid`, by getpgid(2): unlike the command line, the group stays
+    readable while a killed process tears its memory down."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in psutil.pids():
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if os.getpgid(pid) == pgid:
+                pids.append(pid)
+        except OSError:  # it ended meanwhile
             continue
-        if int(fields[2]) == pgid:  # state, ppid, pgrp
-            pids.append(int(entry.name))
     return pids
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def live_stubs(server_pid: int) -> dict[int, Stub]:
-    """The running (not dead) stub processes whose parent is `server_pid`, by pid."""
+    """The running (not dead) stub processes whose parent is `server_pid`, by pid (psutil reads the
+    parent from /proc/<pid>/stat; only the model and the region come from the command line)."""
+    try:
+        children = psutil.Process(server_pid).children()
+    except psutil.Error:  # the server is gone
+        return {}
     stubs = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or _parent(int(entry.name)) != server_pid:
-            continue
+    for child in children:
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = child.cmdline()
+        except psutil.Error:  # ended, or dead (a zombie has no command line)
             continue
         # argv: stub, <repository>/<model>/<version>/model.py, shm region, 5 more, instance name, ...
-        if len(argv) < 9 or not argv[0].decode(errors="replace").endswith(STUB_NAME):
+        if len(argv) < 9 or not argv[0].endswith(STUB_NAME):
             continue
-        model = Path(argv[1].decode()).parents[1].name
-        stubs[int(entry.name)] = Stub(int(entry.name), model, argv[8].decode(), argv[2].decode())
+        stubs[child.pid] = Stub(child.pid, Path(argv[1]).parents[1].name, argv[8], argv[2])
     return stubs
 
 
@@ -109,32 +111,35 @@ def shm_bytes(name: str) -> int:
 
 def own_shm_region() -> str | None:
     """In a stub process: the /dev/shm region Triton gave it (its third argument); None elsewhere."""
-    argv = Path("/proc/self/cmdline").read_bytes().split(b"\0")
-    return argv[2].decode() if len(argv) > 2 and argv[0].decode(errors="replace").endswith(STUB_NAME) else None
+    argv = psutil.Process().cmdline()  # the stub embeds Python: sys.argv is not its command line
+    return argv[2] if len(argv) > 2 and argv[0].endswith(STUB_NAME) else None
 
 
 def thread_waits(pid: int) -> str:
     """Each thread's state and kernel wait channel, e.g. "S futex_wait_queue x3, R -"."""
+    try:
+        threads = psutil.Process(pid).threads()
+    except psutil.Error:
+        return "?"
     waits: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            where = f"{state} {(task / 'wchan').read_text() or '-'}"
+    for thread in threads:
+        state = process_state(thread.id)  # psutil reads a thread by its id as it reads a process
+        try:  # psutil has no wait channel: read the kernel's
+            channel = Path(f"/proc/{pid}/task/{thread.id}/wchan").read_text() or "-"
         except OSError:
             continue
-        waits[where] = waits.get(where, 0) + 1
+        if state is not None:  # else the thread ended
+            where = f"{state} {channel}"
+            waits[where] = waits.get(where, 0) + 1
     return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(waits.items())) or "?"
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:
-    """A metric's value by its `pid` label, from Prometheus text (Triton's /metrics)."""
-    values = {}
-    for line in text.splitlines():
-        match = re.fullmatch(rf'{re.escape(name)}\{{(.*)\}} (\S+)', line.strip())
-        pid = match and re.search(r'pid="(\d+)"', match[1])
-        if pid:
-            values[pid[1]] = float(match[2])
-    return values
+    """A metric's value by its `pid` label, from Prometheus text (Triton's /metrics). `name` is the
+    sample's name as prometheus_client gives it: a counter's ends in _total."""
+    return {sample.labels["pid"]: float(sample.value)
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name and "pid" in sample.labels}
 
 
 def remove_shm_regions(names) -> list[str]:
@@ -328,14 +333,10 @@ def orphaned_stubs(regions: set[str], prefix: str | None = None) -> list[int]:
     """Stub processes (any parent) that still use one of `regions`, or a region named with `prefix`:
     left behind by a killed server."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        region = argv[2].decode(errors="replace") if len(argv) > 2 else ""
-        if argv[0].decode(errors="replace").endswith(STUB_NAME) and (region in regions or (prefix and region.startswith(prefix))):
-            pids.append(int(entry.name))
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []  # None: ended, dead or not ours to read
+        region = argv[2] if len(argv) > 2 else ""
+        if (process.pid != os.getpid() and argv and argv[0].endswith(STUB_NAME)
+                and (region in regions or (prefix and region.startswith(prefix)))):
+            pids.append(process.pid)
     return pids
