@@ -113,15 +113,15 @@ def main() -> None:
     import argparse
     import json
 
-    from fv2es import config
+    import bench_settings  # benchmarks/, beside this script
     from fv2es.tritonserver import REPOSITORY
     from run import OUT, clip
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ref", default=config.BENCH_EARLIER_VERSION[0], help="the earlier commit (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=config.BENCH_EARLIER_ROUNDS)
+    parser.add_argument("--ref", default=bench_settings.BENCH_EARLIER_VERSION[0], help="the earlier commit (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=bench_settings.BENCH_EARLIER_ROUNDS)
     args = parser.parse_args()
-    description = config.BENCH_EARLIER_VERSION[1] if args.ref == config.BENCH_EARLIER_VERSION[0] else args.ref
+    description = bench_settings.BENCH_EARLIER_VERSION[1] if args.ref == bench_settings.BENCH_EARLIER_VERSION[0] else args.ref
     result = measure(args.ref, description, REPOSITORY, clip(60), args.rounds, OUT)
     (OUT / "earlier.json").write_text(json.dumps(result, indent=2))
     if "skipped" in result:

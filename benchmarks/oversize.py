@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+import bench_settings  # noqa: E402 - benchmarks/, beside this script
 from monitor import process_tree  # noqa: E402 - benchmarks/monitor.py, beside this script
 
 from fv2es import config  # noqa: E402
@@ -216,7 +217,7 @@ def clip(seconds: int) -> bytes:
     """The talking-head clip `make bench` uses (cached in benchmarks/out/clips/, as benchmarks/run.py does)."""
     from fv2es_build import synth
 
-    width, height, fps = config.BENCH_CLIP_FORMAT
+    width, height, fps = bench_settings.BENCH_CLIP_FORMAT
     path = ROOT / "benchmarks" / "out" / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

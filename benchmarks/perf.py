@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import bench_settings  # benchmarks/, beside this script
 from fv2es import config
 from fv2es.tritonserver import pytriton_dir
 
@@ -31,7 +32,7 @@ def install() -> Path:
         return binary
     INSTALL_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", config.PERF_ANALYZER_PACKAGE,
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", bench_settings.PERF_ANALYZER_PACKAGE,
                         "-d", tmp], check=True)
         wheel = next(Path(tmp).glob("tritonclient-*.whl"))
         with zipfile.ZipFile(wheel) as archive:
@@ -61,7 +62,7 @@ def run(grpc_url: str, data_file: Path, concurrency: tuple[int, ...], work_dir: 
     command = [
         str(binary), "-m", config.ENSEMBLE_NAME, "-i", "grpc", "-u", grpc_url, "--input-data", str(data_file),
         "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}",
-        "--measurement-mode", "count_windows", "--measurement-request-count", str(config.BENCH_PERF_REQUESTS),
+        "--measurement-mode", "count_windows", "--measurement-request-count", str(bench_settings.BENCH_PERF_REQUESTS),
         "--stability-percentage", "50", "--max-trials", "10", "--percentile", "95", "-f", str(report),
     ]
     log = subprocess.run(command, env={"LD_LIBRARY_PATH": str(INSTALL_DIR)}, capture_output=True, text=True)

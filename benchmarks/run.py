@@ -13,7 +13,7 @@
    statistics, each model's compute time.
 4. perf_analyzer against the ensemble at concurrency 1..4, with the 10 s clip and the sample video
    as input data; (a)'s throughput on the same two videos is measured in step 2.
-5. The 60 s clip through this version's server and an earlier version's (config.BENCH_EARLIER_VERSION,
+5. The 60 s clip through this version's server and an earlier version's (bench_settings.BENCH_EARLIER_VERSION,
    built from its commit in a git worktree), both served at once, in turns (benchmarks/earlier.py).
 6. Writes BENCHMARKS.md (the numbers and the ratios the targets are stated in) and
    benchmarks/out/results.json.
@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 import baselines  # noqa: E402
+import bench_settings  # noqa: E402
 import earlier  # noqa: E402
 import perf  # noqa: E402
 import stream  # noqa: E402
@@ -74,7 +75,7 @@ def machine() -> dict:
 
 
 def clip(seconds: int) -> bytes:
-    width, height, fps = config.BENCH_CLIP_FORMAT
+    width, height, fps = bench_settings.BENCH_CLIP_FORMAT
     path = OUT / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"
     if not path.exists():
         started = time.monotonic()
@@ -113,7 +114,7 @@ def without_server(videos: dict[int, bytes], throughput_set: list[bytes]) -> dic
     for seconds, video in videos.items():
         if seconds > 60:
             continue  # the baselines are compared on the 10 and 60 s clips
-        runs = config.BENCH_RUNS[seconds]
+        runs = bench_settings.BENCH_RUNS[seconds]
         audio = stages.demux(video)["AUDIO"]
         results[seconds] = {
             "decode_floor": summary(timed(lambda v=video: baselines.decode_floor(v), runs)),
@@ -127,7 +128,7 @@ def without_server(videos: dict[int, bytes], throughput_set: list[bytes]) -> dic
         print(f"{seconds} s clip without server: " + ", ".join(f"{k} {v['median_s']:.2f} s" for k, v in results[seconds].items()), flush=True)
         results[seconds]["whisper_windows"] = baselines.whisper_windows(audio)
     # (a)'s throughput on perf_analyzer's input data: the videos in turn, one at a time.
-    rounds = config.BENCH_RUNS[10]
+    rounds = bench_settings.BENCH_RUNS[10]
     total = timed(lambda: [pipeline.analyze(v) for v in throughput_set], rounds)
     results["in_process_throughput"] = len(throughput_set) * rounds / sum(total)
     reference = pipeline.analyze(videos[60]) if 60 in videos else None
@@ -142,13 +143,13 @@ def with_server(videos: dict[int, bytes], throughput_set: list[bytes], use_perf:
         results["idle_pss_mib"] = pss_bytes(process_tree(server.process.pid)) / MIB
         for seconds, video in videos.items():
             before = stage_ns(stats)
-            times = timed(lambda v=video: client.analyze(v), config.BENCH_RUNS[seconds])
+            times = timed(lambda v=video: client.analyze(v), bench_settings.BENCH_RUNS[seconds])
             after = stage_ns(stats)
             # Memory in a run of its own: reading every process's PSS costs about 60 ms of CPU per
             # sample, which would slow the timed runs on a 2-core machine.
             with PeakMemory(server.process.pid) as memory:
                 client.analyze(video)
-            calls = config.BENCH_RUNS[seconds] + 1
+            calls = bench_settings.BENCH_RUNS[seconds] + 1
             results["clips"][seconds] = {
                 **summary(times), "mb": len(video) / 1e6, "peak_pss_mib": memory.peak / MIB,
                 "peak_pss_by_model_mib": {k: v / MIB for k, v in sorted(memory.peak_by_label().items())},
@@ -164,7 +165,7 @@ def with_server(videos: dict[int, bytes], throughput_set: list[bytes], use_perf:
                   f"same as the whole file: {r['same_as_whole_file']}", flush=True)
         if use_perf:
             data = perf.input_data(throughput_set, OUT / "perf_input.json")
-            results["perf"], results["perf_command"] = perf.run(server.grpc_url, data, config.BENCH_CONCURRENCY, OUT)
+            results["perf"], results["perf_command"] = perf.run(server.grpc_url, data, bench_settings.BENCH_CONCURRENCY, OUT)
             print("perf_analyzer: " + ", ".join(f"c={r['concurrency']} {r['throughput']:.3f}/s" for r in results["perf"]), flush=True)
     return results
 
@@ -191,7 +192,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     if "ratio_of_medians" in versus:
         ratio = versus["ratio_of_medians"]
         rows.append((f"60 s clip, this code / {versus['ref']} ({versus['description']}), in turns",
-                     f"{ratio:.2f}x (target <= {config.BENCH_NO_REGRESSION:.2f}x)", ratio <= config.BENCH_NO_REGRESSION))
+                     f"{ratio:.2f}x (target <= {bench_settings.BENCH_NO_REGRESSION:.2f}x)", ratio <= bench_settings.BENCH_NO_REGRESSION))
     gpu = results["machine"]["gpu"]
     rows.append(("real-time factor on a GPU (<= 0.01)", "not measured: no GPU on this machine" if gpu == "none" else "see GPU run", None))
     return rows
@@ -199,7 +200,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
 
 def markdown(results: dict) -> str:
     m, served, local = results["machine"], results["server"]["clips"], results["without_server"]
-    width, height, fps = config.BENCH_CLIP_FORMAT
+    width, height, fps = bench_settings.BENCH_CLIP_FORMAT
     lines = [
         "# Benchmarks",
         "",
@@ -332,7 +333,7 @@ def int_keys(d: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, nargs="+", default=list(config.BENCH_CLIPS_S), help="clip lengths, seconds")
+    parser.add_argument("--clips", type=int, nargs="+", default=list(bench_settings.BENCH_CLIPS_S), help="clip lengths, seconds")
     parser.add_argument("--no-perf", action="store_true", help="skip perf_analyzer")
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument("--from-results", action="store_true",
@@ -352,8 +353,8 @@ def main() -> None:
     gc.collect()  # the in-process models are not needed any more
     results["server"] = with_server(videos, throughput_set, not args.no_perf)
     if 60 in videos:
-        results["earlier"] = earlier.measure(*config.BENCH_EARLIER_VERSION, REPOSITORY, videos[60], config.BENCH_EARLIER_ROUNDS, OUT)
-        print(f"against {config.BENCH_EARLIER_VERSION[0]}: " + (results["earlier"].get("skipped") or
+        results["earlier"] = earlier.measure(*bench_settings.BENCH_EARLIER_VERSION, REPOSITORY, videos[60], bench_settings.BENCH_EARLIER_ROUNDS, OUT)
+        print(f"against {bench_settings.BENCH_EARLIER_VERSION[0]}: " + (results["earlier"].get("skipped") or
               f"{results['earlier']['ratio_of_medians']:.2f}x its median on the 60 s clip"), flush=True)
     if reference is not None and results["server"]["scores_60"] is not None:
         results["max_score_difference"] = float(np.abs(reference["VIDEO_SCORES"] - results["server"]["scores_60"]).max())

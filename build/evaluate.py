@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from fv2es import config, models
+from . import settings
 from fv2es.models.visual import reparameterise
 from .training.calibration import ECE_BINS, plot_reliability, reliability
 from .training.fusion_fit import all_validation_outputs, evaluate_fusion, fit_fusion
@@ -167,15 +168,15 @@ def calibration(outputs: dict, served_fusion: torch.nn.Module, args: argparse.Na
     branch at temperature 1 and at its fitted one; fused, a fusion fitted on uncalibrated branches
     against the served one. Also writes the reliability diagrams."""
     result = {}
-    for i, branch in enumerate(config.BRANCHES):
+    for i, branch in enumerate(settings.BRANCHES):
         out = outputs[branch]
         held = ~out.fit_half
         logits, targets = out.logits[torch.from_numpy(held)], out.targets[held]
         temperature = float(served_fusion.branch_temperature[i])
         result[branch] = {"temperature": temperature, "before": reliability(torch.softmax(logits, 1).numpy(), targets),
                           "after": reliability(torch.softmax(logits / temperature, 1).numpy(), targets)}
-    uncalibrated = evaluate_fusion(fit_fusion(outputs, config.TRAINING["fusion"], config.TRAIN_SEED, calibrate=False), outputs, config.TRAIN_SEED)
-    calibrated = evaluate_fusion(served_fusion, outputs, config.TRAIN_SEED)
+    uncalibrated = evaluate_fusion(fit_fusion(outputs, settings.TRAINING["fusion"], settings.TRAIN_SEED, calibrate=False), outputs, settings.TRAIN_SEED)
+    calibrated = evaluate_fusion(served_fusion, outputs, settings.TRAIN_SEED)
     for name in ("fused", "fused, neutral words"):
         result[name] = {"before": uncalibrated[name]["calibration"], "after": calibrated[name]["calibration"]}
     for name, r in result.items():
@@ -257,7 +258,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     served = trained_models(args.weights)
     fusion = served["fusion"]
-    results["fusion"] = evaluate_fusion(fusion, outputs, config.TRAIN_SEED)
+    results["fusion"] = evaluate_fusion(fusion, outputs, settings.TRAIN_SEED)
     results["calibration"] = calibration(outputs, fusion, args)
     ece = results["calibration"]["fused"]["after"]["ece"]
     results["targets"]["fused scores, expected calibration error (at most)"] = {"value": ece, "target": ECE_TARGET, "met": ece <= ECE_TARGET, "at_most": True}
@@ -266,7 +267,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     plot_confusion(results["fusion"]["fused"], args.figures / "fused.png", "fused: composed validation clips")
     neutral = results["fusion"]["fused, neutral words"]["accuracy"]
     results["targets"]["fused, composed clips with neutral words"] = {"value": neutral, "target": NEUTRAL_WORDS_TARGET, "met": neutral >= NEUTRAL_WORDS_TARGET}
-    results["modality_weights"] = dict(zip(config.BRANCHES, torch.softmax(fusion.modality_weights.detach(), 0).tolist()))
+    results["modality_weights"] = dict(zip(settings.BRANCHES, torch.softmax(fusion.modality_weights.detach(), 0).tolist()))
 
     results["export"] = {}
     for name, module in served.items():
@@ -279,7 +280,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     speedup = results["repvgg_speed"]["as served (mirror-averaged)"]["speedup"]
     results["targets"]["RepVGG deploy form speed-up, 64 faces on CPU"] = {"value": speedup, "target": 1.3, "met": speedup >= 1.3}
     results["weights"] = {part: {k: load_weights(weights_path(args.weights, part)).get(k) for k in ("command", "commit", "epoch", "minutes")}
-                          for part in config.WEIGHT_PARTS}
+                          for part in settings.WEIGHT_PARTS}
     for what, t in results["targets"].items():
         print(f"target {what} {'<=' if t.get('at_most') else '>='} {t['target']}: {t['value']:.4f} {'met' if t['met'] else 'MISSED'}")
     return results
@@ -367,8 +368,8 @@ def card_section(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR)
-    parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR)
+    parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR)
+    parser.add_argument("--weights", type=Path, default=ROOT / settings.WEIGHTS_DIR)
     parser.add_argument("--figures", type=Path, help="where the confusion matrices go (default: docs/model_card)")
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     parser.add_argument("--quick", action="store_true", help="a few validation examples (smoke test)")

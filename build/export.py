@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from fv2es import config, models
+from . import settings
 from fv2es.models.checked import checked
 from .training.weights import load_branch, load_weights, weights_path
 
@@ -25,8 +26,8 @@ MAX_EXPORT_DIFFERENCE = 1e-4
 
 def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
     """The four served modules (training form, eval mode), by repository name."""
-    records = {part: load_weights(weights_path(weights_dir, part)) for part in config.WEIGHT_PARTS}
-    audio, visual, text = (load_branch(b, weights_dir) for b in config.BRANCHES)
+    records = {part: load_weights(weights_path(weights_dir, part)) for part in settings.WEIGHT_PARTS}
+    audio, visual, text = (load_branch(b, weights_dir) for b in settings.BRANCHES)
     fusion = models.create(
         "fusion",
         audio_classes=tuple(records["audio"]["classes"]),
@@ -78,7 +79,7 @@ def weight_file_record(path: Path) -> dict:
 def export_all(repository: Path, weights_dir: Path, backend: str = "python") -> None:
     """Every TorchScript file of the repository, checked against eager. For Triton's PyTorch backend
     ("libtorch") the text encoder and the fusion carry their input checks inside (models/checked.py)."""
-    sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(config.WEIGHT_PARTS)}
+    sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(settings.WEIGHT_PARTS)}
     for name, module in trained_models(weights_dir).items():
         scripted = models.to_torchscript(name, module)
         difference = export_difference(name, module, scripted)

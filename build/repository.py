@@ -23,6 +23,7 @@ from pathlib import Path
 
 import fv2es
 from fv2es import config, model_configs, pipeline
+from . import settings
 from fv2es.pipeline import Step, Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +228,7 @@ def remove_stale_models(repository: Path, keep: set[str]) -> None:
 
 def weights_description(weights_dir: Path) -> str:
     """Names the exact weight files the repository serves (their joint hash); MODEL_INFO carries it."""
-    files = [weights_dir / config.weight_file(part) for part in config.WEIGHT_PARTS]
+    files = [weights_dir / settings.weight_file(part) for part in settings.WEIGHT_PARTS]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise SystemExit(f"no trained weights: {', '.join(missing)} missing; `fv2es-train all` makes them")
@@ -242,7 +243,7 @@ def main() -> None:
                         help="serve the encoders and the fusion with the Python backend (default) or Triton's PyTorch "
                              "backend (pytorch_libtorch: the NGC image has it; needs the export)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
-    parser.add_argument("--weights", type=Path, default=ROOT / config.WEIGHTS_DIR, help="trained weights to export")
+    parser.add_argument("--weights", type=Path, default=ROOT / settings.WEIGHTS_DIR, help="trained weights to export")
     args = parser.parse_args()
     if args.torchscript_backend == "libtorch" and args.configs:
         parser.error("--torchscript-backend libtorch names the tensors after the exported modules: it needs the export")

@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from fv2es import config
+from . import settings
 from .training import tasks
 from .training import data
 from .training.speech import SPEECH_TRAINING_CORPORA, audio_branch_task
@@ -68,10 +69,10 @@ def train_branch(branch: str, args: argparse.Namespace, corpora: tuple[str, ...]
                  weights_dir: Path | None = None) -> dict:
     """One branch -> weights_dir (default --weights); the audio branch on `corpora`."""
     weights_dir = weights_dir or args.weights
-    key = config.weight_file(branch).removesuffix(".pt")
-    if args.init is not None and f"{key}_finetune" in config.TRAINING:
+    key = settings.weight_file(branch).removesuffix(".pt")
+    if args.init is not None and f"{key}_finetune" in settings.TRAINING:
         key += "_finetune"
-    hp = dict(config.TRAINING[key])
+    hp = dict(settings.TRAINING[key])
     if args.quick:
         hp["epochs"] = 1
     if args.epochs:
@@ -122,7 +123,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
 
     if args.fe2e is None:
         raise SystemExit("multimodal training needs --fe2e DIR (the FE2E data folder) and --dataset")
-    hp = dict(config.TRAINING["multimodal"])
+    hp = dict(settings.TRAINING["multimodal"])
     hp["epochs"] = 1 if args.quick else (args.epochs or hp["epochs"])
     torch.manual_seed(args.seed)
     task = multimodal_task(args.fe2e, args.dataset, args.quick)
@@ -138,7 +139,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
         "command": "fv2es-train " + " ".join(sys.argv[1:]),
     }
     model = task.model
-    for branch in config.BRANCHES:
+    for branch in settings.BRANCHES:
         save_weights(weights_path(args.weights, branch), getattr(model, branch), classes=task.classes, **record)
     fitted = torch.nn.ParameterDict({"modality_weights": model.fusion.modality_weights, "log_scale": model.fusion.log_scale})
     save_weights(weights_path(args.weights, "fusion"), fitted, **record)
@@ -149,15 +150,15 @@ def train_multimodal(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "multimodal"))
-    parser.add_argument("--data", type=Path, default=ROOT / config.DATA_DIR, help="the corpora (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR, help="the corpora (default: %(default)s)")
     parser.add_argument("--runs", type=Path, help="checkpoints, to resume from (default: build/out/runs)")
-    parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {config.WEIGHTS_DIR}/, "
+    parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {settings.WEIGHTS_DIR}/, "
                         "the shipped ones; build/out/quick/weights with --quick)")
     parser.add_argument("--quick", action="store_true", help="a few examples and one epoch (smoke test)")
     parser.add_argument("--epochs", type=int, help="override the configured number of epochs")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs")
     parser.add_argument("--stop-after", type=int, help="end after this epoch (continue later with --resume)")
-    parser.add_argument("--seed", type=int, default=config.TRAIN_SEED)
+    parser.add_argument("--seed", type=int, default=settings.TRAIN_SEED)
     parser.add_argument("--fe2e", type=Path, help="multimodal: the FE2E data folder (IEMOCAP_RAW_PROCESSED, ...)")
     parser.add_argument("--dataset", choices=("iemocap", "mosei"), default="iemocap", help="multimodal: which corpus")
     parser.add_argument("--text-context", type=int, help="text: pair each utterance with this many before it in its "
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     # A smoke run never overwrites the shipped weights unless asked to.
     out = ROOT / "build" / "out" / ("quick" if args.quick else "")
     args.runs = args.runs or out / "runs"
-    args.weights = args.weights or (out / "weights" if args.quick else ROOT / config.WEIGHTS_DIR)
+    args.weights = args.weights or (out / "weights" if args.quick else ROOT / settings.WEIGHTS_DIR)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part == "multimodal":

@@ -11,6 +11,7 @@ from conftest import ROOT, make_video
 from fv2es_build.repository import weights_description
 
 from fv2es import config
+from fv2es_build import settings
 from fv2es.tritonserver import REPOSITORY
 from fv2es.segments import aggregate_scores
 
@@ -50,7 +51,7 @@ def test_talking_video_end_to_end(client, sample_bytes):
     provenance = json.loads((REPOSITORY / "fusion" / "1" / "provenance.json").read_text())
     digests = [hashlib.sha256((ROOT / w["file"]).read_bytes()).hexdigest() for w in provenance["weights"]]
     assert digests == [w["sha256"] for w in provenance["weights"]], "the exported models are stale: make build"
-    assert result.model_info["weights"] == weights_description(ROOT / config.WEIGHTS_DIR)
+    assert result.model_info["weights"] == weights_description(ROOT / settings.WEIGHTS_DIR)
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,12 @@ import torch
 from conftest import ROOT
 
 from fv2es import config
+from fv2es_build import settings
 from fv2es_build.training import data
 from fv2es_build.training.calibration import fit_temperature, reliability
 from fv2es_build.training.speech import balanced_order, class_mask, corpus_predictions, masked_cross_entropy
 
-DATA = ROOT / config.DATA_DIR
+DATA = ROOT / settings.DATA_DIR
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"the training corpora are not at {DATA}")
 
 

@@ -10,12 +10,13 @@ import tritonclient.grpc as grpcclient
 from conftest import ROOT
 
 from fv2es import config
+from fv2es_build import settings
 from fv2es.faces import normalise_faces
 from fv2es.text import load_tokenizer, tokenize
 from fv2es_build.training import data
 from fv2es_build.training.weights import load_branch
 
-DATA = ROOT / config.DATA_DIR
+DATA = ROOT / settings.DATA_DIR
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"the validation corpora are not at {DATA}")
 N = 300  # validation examples per modality: enough to tell trained from untrained (chance is 1/7)
 
@@ -56,7 +57,7 @@ def test_served_visual_path_is_the_trained_branch(server):
     features = infer(server, "visual_encoder", {"FACES": faces}, "VISUAL_FEATURES")
     served = fusion_scores(server, visual=features).argmax(1)
     with torch.no_grad():
-        branch = load_branch("visual", ROOT / config.WEIGHTS_DIR)
+        branch = load_branch("visual", ROOT / settings.WEIGHTS_DIR)
         eager = branch(split.inputs.unsqueeze(1), torch.zeros(N, 1, dtype=torch.bool)).argmax(1).numpy()
     truth = served_labels(split.classes, split.targets)
     # The same predictions as the trained branch (its classes mapped onto the served labels)...
@@ -73,6 +74,6 @@ def test_served_text_path_is_the_trained_branch(server):
     features = infer(server, "text_encoder", {"TEXT_IDS": ids, "TEXT_MASK": mask}, "TEXT_FEATURES")
     served = fusion_scores(server, text=features).argmax(1)
     with torch.no_grad():
-        eager = load_branch("text", ROOT / config.WEIGHTS_DIR)(torch.from_numpy(ids), torch.from_numpy(mask)).argmax(1).numpy()
+        eager = load_branch("text", ROOT / settings.WEIGHTS_DIR)(torch.from_numpy(ids), torch.from_numpy(mask)).argmax(1).numpy()
     assert (served == served_labels(split.classes, eager)).mean() >= 0.99
     assert (served == served_labels(split.classes, split.targets)).mean() >= 0.5

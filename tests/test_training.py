@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fv2es import config, models
+from fv2es_build import settings
 from fv2es_build import synth
 from fv2es.models.fusion import class_map
 
@@ -22,7 +23,7 @@ from fv2es_build.training.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DATA = ROOT / config.DATA_DIR
+DATA = ROOT / settings.DATA_DIR
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"the training corpora are not at {DATA}")
 
 
@@ -93,7 +94,7 @@ def test_quick_training_evaluation_and_export(tmp_path):
     """Every branch and the fusion train on a few real examples; the weights export to a working repository."""
     weights, runs, repo = tmp_path / "weights", tmp_path / "runs", tmp_path / "repo"
     run("-m", "fv2es_build.train", "all", "--quick", "--runs", str(runs), "--weights", str(weights))
-    for part in config.WEIGHT_PARTS:
+    for part in settings.WEIGHT_PARTS:
         record = torch.load(weights / f"{part}.pt", weights_only=False)
         assert record["label_set"] == config.LABEL_SET and "quick" in record["command"]
         assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
@@ -102,14 +103,14 @@ def test_quick_training_evaluation_and_export(tmp_path):
 
     result = run("-m", "fv2es_build.evaluate", "--quick", "--weights", str(weights), "--figures", str(tmp_path / "fig"), "--json", str(tmp_path / "eval.json"))
     results = json.loads((tmp_path / "eval.json").read_text())
-    assert set(results["branches"]) == set(config.BRANCHES) and "fused" in results["fusion"]
+    assert set(results["branches"]) == set(settings.BRANCHES) and "fused" in results["fusion"]
     assert all(v <= 1e-4 for v in results["export"].values())
     assert {p.name for p in (tmp_path / "fig").iterdir()} == {"audio.png", "visual.png", "text.png", "fused.png", "reliability.png"}
     # The audio branch on each corpus's held-out speakers, and each corpus held out in turn (train all
     # ran `loco`); calibration of every branch and of the fused scores.
     assert set(results["audio_inputs"]["whisper"]) == set(results["leave_one_corpus_out"]) == {"ravdess", "emodb", "turev"}
     assert results["leave_one_corpus_out"]["turev"]["classes"] == ["neutral", "happy", "sad", "angry"]
-    assert set(results["calibration"]) == {*config.BRANCHES, "fused", "fused, neutral words"}
+    assert set(results["calibration"]) == {*settings.BRANCHES, "fused", "fused, neutral words"}
     assert all(0 <= r["after"]["ece"] <= 1 for r in results["calibration"].values())
     fusion = torch.load(weights / "fusion.pt", weights_only=False)["state_dict"]
     assert fusion["branch_temperature"].shape == (3,) and (fusion["branch_temperature"] > 0).all()
@@ -117,7 +118,7 @@ def test_quick_training_evaluation_and_export(tmp_path):
 
     run("-m", "fv2es_build.repository", "--repository", str(repo), "--weights", str(weights))
     provenance = json.loads((repo / "fusion" / "1" / "provenance.json").read_text())
-    assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{p}.pt") for p in config.WEIGHT_PARTS]
+    assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{p}.pt") for p in settings.WEIGHT_PARTS]
     served = torch.jit.load(str(repo / "visual_encoder" / "1" / "model.pt"))
     assert "batch_norm" not in str(served.inlined_graph)
 
@@ -182,7 +183,7 @@ def test_multimodal_training_on_the_fe2e_layout(tmp_path, dataset):
     result = run("-m", "fv2es_build.train", "multimodal", "--fe2e", str(tmp_path / "data"), "--dataset", dataset, "--quick",
                  "--runs", str(tmp_path / "runs"), "--weights", str(weights))
     assert "4 training / 2 validation utterances" in result.stdout
-    for part in config.WEIGHT_PARTS:
+    for part in settings.WEIGHT_PARTS:
         record = torch.load(weights / f"{part}.pt", weights_only=False)
         assert record["label_set"] == dataset
     assert tuple(torch.load(weights / "audio.pt", weights_only=False)["classes"]) == config.LABEL_SETS[dataset]

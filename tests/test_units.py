@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fv2es import config
+from fv2es_build import settings
 from fv2es.audio import mel_chunks, mel_transform, segment_mel_chunks
 from fv2es.faces import crop_face
 from fv2es.segments import Segment, segment_timeline
@@ -63,7 +64,7 @@ def test_aggregate_is_duration_weighted():
 def test_committed_configs_match_the_builder(tmp_path):
     from fv2es_build.repository import REPOSITORY, ROOT, weights_description, write_configs
 
-    write_configs(weights_description(ROOT / config.WEIGHTS_DIR), tmp_path)
+    write_configs(weights_description(ROOT / settings.WEIGHTS_DIR), tmp_path)
     for generated in tmp_path.rglob("*"):
         if generated.is_file():
             committed = REPOSITORY / generated.relative_to(tmp_path)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fv2es import config
+from .. import settings
 from fv2es.audio import mel_chunks, mel_transform
 from fv2es.faces import normalise_faces
 from fv2es.media import demux
@@ -38,7 +39,7 @@ class Split:
         return Split(inputs, self.targets[index], self.classes, groups)
 
 
-def quick_subset(split: Split, n: int, seed: int = config.TRAIN_SEED) -> Split:
+def quick_subset(split: Split, n: int, seed: int = settings.TRAIN_SEED) -> Split:
     index = np.random.default_rng(seed).permutation(len(split))[:n]
     return split.subset(np.sort(index))
 
@@ -178,7 +179,7 @@ def load_fer2013(data_dir: Path, *, validation: bool, quick: bool = False) -> Sp
         if classes != config.FER2013_CLASSES:
             raise ValueError(f"{path} has classes {classes}, expected {config.FER2013_CLASSES}")
         split = Split(torch.from_numpy(normalise_faces(data["images"])), torch.from_numpy(data["labels"]), classes)
-    return quick_subset(split, config.QUICK_EXAMPLES) if quick else split
+    return quick_subset(split, settings.QUICK_EXAMPLES) if quick else split
 
 
 # FER+ (Barsoum et al. 2016): ten annotators' votes per FER2013 image, rows in the order of the .npz splits.
@@ -267,7 +268,7 @@ def load_meld(data_dir: Path, *, validation: bool, quick: bool = False, context:
         texts = list(zip(texts, meld_contexts(rows, texts, context)))
     targets = torch.tensor([config.MELD_CLASSES.index(r["Emotion"].strip().lower()) for r in rows])
     split = Split(texts, targets, config.MELD_CLASSES, np.array([int(r["Dialogue_ID"]) for r in rows]))
-    return quick_subset(split, config.QUICK_EXAMPLES) if quick else split
+    return quick_subset(split, settings.QUICK_EXAMPLES) if quick else split
 
 
 def meld_contexts(rows: list[dict], texts: list[str], n: int) -> list[str]:
@@ -345,7 +346,7 @@ SPEECH_CLIP_READERS = {"ravdess": _ravdess_clips, "emodb": _emodb_clips, "turev"
 # Validation speakers, never trained on: RAVDESS actors 17-20 (2 male, 2 female), EmoDB 03 (male) and
 # 09 (female), TurEV 1358 and 6783 (both with all four classes).
 SPEECH_CORPORA = {
-    "ravdess": SpeechCorpus("ravdess", config.RAVDESS_VALIDATION_ACTORS),
+    "ravdess": SpeechCorpus("ravdess", settings.RAVDESS_VALIDATION_ACTORS),
     "emodb": SpeechCorpus("emodb", (3, 9)),
     "turev": SpeechCorpus("turev", (1358, 6783)),
 }
@@ -357,7 +358,7 @@ def load_speech(data_dir: Path, corpus: str, *, validation: bool, quick: bool = 
     spec = SPEECH_CORPORA[corpus]
     chosen = [c for c in spec.clips(data_dir) if (c[1] in spec.validation_speakers) == validation]
     if quick:
-        chosen = chosen[:: max(1, len(chosen) // config.QUICK_EXAMPLES)][: config.QUICK_EXAMPLES]
+        chosen = chosen[:: max(1, len(chosen) // settings.QUICK_EXAMPLES)][: settings.QUICK_EXAMPLES]
     waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _, _ in chosen]
     targets = torch.tensor([config.RAVDESS_CLASSES.index(c) for _, _, c in chosen])
     return Split(waves, targets, config.RAVDESS_CLASSES, np.array([s for _, s, _ in chosen]))

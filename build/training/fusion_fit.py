@@ -30,6 +30,7 @@ from fv2es import config, models
 from fv2es.text import load_tokenizer, tokenize
 
 from . import data
+from .. import settings
 from .loop import predict
 from .calibration import fit_temperature, reliability
 from .metrics import classification_metrics, format_metrics
@@ -178,7 +179,7 @@ def fit_fusion(outputs: dict[str, BranchOutputs], hp: dict, seed: int, *, calibr
 
 
 def train_fusion(args: argparse.Namespace) -> dict:
-    hp = dict(config.TRAINING["fusion"])
+    hp = dict(settings.TRAINING["fusion"])
     if args.quick:
         hp["epochs"] = 5
     outputs = all_validation_outputs(args.weights, args.data, args.quick)

@@ -25,6 +25,7 @@ from fv2es.models.branches import create_branch
 from fv2es.text import load_tokenizer, tokenize
 
 from . import data
+from .. import settings
 from .fe2e import Fe2eSample, load_fe2e
 from .loop import Batch, Task
 from .speech import AudioRows
@@ -57,8 +58,8 @@ class V2EM(nn.Module):
 def sample_faces(sample: Fe2eSample, detector: FaceDetector) -> torch.Tensor:
     """Face crops of up to TRAIN_MAX_FRAMES frames spread over the utterance, as face_crop makes them."""
     paths = sample.frame_paths
-    if len(paths) > config.TRAIN_MAX_FRAMES:
-        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, config.TRAIN_MAX_FRAMES).round().astype(int)]
+    if len(paths) > settings.TRAIN_MAX_FRAMES:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, settings.TRAIN_MAX_FRAMES).round().astype(int)]
     frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths) if f is not None]
     # The server's face step (the largest face of each frame, as the segment scores use): frames without a face drop out.
     crops, _ = main_faces(video_faces(enumerate(frames), detector))
@@ -73,7 +74,7 @@ def multimodal_task(root: Path, dataset: str, quick: bool) -> Task:
     def prepare(split: str) -> dict:
         samples = load_fe2e(root, dataset, split)
         if quick:
-            samples = samples[: config.QUICK_EXAMPLES]
+            samples = samples[: settings.QUICK_EXAMPLES]
         if not samples:
             raise ValueError(f"{root}: the {split} split of {dataset} is empty")
         ids, mask = tokenize(tokenizer, [s.text for s in samples])

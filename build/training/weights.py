@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 
 from fv2es import config
+from .. import settings
 from fv2es.models.branches import create_branch
 
 ROOT = Path(__file__).resolve().parents[2]
-BRANCHES = config.BRANCHES
+BRANCHES = settings.BRANCHES
 
 
 def weights_path(weights_dir: Path, part: str) -> Path:
-    return weights_dir / config.weight_file(part)
+    return weights_dir / settings.weight_file(part)
 
 
 def git_commit() -> str:

@@ -205,37 +205,6 @@ FEATURE_DIM = 64  # per-frame / per-chunk feature size of the audio and visual e
 # right about a share p of the time, and below 0.5 the answer is more likely wrong than right.
 UNSURE_BELOW = 0.5
 
-# --- Training (build/train.py) ------------------------------------------------------------------
-DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
-WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <part>.pt for each part
-BRANCHES = ("audio", "visual", "text")  # the order of the fusion's modality weights
-WEIGHT_PARTS = (*BRANCHES, "fusion")
-AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
-
-
-def weight_file(part: str) -> str:
-    """File name, in a weights folder, of one of WEIGHT_PARTS (the audio branch's follows AUDIO_INPUT)."""
-    return f"{AUDIO_WEIGHTS[AUDIO_INPUT] if part == 'audio' else part}.pt"
-
-
-TRAIN_SEED = 0
-# RAVDESS validation = these actors, never seen in training (2 male, 2 female).
-RAVDESS_VALIDATION_ACTORS = (17, 18, 19, 20)
-TRAINING = {
-    # The audio branch's entry follows its weights file (AUDIO_WEIGHTS): "audio" on Whisper input, "audio_mel" on Mel.
-    "audio": {"epochs": 80, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
-    "audio_mel": {"epochs": 60, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
-    "visual": {"epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
-    # A second run from the first one's weights (build/train.py visual --init; `train.py all` runs both).
-    "visual_finetune": {"epochs": 8, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1, "augment": "strong"},
-    "text": {"epochs": 4, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "class_weight_power": 0.5},
-    # neutral_words: the share of composed clips whose words are neutral whatever their label (fusion_fit.py)
-    "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0, "neutral_words": 0.5},
-    "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
-}
-TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)
-QUICK_EXAMPLES = 24  # --quick: examples per split, one epoch; a smoke run in seconds
-
 # --- Triton -------------------------------------------------------------------------------------
 ENSEMBLE_NAME = "fv2es"
 # Upper bounds of rows one video can send to a batched encoder, derived from the duration limit:
@@ -340,18 +309,3 @@ STREAM_DRAIN_RETRY_S = 600.0
 STREAM_OPEN_METRIC = "fv2es_stream_open"
 STREAM_DRAINING_METRIC = "fv2es_stream_draining"
 STREAM_ENDED_METRIC = "fv2es_stream_ended_total"
-
-# --- Benchmarks (benchmarks/run.py, `make bench`) -----------------------------------------------
-BENCH_CLIPS_S = (10, 60, 600)  # generated talking-head clips, seconds
-BENCH_CLIP_FORMAT = (1280, 720, 30)  # width, height, fps
-BENCH_RUNS = {10: 5, 60: 5, 600: 2}  # timed runs per clip (after one warm-up); medians are reported
-BENCH_CONCURRENCY = (1, 2, 3, 4)  # perf_analyzer's concurrency levels
-BENCH_PERF_REQUESTS = 16  # requests per perf_analyzer measurement window
-# make bench runs the 60 s clip through this version's server and this earlier one's, in turns
-# (benchmarks/earlier.py): a commit and what it was.
-BENCH_EARLIER_VERSION = ("c0170d7", "the code before the second hardening round (issue 22)")
-BENCH_EARLIER_ROUNDS = 7  # rounds of one request to each server, after one warm-up each
-BENCH_NO_REGRESSION = 1.05  # this code's median / the earlier version's: at most this (noise between rounds)
-# The newest tritonclient wheel whose perf_analyzer runs on glibc 2.36 (2.55+ need 2.38); the same
-# release as the server binary.
-PERF_ANALYZER_PACKAGE = "tritonclient==2.51.0"

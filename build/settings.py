@@ -1,0 +1,36 @@
+"""Training and build settings (fv2es-train, fv2es-evaluate, fv2es-build): what makes the weights and
+the repository, not what a served repository needs (that is fv2es.config, copied into every model)."""
+
+from __future__ import annotations
+
+from fv2es import config
+
+DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
+WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <part>.pt for each part
+BRANCHES = ("audio", "visual", "text")  # the order of the fusion's modality weights
+WEIGHT_PARTS = (*BRANCHES, "fusion")
+AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
+
+
+def weight_file(part: str) -> str:
+    """File name, in a weights folder, of one of WEIGHT_PARTS (the audio branch's follows AUDIO_INPUT)."""
+    return f"{AUDIO_WEIGHTS[config.AUDIO_INPUT] if part == 'audio' else part}.pt"
+
+
+TRAIN_SEED = 0
+# RAVDESS validation = these actors, never seen in training (2 male, 2 female).
+RAVDESS_VALIDATION_ACTORS = (17, 18, 19, 20)
+TRAINING = {
+    # The audio branch's entry follows its weights file (AUDIO_WEIGHTS): "audio" on Whisper input, "audio_mel" on Mel.
+    "audio": {"epochs": 80, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    "audio_mel": {"epochs": 60, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    "visual": {"epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "label_smoothing": 0.1},
+    # A second run from the first one's weights (build/train.py visual --init; `train.py all` runs both).
+    "visual_finetune": {"epochs": 8, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1, "augment": "strong"},
+    "text": {"epochs": 4, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "class_weight_power": 0.5},
+    # neutral_words: the share of composed clips whose words are neutral whatever their label (fusion_fit.py)
+    "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0, "neutral_words": 0.5},
+    "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
+}
+TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)
+QUICK_EXAMPLES = 24  # --quick: examples per split, one epoch; a smoke run in seconds
