@@ -27,6 +27,7 @@ import numpy as np
 
 from fv2es import config, stages, stretches
 from fv2es.asr import SpeechRecognizer
+from fv2es.checks import Limits
 from fv2es.faces import video_faces
 from fv2es.inprocess import InProcessPipeline
 
@@ -49,12 +50,13 @@ class TwoPhasePipeline:
         extract_audio(work / "input.mp4", work / "audio.wav")
         extract_frames(work / "input.mp4", work / "frames")
         audio, duration = read_wav(work / "audio.wav"), json.loads((work / "duration.json").read_text())
-        speech = stages.asr(audio, np.array([duration]), self.models.recognizer, self.models.tokenizer)
+        speech = stages.asr(audio, np.array([duration]), self.models.recognizer, self.models.tokenizer, limits=Limits())
         transcript = {"segments": speech["SEGMENT_TIMES"].tolist(), "text": [t.decode() for t in speech["TRANSCRIPTS"]]}
         (work / "transcript.json").write_text(json.dumps(transcript))
         arrays = {name: speech[name] for name in ("TEXT_IDS", "TEXT_MASK", "SPEECH_ROWS", "SPEECH_SEGMENT") if name in speech}
         if config.AUDIO_INPUT == "mel":  # the audio encoder's rows from the WAV file; on "whisper" they come out of ASR
-            arrays |= stages.mel(read_wav(work / "audio.wav"), np.array(transcript["segments"], np.float32), self.models.transform)
+            arrays |= stages.mel(read_wav(work / "audio.wav"), np.array(transcript["segments"], np.float32), self.models.transform,
+                                 limits=Limits())
         arrays |= faces_from_images(work / "frames", self.models.detector)
         for name, array in arrays.items():
             np.save(work / f"{name}.npy", array)
@@ -71,7 +73,7 @@ class TwoPhasePipeline:
 
 def extract_audio(video_path: Path, wav_path: Path) -> None:
     """`ffmpeg -i input -ac 1 -ar 16000 audio.wav`, plus the duration the timeline needs."""
-    media = stages.demux(video_path.read_bytes())
+    media = stages.demux(video_path.read_bytes(), limits=Limits())
     with wave.open(str(wav_path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

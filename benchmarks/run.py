@@ -44,6 +44,7 @@ import perf  # noqa: E402
 import stream  # noqa: E402
 from fv2es_build.machine import cpu_name  # noqa: E402
 from fv2es import config, pipeline, stages  # noqa: E402
+from fv2es.checks import Limits  # noqa: E402
 from fv2es_build import synth  # noqa: E402
 from fv2es_build.repository import served_models  # noqa: E402
 from fv2es.asr import SpeechRecognizer  # noqa: E402
@@ -115,7 +116,7 @@ def without_server(videos: dict[int, bytes], throughput_set: list[bytes]) -> dic
         if seconds > 60:
             continue  # the baselines are compared on the 10 and 60 s clips
         runs = bench_settings.BENCH_RUNS[seconds]
-        audio = stages.demux(video)["AUDIO"]
+        audio = stages.demux(video, limits=Limits())["AUDIO"]
         results[seconds] = {
             "decode_floor": summary(timed(lambda v=video: baselines.decode_floor(v), runs)),
             "asr_floor": summary(timed(lambda a=audio: baselines.asr_floor(asr_alone, a), runs)),

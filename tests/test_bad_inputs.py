@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from fv2es import config
 from fv2es_build import synth
+from fv2es.checks import Limits
 from fv2es.errors import InputError
 from fv2es.media import demux
 
@@ -92,6 +93,6 @@ def test_video_without_faces(client, sample_speech):
 
 def test_limits_give_clear_errors(sample_bytes):
     with pytest.raises(InputError, match="over the server's limit of 1000 bytes"):
-        demux(sample_bytes, max_bytes=1000)
+        demux(sample_bytes, Limits(max_input_bytes=1000))
     with pytest.raises(InputError, match="over the server's limit of 5 s"):
-        demux(sample_bytes, max_duration_s=5)
+        demux(sample_bytes, Limits(max_duration_s=5))

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from fv2es import config
+from fv2es.checks import Limits
 from fv2es.errors import InputError
 from fv2es.livemedia import LiveMedia
 from fv2es.media import decode_audio, sample_frames
@@ -251,7 +252,7 @@ def test_a_url_sent_as_bytes_opens_nothing(scheme):
 
 def test_over_the_byte_limit():
     data = clip("mpegts")
-    live = LiveMedia(max_bytes=len(data) // 2)
+    live = LiveMedia(limits=Limits(max_input_bytes=len(data) // 2))
     with pytest.raises(InputError, match=f"over the server's limit of {len(data) // 2} bytes"):
         for chunk in chunks(data, "1k"):
             live.feed(chunk)
@@ -260,7 +261,7 @@ def test_over_the_byte_limit():
 
 def test_over_the_duration_limit():
     threads = threading.active_count()
-    live = LiveMedia(max_duration_s=2.0)
+    live = LiveMedia(limits=Limits(max_duration_s=2.0))
     with pytest.raises(InputError, match="limit of 2 s"):
         for chunk in chunks(clip("matroska"), "1k"):
             live.feed(chunk)

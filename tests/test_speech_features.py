@@ -9,6 +9,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
 from fv2es import config, stages
+from fv2es.checks import Limits
 from fv2es.asr import SAMPLES_PER_STATE, SpeechRecognizer, block_times, speech_chunks
 from fv2es.text import load_tokenizer
 
@@ -71,8 +72,8 @@ def test_rows_per_segment():
 
 @needs_whisper_input
 def test_server_asr_gives_the_in_process_rows(server, sample_bytes, recognizer):
-    media = stages.demux(sample_bytes)
-    local = stages.asr(media["AUDIO"], media["DURATION"], recognizer, load_tokenizer())
+    media = stages.demux(sample_bytes, limits=Limits())
+    local = stages.asr(media["AUDIO"], media["DURATION"], recognizer, load_tokenizer(), limits=Limits())
     inputs = []
     for name in ("AUDIO", "AUDIO_START", "DURATION"):
         tensor = grpcclient.InferInput(name, list(media[name].shape), np_to_triton_dtype(media[name].dtype))

@@ -41,9 +41,12 @@ SCORE_TOLERANCE = 1e-3  # segment scores are probabilities, up to float rounding
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold, derived from the duration limit."""
+    """What one request may hold: its size and its duration, and what follows from the duration. The
+    one place a model's limits are read (`limits_from`, once, when it loads) and then passed down;
+    in-process use takes config's values (`Limits()`)."""
 
     max_duration_s: float = config.MAX_DURATION_S
+    max_input_bytes: int = config.MAX_INPUT_BYTES
 
     @property
     def max_time_s(self) -> float:
@@ -72,7 +75,8 @@ class Limits:
 
 def limits_from(parameter) -> Limits:
     """Limits from a model's config parameters; `parameter(name, default) -> str`."""
-    return Limits(max_duration_s=float(parameter("max_duration_s", str(config.MAX_DURATION_S))))
+    return Limits(max_duration_s=float(parameter("max_duration_s", str(config.MAX_DURATION_S))),
+                  max_input_bytes=int(parameter("max_input_bytes", str(config.MAX_INPUT_BYTES))))
 
 
 # --- Building blocks ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config, pipeline, stages
+from . import checks, config, pipeline, stages
 from .asr import SpeechRecognizer
 from .audio import mel_transform
 from .faces import make_face_detector
@@ -24,6 +24,7 @@ Arrays = dict[str, np.ndarray]
 class InProcessPipeline:
     def __init__(self, repository: Path):
         self.steps = pipeline.steps()
+        self.limits = checks.Limits()  # config's limits (a server reads its models' parameters)
         self.detector = make_face_detector()
         self.recognizer = SpeechRecognizer()
         self.tokenizer = load_tokenizer()
@@ -40,23 +41,23 @@ class InProcessPipeline:
     def run_step(self, step: pipeline.Step, x: dict) -> Arrays:
         """The in-process twin of the serving runner fv2es/serving/<runner>.py: inputs by name -> outputs by name."""
         if step.runner == "demux":
-            return stages.demux(x["VIDEO"])
+            return stages.demux(x["VIDEO"], limits=self.limits)
         if step.runner == "face_crop":
-            return stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"])
+            return stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"], limits=self.limits)
         if step.runner == "asr":
-            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer, audio_start=x["AUDIO_START"])
+            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer, audio_start=x["AUDIO_START"], limits=self.limits)
         if step.runner == "mel":
-            return stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform, audio_start=x["AUDIO_START"])
+            return stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform, audio_start=x["AUDIO_START"], limits=self.limits)
         if step.runner == "assign_faces":
-            return stages.assign_faces(x["FACE_TIMES"], x["FACE_MAIN"], x["SEGMENT_TIMES"])
+            return stages.assign_faces(x["FACE_TIMES"], x["FACE_MAIN"], x["SEGMENT_TIMES"], limits=self.limits)
         if step.runner == "people":
-            return stages.people(*(x[i.name] for i in step.inputs))
+            return stages.people(*(x[i.name] for i in step.inputs), limits=self.limits)
         if step.runner == "torchscript":
             return {step.outputs[0].name: self.run_model(step.model_name, *(x[i.name] for i in step.inputs))}
         if step.runner == "aggregate":
-            return stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS))
+            return stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS), limits=self.limits)
         if step.runner == "people_aggregate":
-            return stages.people_aggregate(x["PERSON_PAIRS"], x["PAIR_SCORES"], x["SEGMENT_TIMES"])
+            return stages.people_aggregate(x["PERSON_PAIRS"], x["PAIR_SCORES"], x["SEGMENT_TIMES"], limits=self.limits)
         raise ValueError(f"step {step.name}: no in-process runner {step.runner!r}")
 
     def run(self, tensors: dict) -> Arrays:

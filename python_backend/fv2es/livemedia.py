@@ -8,7 +8,7 @@ FFmpeg reads ahead (probing, stream info): a reader with no byte left blocks unt
 the end of the stream, it never sees an end of file before `close()`. What comes out is therefore
 exactly what the whole bytes give: the same code on the same bytes, read in the same order.
 
-    live = LiveMedia(max_bytes=..., max_duration_s=...)   # no thread until the first bytes
+    live = LiveMedia(limits=...)   # no thread until the first bytes
     live.feed(chunk)        # returns when both decoders wait for more bytes (or have finished)
     live.audio              # float32 samples so far, from the stream's start: all final
     live.take_frames()      # [(time, grey frame)] sampled since the last call, in time order
@@ -52,6 +52,7 @@ import threading
 import numpy as np
 
 from . import config
+from .checks import Limits
 from .errors import InputError
 from .media import audio_pieces, drain, next_sample_time, sample_frames
 
@@ -109,14 +110,12 @@ class LiveMedia:
     def __init__(
         self,
         *,
-        max_bytes: int = config.MAX_INPUT_BYTES,
-        max_duration_s: float = config.MAX_DURATION_S,
+        limits: Limits = Limits(),
         frame_interval_s: float = config.FRAME_INTERVAL_S,
         max_width: int = config.FRAME_MAX_WIDTH,
         stop_at_decode_error: bool = True,
     ):
-        self.max_bytes = max_bytes
-        self.max_duration_s = max_duration_s
+        self.limits = limits
         self.frame_interval_s = frame_interval_s
         self.max_width = max_width
         self.stop_at_decode_error = stop_at_decode_error
@@ -152,8 +151,8 @@ class LiveMedia:
             self._check_open("feed")
             if not chunk:
                 return
-            if self._end + len(chunk) > self.max_bytes:
-                self._fail(InputError(f"the stream is over the server's limit of {self.max_bytes} bytes "
+            if self._end + len(chunk) > self.limits.max_input_bytes:
+                self._fail(InputError(f"the stream is over the server's limit of {self.limits.max_input_bytes} bytes "
                                       f"({self._end + len(chunk)} bytes sent)"))
                 raise self.error
             problem = self._layout.feed(chunk)
@@ -276,14 +275,14 @@ class LiveMedia:
                 self._cond.notify_all()
 
     def _run_audio(self, reader: _Reader) -> None:
-        pieces = audio_pieces(reader, max_bytes=self.max_bytes, max_duration_s=self.max_duration_s)
+        pieces = audio_pieces(reader, limits=self.limits)
         duration = drain(pieces, self._add_audio)
         with self._cond:
             if not self._halted:
                 self._duration = duration
 
     def _run_video(self, reader: _Reader) -> None:
-        frames = sample_frames(reader, max_bytes=self.max_bytes, max_duration_s=self.max_duration_s,
+        frames = sample_frames(reader, limits=self.limits,
                                frame_interval_s=self.frame_interval_s, max_width=self.max_width,
                                stop_at_decode_error=self.stop_at_decode_error)
         drain(frames, self._add_frame)

@@ -27,6 +27,7 @@ import av
 import numpy as np
 
 from . import config
+from .checks import Limits
 from .errors import InputError
 
 # FFmpeg demuxers that read still images: such an input is not a video, whatever it decodes to.
@@ -56,17 +57,17 @@ _PROBE_MAX = 1 << 20
 
 
 @contextmanager
-def open_media(source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S):
+def open_media(source: Source, *, limits: Limits = Limits()):
     """The opened container with its first audio and video streams; InputError for anything that is not a video.
 
     `source` is the video's bytes, or a file-like object read from its current position (a live
-    stream: `max_bytes` is then its reader's to enforce, as its size is not known here).
+    stream: the size limit is then its reader's to enforce, as its size is not known here).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise InputError("input is empty (0 bytes): send the bytes of a video file")
-        if len(source) > max_bytes:
-            raise InputError(f"input is {len(source)} bytes, over the server's limit of {max_bytes} bytes")
+        if len(source) > limits.max_input_bytes:
+            raise InputError(f"input is {len(source)} bytes, over the server's limit of {limits.max_input_bytes} bytes")
         file = io.BytesIO(source)
     else:
         file = _Recorder(source)
@@ -97,8 +98,8 @@ def open_media(source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_d
         if audio_stream is None and video_stream is None:
             raise InputError(f"input (format '{fmt}') has neither an audio nor a video stream")
         header_duration = container.duration / av.time_base if container.duration else None
-        if header_duration is not None and header_duration > max_duration_s:
-            raise InputError(f"video is {header_duration:.1f} s long, over the server's limit of {max_duration_s:.0f} s")
+        if header_duration is not None and header_duration > limits.max_duration_s:
+            raise InputError(f"video is {header_duration:.1f} s long, over the server's limit of {limits.max_duration_s:.0f} s")
         if video_stream is not None:
             _check_frame_size(video_stream.codec_context.width, video_stream.codec_context.height)
         yield container, audio_stream, video_stream
@@ -113,30 +114,26 @@ def _check_frame_size(width: int, height: int) -> None:
         )
 
 
-def decode_audio(
-    source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S
-) -> tuple[np.ndarray, float]:
+def decode_audio(source: Source, *, limits: Limits = Limits()) -> tuple[np.ndarray, float]:
     """The audio as float32 mono at SAMPLE_RATE (empty when there is none) and the video's duration.
 
     Video packets are read but not decoded: their timestamps give the duration of a video whose
     picture outlasts its sound.
     """
     parts: list[np.ndarray] = []
-    duration = drain(audio_pieces(source, max_bytes=max_bytes, max_duration_s=max_duration_s), parts.append)
+    duration = drain(audio_pieces(source, limits=limits), parts.append)
     audio = np.concatenate(parts, dtype=np.float32) if parts else np.zeros(0, np.float32)  # "flt": no copy to convert
     return audio, duration
 
 
-def audio_pieces(
-    source: Source, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S
-) -> Generator[np.ndarray, None, float]:
+def audio_pieces(source: Source, *, limits: Limits = Limits()) -> Generator[np.ndarray, None, float]:
     """decode_audio as it goes: yields the audio's float32 pieces in order as they are decoded, and
     returns the video's duration (StopIteration.value; `drain` gives it).
 
     Every piece is final: the pieces joined are decode_audio's audio, whatever reads come after
     (the resampler only gives out samples its filter has all the input for; its tail comes last).
     """
-    with open_media(source, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, audio_stream, video_stream):
+    with open_media(source, limits=limits) as (container, audio_stream, video_stream):
         origin = _origin(container)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=config.SAMPLE_RATE)
         n_samples = 0
@@ -149,8 +146,8 @@ def audio_pieces(
                 if packet.pts is not None and packet.time_base is not None:
                     start = float(packet.pts * packet.time_base) - origin
                     t = start + float((packet.duration or 0) * packet.time_base)
-                    if t > max_duration_s + 1.0:
-                        raise InputError(f"video is longer than the server's limit of {max_duration_s:.0f} s")
+                    if t > limits.max_duration_s + 1.0:
+                        raise InputError(f"video is longer than the server's limit of {limits.max_duration_s:.0f} s")
                     # A packet's duration is the step to the next one in decoding order: with B-frames
                     # at a variable rate, pts + duration of an earlier-shown frame can pass the end.
                     if packet.stream is video_stream and start >= last_start:
@@ -160,7 +157,7 @@ def audio_pieces(
                         if lead is None:
                             # A sound track that starts after the picture (phones' empty edit, a cut
                             # stream) is put that late, so speech stays in sync with the frames.
-                            lead = min(max(frame.time - origin, 0.0), max_duration_s) if frame.time is not None else 0.0
+                            lead = min(max(frame.time - origin, 0.0), limits.max_duration_s) if frame.time is not None else 0.0
                             silence = np.zeros(round(lead * config.SAMPLE_RATE), np.float32)
                             if silence.size:
                                 n_samples += silence.size
@@ -204,8 +201,7 @@ def drain(pieces: Generator[T, None, R], sink: Callable[[T], object]) -> R:
 def sample_frames(
     source: Source,
     *,
-    max_bytes: int = config.MAX_INPUT_BYTES,
-    max_duration_s: float = config.MAX_DURATION_S,
+    limits: Limits = Limits(),
     frame_interval_s: float = config.FRAME_INTERVAL_S,
     max_width: int = config.FRAME_MAX_WIDTH,
     stop_at_decode_error: bool = False,
@@ -216,7 +212,7 @@ def sample_frames(
     raising: the server's face step, whose input demux has already checked, keeps what it decoded.
     `source` as for open_media: bytes, or a file-like object (a live stream's reader).
     """
-    with open_media(source, max_bytes=max_bytes, max_duration_s=max_duration_s) as (container, _, video_stream):
+    with open_media(source, limits=limits) as (container, _, video_stream):
         if video_stream is None:
             return
         video_stream.thread_type = config.FRAME_DECODE_THREADING
@@ -231,8 +227,8 @@ def sample_frames(
                 decoded += 1
                 _check_frame_size(frame.width, frame.height)  # a stream may change resolution
                 t = frame.time - origin if frame.time is not None else next_sample_t
-                if t > max_duration_s:
-                    raise InputError(f"video is longer than the server's limit of {max_duration_s:.0f} s")
+                if t > limits.max_duration_s:
+                    raise InputError(f"video is longer than the server's limit of {limits.max_duration_s:.0f} s")
                 if t + 1e-6 < next_sample_t:
                     continue
                 if size is None:  # a stream may change resolution: keep the first frame's size and rotation
@@ -255,10 +251,10 @@ def next_sample_time(t: float, frame_interval_s: float = config.FRAME_INTERVAL_S
     return (np.floor(t / frame_interval_s + 1e-6) + 1) * frame_interval_s
 
 
-def demux(data: bytes, **limits) -> Media:
+def demux(data: bytes, limits: Limits = Limits()) -> Media:
     """Audio, all sampled frames and the duration at once: for training and tests (the server streams)."""
-    audio, duration = decode_audio(data, **limits)
-    sampled = list(sample_frames(data, **limits))
+    audio, duration = decode_audio(data, limits=limits)
+    sampled = list(sample_frames(data, limits=limits))
     frames = np.stack([f for _, f in sampled]) if sampled else np.zeros((0, 1, 1), np.uint8)
     times = np.asarray([t for t, _ in sampled], np.float32)
     return Media(audio, frames, times, duration)

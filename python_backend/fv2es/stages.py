@@ -26,15 +26,14 @@ if TYPE_CHECKING:  # torch and faster-whisper stay out of the models that do not
 Arrays = dict[str, np.ndarray]
 
 
-def demux(video: bytes, *, max_bytes: int = config.MAX_INPUT_BYTES, max_duration_s: float = config.MAX_DURATION_S) -> Arrays:
+def demux(video: bytes, *, limits: checks.Limits) -> Arrays:
     """VIDEO bytes -> AUDIO [n] float32 at SAMPLE_RATE, AUDIO_START [1] (0: the audio starts the
     timeline; a live stream sends later stretches), DURATION [1] seconds."""
-    audio, duration = decode_audio(video, max_bytes=max_bytes, max_duration_s=max_duration_s)
+    audio, duration = decode_audio(video, limits=limits)
     out = {"AUDIO": audio, "AUDIO_START": np.zeros(1, np.int64), "DURATION": np.array([duration], np.float32)}
     # What demux gives passes the checks of the steps after it, which run in parallel: a file
     # that fails them fails here, in one step (Triton 2.51 can leave a request unanswered when two
     # parallel steps fail).
-    limits = checks.Limits(max_duration_s)
     checks.audio(out["AUDIO"], limits, name="the decoded audio")
     checks.duration(out["DURATION"], limits, name="the input's duration")
     return out
@@ -45,8 +44,7 @@ def face_crop(
     detector: FaceDetector,
     *,
     duration: np.ndarray | None = None,
-    max_bytes: int = config.MAX_INPUT_BYTES,
-    max_duration_s: float = config.MAX_DURATION_S,
+    limits: checks.Limits,
 ) -> Arrays:
     """VIDEO bytes (and DURATION from demux, when given) -> the faces of the sampled frames
     (fv2es.faces.FaceRows): FACES [N, 1, S, S] normalised crops, FACE_TIMES [N] seconds (-1:
@@ -58,8 +56,8 @@ def face_crop(
     the faces of the frames decoded before the damage, and segments past it are flagged faceless.
     """
     if duration is not None:
-        checks.duration(duration, checks.Limits(max_duration_s))
-    frames = sample_frames(video, max_bytes=max_bytes, max_duration_s=max_duration_s, stop_at_decode_error=True)
+        checks.duration(duration, limits)
+    frames = sample_frames(video, limits=limits, stop_at_decode_error=True)
     return face_rows(video_faces(frames, detector))
 
 
@@ -85,7 +83,7 @@ def asr(
     *,
     audio_start: np.ndarray | int = 0,
     window_s: float = config.WINDOW_S,
-    max_duration_s: float = config.MAX_DURATION_S,
+    limits: checks.Limits,
     speech_rows: bool = config.AUDIO_INPUT == "whisper",
 ) -> Arrays:
     """AUDIO (from sample AUDIO_START of the timeline on), DURATION (where the timeline ends) -> the
@@ -97,7 +95,6 @@ def asr(
     a live stream sends one stretch at a time, with its start, and gets the same segments."""
     from .asr import speech_chunks
 
-    limits = checks.Limits(max_duration_s)
     start = checks.audio_start(audio_start, limits)
     audio, seconds = checks.audio_and_duration(audio, duration, limits, start=start)
     bounds = [0, *stretches.cuts(audio), len(audio)]
@@ -140,10 +137,9 @@ def mel(
     device: str = "cpu",
     *,
     audio_start: np.ndarray | int = 0,
-    max_duration_s: float = config.MAX_DURATION_S,
+    limits: checks.Limits,
 ) -> Arrays:
     """AUDIO (from sample AUDIO_START of the timeline on), SEGMENT_TIMES -> MEL_CHUNKS [N, N_MELS, CHUNK_FRAMES], MEL_SEGMENT [N]."""
-    limits = checks.Limits(max_duration_s)
     audio = checks.audio(audio, limits)
     start_s = checks.audio_start(audio_start, limits) / config.SAMPLE_RATE
     segment_times = checks.segment_times(segment_times, limits)
@@ -163,11 +159,10 @@ def mel(
 
 
 def assign_faces(
-    face_times: np.ndarray, face_main: np.ndarray, segment_times: np.ndarray, *, max_duration_s: float = config.MAX_DURATION_S
+    face_times: np.ndarray, face_main: np.ndarray, segment_times: np.ndarray, *, limits: checks.Limits
 ) -> Arrays:
     """FACE_TIMES, FACE_MAIN, SEGMENT_TIMES -> FACE_SEGMENT [N] (the segment of each frame's largest
     face; -1: none, ignored by the fusion), SEGMENT_HAS_FACE [S]."""
-    limits = checks.Limits(max_duration_s)
     face_times = checks.face_times(face_times, limits)
     face_main = checks.flags(face_main, "FACE_MAIN", len(face_times), "FACE_TIMES")
     segment_times = checks.segment_times(segment_times, limits)
@@ -187,12 +182,11 @@ def people(
     text_features: np.ndarray,
     segment_scores: np.ndarray | None = None,
     *,
-    max_duration_s: float = config.MAX_DURATION_S,
+    limits: checks.Limits,
 ) -> Arrays:
     """The faces' persons and the segments -> SEGMENT_SPEAKER [S], and the inputs of the fusion run
     once more on (person, segment) pairs (fv2es.people.person_rows). SEGMENT_SCORES is not used: the
     ensemble passes it so that this step follows the fusion (fv2es.pipeline)."""
-    limits = checks.Limits(max_duration_s)
     face_times = checks.face_times(face_times, limits)
     n_faces = len(face_times)
     face_person = checks.person_ids(face_person, "FACE_PERSON", n_faces, "FACE_TIMES", limits)
@@ -211,12 +205,11 @@ def people(
 
 
 def people_aggregate(
-    person_pairs: np.ndarray, pair_scores: np.ndarray, segment_times: np.ndarray, *, max_duration_s: float = config.MAX_DURATION_S
+    person_pairs: np.ndarray, pair_scores: np.ndarray, segment_times: np.ndarray, *, limits: checks.Limits
 ) -> Arrays:
     """PERSON_PAIRS, PAIR_SCORES (the fusion's scores of each pair), SEGMENT_TIMES -> PERSON_SEGMENTS,
     PERSON_SEGMENT_SCORES (the placeholder pair dropped), PERSON_SCORES [P, C] (each person's
     duration-weighted overall)."""
-    limits = checks.Limits(max_duration_s)
     segment_times = checks.segment_times(segment_times, limits)
     pairs = checks.integers(checks.shape(person_pairs, "PERSON_PAIRS", (None, 2)), "PERSON_PAIRS")
     checks.segment_ids(pairs[:, 1], "PERSON_PAIRS segment", len(segment_times), "SEGMENT_TIMES")
@@ -227,12 +220,12 @@ def people_aggregate(
 
 
 def aggregate(
-    segment_scores: np.ndarray, segment_times: np.ndarray, labels: list[str], *, max_duration_s: float = config.MAX_DURATION_S
+    segment_scores: np.ndarray, segment_times: np.ndarray, labels: list[str], *, limits: checks.Limits
 ) -> Arrays:
     """SEGMENT_SCORES, SEGMENT_TIMES -> VIDEO_SCORES (duration-weighted), LABELS."""
     if np.ndim(segment_scores) == 2 and np.shape(segment_scores)[1] != len(labels):
         raise RuntimeError(f"fusion gives {np.shape(segment_scores)[1]} scores but {len(labels)} labels are shipped")
-    checks.segment_scores(segment_scores, segment_times, len(labels), checks.Limits(max_duration_s))
+    checks.segment_scores(segment_scores, segment_times, len(labels), limits)
     return {
         "VIDEO_SCORES": aggregate_scores(segment_scores, segment_times),
         "LABELS": np.array([label.encode() for label in labels], dtype=np.object_),

@@ -15,10 +15,10 @@ class TritonPythonModel(PipelineModel):
         self.labels = (self.directory.parent / self.parameter("labels_file", "labels.txt")).read_text().split()
         info = {"labels": self.labels, "weights": self.parameter("weights", "unknown")}
         self.model_info = np.array([json.dumps(info).encode()], dtype=np.object_)
-        self.max_duration_s = input_limits(self)["max_duration_s"]
+        self.limits = input_limits(self)
 
     def process(self, inputs):
         scores = stages.aggregate(
-            inputs["SEGMENT_SCORES"], inputs["SEGMENT_TIMES"], self.labels, max_duration_s=self.max_duration_s
+            inputs["SEGMENT_SCORES"], inputs["SEGMENT_TIMES"], self.labels, limits=self.limits
         )
         return {**scores, "MODEL_INFO": self.model_info}

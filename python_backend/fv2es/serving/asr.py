@@ -31,10 +31,10 @@ class TritonPythonModel(PipelineModel):
         self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
         if self.speech_rows:
             check_state_dim(asr_model, self.recognizer.state_dim)
-        self.max_duration_s = input_limits(self)["max_duration_s"]
+        self.limits = input_limits(self)
 
     def process(self, inputs):
         return stages.asr(
             inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer, audio_start=inputs["AUDIO_START"],
-            window_s=self.window_s, max_duration_s=self.max_duration_s, speech_rows=self.speech_rows,
+            window_s=self.window_s, limits=self.limits, speech_rows=self.speech_rows,
         )

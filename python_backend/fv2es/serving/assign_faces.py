@@ -8,7 +8,7 @@ from .base import PipelineModel, input_limits
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
-        self.max_duration_s = input_limits(self)["max_duration_s"]
+        self.limits = input_limits(self)
 
     def process(self, inputs):
-        return stages.assign_faces(inputs["FACE_TIMES"], inputs["FACE_MAIN"], inputs["SEGMENT_TIMES"], max_duration_s=self.max_duration_s)
+        return stages.assign_faces(inputs["FACE_TIMES"], inputs["FACE_MAIN"], inputs["SEGMENT_TIMES"], limits=self.limits)

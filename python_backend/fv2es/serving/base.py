@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .. import config
+from .. import checks
 from ..errors import InputError
 
 
@@ -101,9 +101,6 @@ def bytes_input(array: np.ndarray, name: str) -> bytes:
     return value if isinstance(value, bytes) else bytes(value)
 
 
-def input_limits(model: PipelineModel) -> dict:
+def input_limits(model: PipelineModel) -> checks.Limits:
     """The size and duration limits from the model's config parameters (written from fv2es.config)."""
-    return {
-        "max_bytes": int(model.parameter("max_input_bytes", str(config.MAX_INPUT_BYTES))),
-        "max_duration_s": float(model.parameter("max_duration_s", str(config.MAX_DURATION_S))),
-    }
+    return checks.limits_from(model.parameter)

@@ -11,4 +11,4 @@ class TritonPythonModel(PipelineModel):
         self.limits = input_limits(self)
 
     def process(self, inputs):
-        return stages.demux(bytes_input(inputs["VIDEO"], "VIDEO"), **self.limits)
+        return stages.demux(bytes_input(inputs["VIDEO"], "VIDEO"), limits=self.limits)

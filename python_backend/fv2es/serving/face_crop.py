@@ -28,4 +28,4 @@ class TritonPythonModel(PipelineModel):
         self.limits = input_limits(self)
 
     def process(self, inputs):
-        return stages.face_crop(bytes_input(inputs["VIDEO"], "VIDEO"), self.detector, duration=inputs["DURATION"], **self.limits)
+        return stages.face_crop(bytes_input(inputs["VIDEO"], "VIDEO"), self.detector, duration=inputs["DURATION"], limits=self.limits)

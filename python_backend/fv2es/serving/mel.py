@@ -13,8 +13,8 @@ class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         torch.set_num_threads(1)
         self.transform = mel_transform(self.device)
-        self.max_duration_s = input_limits(self)["max_duration_s"]
+        self.limits = input_limits(self)
 
     def process(self, inputs):
         return stages.mel(inputs["AUDIO"], inputs["SEGMENT_TIMES"], self.transform, self.device,
-                          audio_start=inputs["AUDIO_START"], max_duration_s=self.max_duration_s)
+                          audio_start=inputs["AUDIO_START"], limits=self.limits)

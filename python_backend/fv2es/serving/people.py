@@ -11,7 +11,7 @@ INPUTS = ("FACE_TIMES", "FACE_PERSON", "FACE_MOUTH", "SEGMENT_TIMES", "SEGMENT_H
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
-        self.max_duration_s = input_limits(self)["max_duration_s"]
+        self.limits = input_limits(self)
 
     def process(self, inputs):
-        return stages.people(*(inputs[name] for name in INPUTS), max_duration_s=self.max_duration_s)
+        return stages.people(*(inputs[name] for name in INPUTS), limits=self.limits)

@@ -9,9 +9,9 @@ from .base import PipelineModel, input_limits
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
-        self.max_duration_s = input_limits(self)["max_duration_s"]
+        self.limits = input_limits(self)
 
     def process(self, inputs):
         return stages.people_aggregate(
-            inputs["PERSON_PAIRS"], inputs["PAIR_SCORES"], inputs["SEGMENT_TIMES"], max_duration_s=self.max_duration_s
+            inputs["PERSON_PAIRS"], inputs["PAIR_SCORES"], inputs["SEGMENT_TIMES"], limits=self.limits
         )

@@ -26,7 +26,7 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .. import config, pipeline, stretches
+from .. import checks, config, pipeline, stretches
 from ..errors import InputError
 from ..faces import FaceRows, make_face_detector
 from ..livemedia import LiveMedia
@@ -119,8 +119,8 @@ STRETCH_OUTPUTS = (*pipeline.STREAM_SEGMENT_OUTPUTS[1:], "LABELS", "MODEL_INFO")
 class Stream:
     """One live stream: its decoder, its faces, and the stretches not yet answered."""
 
-    def __init__(self, detector, limits: dict):
-        self.live = LiveMedia(**limits)
+    def __init__(self, detector, limits: checks.Limits):
+        self.live = LiveMedia(limits=limits)
         self.faces = FaceRows(detector)
         self.rows: list[dict[str, np.ndarray]] = []  # face rows not yet given to a stretch
         self.cut = 0  # sample where the first stretch not yet answered starts
