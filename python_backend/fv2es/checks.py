@@ -20,6 +20,7 @@ import numpy as np
 
 from . import config
 from .errors import InputError
+from .segments import SEGMENT_RULE
 
 TIME_SLACK_S = 2.0  # demux accepts packets up to 1 s past max_duration_s; one more for rounding
 OVERLAP_TOLERANCE_S = 1e-3  # neighbouring segments share their boundary; float32 rounding aside
@@ -27,7 +28,7 @@ CHUNK_S = config.HOP_LENGTH * config.CHUNK_FRAMES / config.SAMPLE_RATE  # audio 
 # The longest segment the timeline makes: a split speech segment (or a window) plus a short piece
 # merged on either side. The fusion accepts twice the rows such a segment can have, per segment:
 # rows beyond that could only come from a crafted request (and would pad every segment to them).
-LONGEST_SEGMENT_S = max(config.MAX_SEGMENT_S, config.WINDOW_S) + 2 * config.MIN_SEGMENT_S
+LONGEST_SEGMENT_S = SEGMENT_RULE.longest_s
 MAX_ROWS_PER_SEGMENT = 2 * (math.ceil(LONGEST_SEGMENT_S / min(CHUNK_S, config.FRAME_INTERVAL_S)) + 1)
 # Magnitudes no real input comes near. Decoded audio lies within +-1 (a float track may overshoot a
 # little); log-mel chunks are standardised per clip, so |z| <= sqrt(values) (<= 1e4 up to hours of
@@ -59,8 +60,8 @@ class Limits:
 
     @property
     def max_segments(self) -> int:
-        """Segments are at least MIN_SEGMENT_S long (config.MAX_SEGMENTS_PER_VIDEO, with the slack)."""
-        return int(self.max_time_s / config.MIN_SEGMENT_S) + 1
+        """Segments are at least SEGMENT_RULE.min_segment_s long (config.MAX_SEGMENTS_PER_VIDEO, with the slack)."""
+        return int(self.max_time_s / SEGMENT_RULE.min_segment_s) + 1
 
     @property
     def max_faces(self) -> int:

@@ -149,7 +149,7 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
                          "beam_size": str(config.ASR_BEAM_SIZE),
                          "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
                          "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL,
-                         "window_s": str(config.WINDOW_S), "audio_input": audio_input, **DURATION_LIMIT}),
+                         "audio_input": audio_input, **DURATION_LIMIT}),
         *([] if whisper else [mel]),
         Step("assign_faces", "assign_faces", (fp32("FACE_TIMES", -1), boolean("FACE_MAIN", -1), fp32("SEGMENT_TIMES", -1, 2)),
              (int64("FACE_SEGMENT", -1), boolean("SEGMENT_HAS_FACE", -1)), parameters=DURATION_LIMIT),

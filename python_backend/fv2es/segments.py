@@ -30,14 +30,26 @@ class Segment:
         return self.end - self.start
 
 
-def segment_timeline(
-    speech: list[Segment],
-    duration: float,
-    *,
-    window_s: float = config.WINDOW_S,
-    min_segment_s: float = config.MIN_SEGMENT_S,
-    max_segment_s: float = config.MAX_SEGMENT_S,
-) -> list[Segment]:
+@dataclass(frozen=True)
+class SegmentRule:
+    """How the timeline is cut: speech segments split past `max_segment_s`, fixed windows of `window_s`
+    where nobody speaks, every piece at least `min_segment_s`. From config.py only, not a deployment's
+    parameter: the encoders' batch sizes and the input checks follow from these lengths."""
+
+    window_s: float = config.WINDOW_S
+    min_segment_s: float = config.MIN_SEGMENT_S
+    max_segment_s: float = config.MAX_SEGMENT_S
+
+    @property
+    def longest_s(self) -> float:
+        """The longest a segment can be: a split speech segment or a window, with short neighbours merged in."""
+        return max(self.max_segment_s, self.window_s) + 2 * self.min_segment_s
+
+
+SEGMENT_RULE = SegmentRule()
+
+
+def segment_timeline(speech: list[Segment], duration: float, rule: SegmentRule = SEGMENT_RULE) -> list[Segment]:
     """Covers [0, duration] with speech segments and fixed windows, in time order, no overlap."""
     if duration <= 0:
         raise ValueError("duration must be positive")
@@ -46,13 +58,13 @@ def segment_timeline(
     cursor = 0.0
     for seg in cleaned:
         if seg.start - cursor > 0:
-            pieces.extend(_windows(cursor, seg.start, window_s))
-        for part in _split(seg, max_segment_s):
+            pieces.extend(_windows(cursor, seg.start, rule.window_s))
+        for part in _split(seg, rule.max_segment_s):
             pieces.append(part)
         cursor = seg.end
     if duration - cursor > 0:
-        pieces.extend(_windows(cursor, duration, window_s))
-    return _merge_short(pieces, min_segment_s)
+        pieces.extend(_windows(cursor, duration, rule.window_s))
+    return _merge_short(pieces, rule.min_segment_s)
 
 
 def _clip_and_sort(speech: list[Segment], duration: float) -> list[Segment]:

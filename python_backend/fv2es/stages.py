@@ -82,7 +82,6 @@ def asr(
     tokenizer,
     *,
     audio_start: np.ndarray | int = 0,
-    window_s: float = config.WINDOW_S,
     limits: checks.Limits,
     speech_rows: bool = config.AUDIO_INPUT == "whisper",
 ) -> Arrays:
@@ -105,7 +104,7 @@ def asr(
         if end - offset <= 0:
             continue
         speech = recognizer.listen(audio[a:b].astype(np.float32, copy=False))
-        local = segment_timeline(speech.segments, end - offset, window_s=window_s)
+        local = segment_timeline(speech.segments, end - offset)
         if speech_rows:
             local_times = np.array([[s.start, s.end] for s in local], np.float32)
             stretch_rows, stretch_owners = speech_chunks(speech.states, speech.times, local_times)

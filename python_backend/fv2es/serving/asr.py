@@ -28,7 +28,6 @@ class TritonPythonModel(PipelineModel):
             temperature=float(self.parameter("temperature", str(config.ASR_TEMPERATURE))),
         )
         self.tokenizer = load_tokenizer(self.parameter("text_model", config.TEXT_MODEL))
-        self.window_s = float(self.parameter("window_s", str(config.WINDOW_S)))
         if self.speech_rows:
             check_state_dim(asr_model, self.recognizer.state_dim)
         self.limits = input_limits(self)
@@ -36,5 +35,5 @@ class TritonPythonModel(PipelineModel):
     def process(self, inputs):
         return stages.asr(
             inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer, audio_start=inputs["AUDIO_START"],
-            window_s=self.window_s, limits=self.limits, speech_rows=self.speech_rows,
+            limits=self.limits, speech_rows=self.speech_rows,
         )
