@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := triton_models/fusion/1/model.pt
-# The runtime package's copies in the model repository (build/repository.py says why).
-CODE := triton_models/demux/1/fv2es/__init__.py
+# The runtime package's one copy in the model repository (build/repository.py says where and why).
+CODE := triton_models/fv2es/1/fv2es/__init__.py
 RUNTIME := $(shell find python_backend/fv2es -name '*.py')
 PRELOAD := $(VENV)/lib/fv2es/fv2es_preload.so
 

@@ -6,11 +6,12 @@ files, model.py entry points, labels, our runtime package and the exported Torch
     fv2es-build --torchscript-backend libtorch --repository build/out/triton_models_libtorch
                                          # encoders and fusion as pytorch_libtorch models (NGC image)
 
-The repository is self-contained: each Python-backend model's version folder holds a copy of the
-runtime package `fv2es`, which its model.py imports, so the folder can be copied
-into any model repository, a volume or a bucket, and load with only the third-party packages
-installed. Each model carries its own copy because Triton fetches cloud-storage repositories model
-by model: a shared folder beside the models would not travel with them.
+The repository is self-contained: it holds one copy of the runtime package `fv2es`, in the ensemble's
+version folder (fv2es/1/fv2es), which every Python-backend model's model.py imports, so the
+repository can be copied into a volume or another Triton's repository folder and load with only the
+third-party packages installed. Triton fetches a cloud-storage repository model by model, so there the
+copy is not beside the models: such a deployment installs fv2es with Triton's Python (docker/Dockerfile
+does), and the model.py files import that one.
 """
 
 from __future__ import annotations
@@ -31,16 +32,41 @@ REPOSITORY = ROOT / "triton_models"
 RUNTIME_PACKAGE = Path(fv2es.__file__).resolve().parent
 BACKENDS = ("python", "libtorch")  # how the TorchScript steps are served
 
-MODEL_PY = '''"""Triton entry point of "{name}": fv2es.serving.{runner}, from the fv2es package in this folder."""
+MODEL_PY = '''"""Triton entry point of "{name}": fv2es.serving.{runner}, from the repository's one copy of the fv2es package."""
 
+import os
 import sys
 from pathlib import Path
 
-# Triton appends this folder to sys.path; first, so that an fv2es installed in Triton's Python (as in
-# docker/Dockerfile, for the launcher) cannot shadow the code this model was built with.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fv2es.serving.{runner} import TritonPythonModel  # noqa: E402,F401
+def runtime_folder() -> Path | None:
+    """The folder that holds the repository's copy of fv2es: the ensemble's version folder, beside this
+    model's folder. Only one that this server's user (or root) owns and no one else can write: a
+    repository served from cloud storage is fetched model by model into temporary folders, where the
+    path beside this model is anyone's to create; there the fv2es installed with Triton's Python (as
+    in docker/Dockerfile) is used."""
+    folder = Path(__file__).resolve().parents[2] / "{ensemble}" / "1"
+    for path in (folder, folder / "fv2es"):
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if info.st_uid not in (0, os.getuid()) or info.st_mode & 0o022:
+            return None
+    return folder
+
+
+# First on sys.path, so that an installed fv2es cannot shadow the code this model was built with.
+if (folder := runtime_folder()) is not None:
+    sys.path.insert(0, str(folder))
+
+try:
+    from fv2es.serving.{runner} import TritonPythonModel  # noqa: E402,F401
+except ModuleNotFoundError as error:
+    if error.name != "fv2es":
+        raise
+    raise ImportError("the fv2es runtime is neither in this repository's {ensemble}/1/fv2es (owned by this "
+                      "server's user, not writable by others) nor installed in Triton's Python") from None
 '''
 
 HEADER = "# Written by fv2es-build (build/repository.py) from fv2es/pipeline.py and config.py: edit those, not this file.\n"
@@ -180,13 +206,22 @@ def served_steps(weights: str, repository: Path, backend: str = "python") -> lis
     return steps
 
 
+def runtime_folder(repository: Path) -> Path:
+    """Where the repository's one copy of the runtime package goes: the ensemble's version folder (every
+    repository has the ensemble; Triton reads nothing else there)."""
+    return repository / config.ENSEMBLE_NAME / "1"
+
+
 def copy_runtime_package(version_dir: Path) -> None:
-    """The runtime package `fv2es`, without caches, into a model's version folder (replacing an older copy)."""
+    """The runtime package `fv2es`, without caches, into `version_dir` (replacing an older copy)."""
     target = version_dir / "fv2es"
     if target.exists():
         shutil.rmtree(target)
     # copy, not copy2: the copies get the time of the build, which `make` compares with the sources.
     shutil.copytree(RUNTIME_PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=shutil.copy)
+    # The model.py files import it only where no one but its owner can write (MODEL_PY), whatever the umask.
+    for path in (version_dir, target, *target.rglob("*")):
+        path.chmod(path.stat().st_mode & ~0o022)
 
 
 def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "python") -> None:
@@ -200,18 +235,18 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
         (folder / "1").mkdir(parents=True, exist_ok=True)
         libtorch = backend == "libtorch" and s.torchscript
         (folder / "config.pbtxt").write_text(model_configs.to_text(model_config(s, "libtorch" if libtorch else "python"), HEADER))
+        shutil.rmtree(folder / "1" / "fv2es", ignore_errors=True)  # a copy of the runtime per model, as before
         if libtorch:  # the PyTorch backend reads model.pt alone
             (folder / "1" / "model.py").unlink(missing_ok=True)
-            shutil.rmtree(folder / "1" / "fv2es", ignore_errors=True)
         else:
-            (folder / "1" / "model.py").write_text(MODEL_PY.format(name=s.name, runner=s.runner))
-            copy_runtime_package(folder / "1")
+            (folder / "1" / "model.py").write_text(MODEL_PY.format(name=s.name, runner=s.runner, ensemble=config.ENSEMBLE_NAME))
         if any(t.labels for t in s.outputs):
             (folder / pipeline.LABELS_FILE).write_text(labels)
     ensemble = repository / config.ENSEMBLE_NAME
     remove_stale_models(repository, {s.name for s in models} | {config.ENSEMBLE_NAME})
     (ensemble / "1").mkdir(parents=True, exist_ok=True)
     (ensemble / "1" / ".gitkeep").write_text("")
+    copy_runtime_package(runtime_folder(repository))
     (ensemble / "config.pbtxt").write_text(model_configs.to_text(ensemble_config(steps), HEADER))
     (ensemble / pipeline.LABELS_FILE).write_text(labels)
 

@@ -53,3 +53,27 @@ def test_a_copied_repository_serves_the_same_results(tmp_path, third_party_env, 
     want = np.array([[s.scores[label] for label in config.LABELS] for s in expected.segments])
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert result.emotion == expected.emotion and result.model_info == expected.model_info
+
+
+def shim_runtime_folder(model_py) -> object:
+    """The written model.py's runtime_folder(), run as the stub runs it (without the import after it)."""
+    text = model_py.read_text()
+    namespace = {"__file__": str(model_py), "__name__": "shim"}
+    exec(compile(text[: text.index("# First on sys.path")], str(model_py), "exec"), namespace)  # noqa: S102
+    return namespace["runtime_folder"]()
+
+
+def test_a_model_imports_the_repositorys_runtime_only_where_no_one_else_can_write(tmp_path):
+    """A repository fetched from cloud storage lands model by model in temporary folders, where the
+    path beside a model is anyone's to create: a runtime there that others can write is not imported."""
+    copy = tmp_path / "models"
+    shutil.copytree(REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
+    model_py, runtime = copy / "asr" / "1" / "model.py", copy / config.ENSEMBLE_NAME / "1"
+    assert not (copy / "asr" / "1" / "fv2es").exists(), "one copy of the runtime, not one per model"
+    assert shim_runtime_folder(model_py) == runtime
+    for path in (runtime, runtime / "fv2es"):
+        path.chmod(0o777)
+        assert shim_runtime_folder(model_py) is None, path
+        path.chmod(0o755)
+    shutil.rmtree(runtime / "fv2es")
+    assert shim_runtime_folder(model_py) is None
