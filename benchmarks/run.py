@@ -311,7 +311,7 @@ def markdown(results: dict) -> str:
             lines += ["", f"This code / {versus['ref']}: {versus['ratio_of_medians']:.2f}x (ratio of the medians), "
                       f"{versus['median_round_ratio']:.2f}x (median of each round's ratio). Each model's compute time per",
                       "request in these rounds (Triton's statistics; `-`: not in that version; the ensemble's own line is",
-                      "its whole request):", "", f"| model | {versus['ref']} s | this code s |", "|---|---|---|"]
+                      "the sum of its steps' times as Triton counts them, not the request's wall time: steps run in parallel):", "", f"| model | {versus['ref']} s | this code s |", "|---|---|---|"]
             models = versus.get("model_s", {})
             for model in sorted(set(models.get("earlier", {})) | set(models.get("current", {}))):
                 e, c = models["earlier"].get(model), models["current"].get(model)
