@@ -1,5 +1,5 @@
-"""Shared fixtures: the real tritonservers of a test session (the main one, one with small input limits),
-a gRPC client, and real media."""
+"""Shared fixtures: the real tritonservers of a test session (the main one, one with small input limits,
+a spare one for the tests that break things), a gRPC client, and real media."""
 
 from __future__ import annotations
 
