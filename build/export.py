@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from fv2es import config, models
+from fv2es import config, modalities, models
 from . import settings
 from fv2es.models.checked import checked
 from .training.weights import load_branch, load_weights, weights_path
@@ -27,14 +27,10 @@ MAX_EXPORT_DIFFERENCE = 1e-4
 def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
     """The four served modules (training form, eval mode), by repository name."""
     records = {part: load_weights(weights_path(weights_dir, part)) for part in settings.WEIGHT_PARTS}
-    audio, visual, text = (load_branch(b, weights_dir) for b in settings.BRANCHES)
-    fusion = models.create(
-        "fusion",
-        audio_classes=tuple(records["audio"]["classes"]),
-        visual_classes=tuple(records["visual"]["classes"]),
-        text_classes=tuple(records["text"]["classes"]),
-    )
-    fusion.load_branches(audio, visual, text)
+    branches = {b: load_branch(b, weights_dir) for b in settings.BRANCHES}
+    fusion = models.create("fusion", classes={b: tuple(records[b]["classes"]) for b in settings.BRANCHES})
+    fusion.load_branches(branches)
+    text = branches["text"]
     fitted = records["fusion"]["state_dict"]
     with torch.no_grad():
         fusion.modality_weights.copy_(fitted["modality_weights"])
@@ -52,7 +48,7 @@ def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
         except ValueError as error:
             raise SystemExit(f"{weights_path(weights_dir, 'audio')}: {error}") from None
     # The text branch's encoder: the pretrained model with its fine-tuned top layers from text.pt.
-    return {"audio_encoder": audio.encoder, "visual_encoder": visual.encoder, "text_encoder": text.encoder, "fusion": fusion.eval()}
+    return {**{modalities.by_name(b).encoder: branch.encoder for b, branch in branches.items()}, "fusion": fusion.eval()}
 
 
 def export_difference(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptModule) -> float:

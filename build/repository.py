@@ -25,7 +25,8 @@ from pathlib import Path
 import fv2es
 from fv2es import config, model_configs, pipeline
 from . import settings
-from fv2es.pipeline import Step, Tensor
+from fv2es.graph import Step, Tensor
+from fv2es.modalities import Modality
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "triton_models"
@@ -175,34 +176,41 @@ def ensemble_config(steps: list[Step]) -> model_configs.ModelConfig:
     return ensemble
 
 
-def libtorch_step(step: Step, argument_names: list[str]) -> Step:
+def libtorch_step(step: Step, arguments: list[tuple[str, str]]) -> Step:
     """A TorchScript step for Triton's PyTorch backend, whose naming convention is: inputs named as
-    the arguments of the module's forward(), outputs `<name>__<index>`. The ensemble keeps its tensor
+    the arguments of the module's forward() (or, when forward takes one Dict[str, Tensor], as the
+    dictionary's keys: the step's own names), outputs `<name>__<index>`. The ensemble keeps its tensor
     names through the step's sources and targets. The Python runner's parameters do not apply."""
+    outputs = tuple(replace(t, name=f"{t.name}__{k}") for k, t in enumerate(step.outputs))
+    targets = {o.name: step.target(t.name) for o, t in zip(outputs, step.outputs)}
+    from fv2es.models import takes_dictionary  # noqa: PLC0415 - torch only for the libtorch variant
+
+    if takes_dictionary(arguments):
+        return replace(step, outputs=outputs, targets=targets, parameters={"INFERENCE_MODE": "true"})
+    argument_names = [name for name, _ in arguments]
     if len(argument_names) != len(step.inputs):
         raise SystemExit(f"{step.name}: model.pt's forward takes {argument_names}, the pipeline gives {[i.name for i in step.inputs]}")
     inputs = tuple(replace(t, name=arg) for t, arg in zip(step.inputs, argument_names))
-    outputs = tuple(replace(t, name=f"{t.name}__{k}") for k, t in enumerate(step.outputs))
     return replace(
-        step, inputs=inputs, outputs=outputs,
+        step, inputs=inputs, outputs=outputs, targets=targets,
         sources={arg: step.source(t.name) for t, arg in zip(step.inputs, argument_names)},
-        targets={o.name: step.target(t.name) for o, t in zip(outputs, step.outputs)},
         parameters={"INFERENCE_MODE": "true"},
     )
 
 
-def forward_arguments(model_file: Path) -> list[str]:
-    """The argument names of a TorchScript file's forward() (without self)."""
+def file_arguments(model_file: Path) -> list[tuple[str, str]]:
+    """The arguments (name, type) of a TorchScript file's forward(), without self."""
     import torch  # noqa: PLC0415 - only the libtorch variant reads the exported modules
+    from fv2es.models import forward_arguments  # noqa: PLC0415
 
-    return [a.name for a in torch.jit.load(str(model_file), map_location="cpu").forward.schema.arguments[1:]]
+    return forward_arguments(torch.jit.load(str(model_file), map_location="cpu"))
 
 
-def served_steps(weights: str, repository: Path, backend: str = "python") -> list[Step]:
-    """The pipeline's steps as this repository serves them."""
-    steps = pipeline.steps(weights)
+def served_steps(weights: str, repository: Path, backend: str = "python", modalities: tuple[Modality, ...] | None = None) -> list[Step]:
+    """The pipeline's steps as this repository serves them (`modalities`: default fv2es.modalities)."""
+    steps = pipeline.steps(weights, modalities=modalities)
     if backend == "libtorch":
-        steps = [libtorch_step(s, forward_arguments(repository / s.model_name / "1" / "model.pt")) if s.torchscript else s for s in steps]
+        steps = [libtorch_step(s, file_arguments(repository / s.model_name / "1" / "model.pt")) if s.torchscript else s for s in steps]
     return steps
 
 
@@ -224,9 +232,10 @@ def copy_runtime_package(version_dir: Path) -> None:
         path.chmod(path.stat().st_mode & ~0o022)
 
 
-def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "python") -> None:
+def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "python",
+                  modalities: tuple[Modality, ...] | None = None) -> None:
     """Every config.pbtxt, model.py, labels file and code copy; the TorchScript files are export's."""
-    steps = served_steps(weights, repository, backend)
+    steps = served_steps(weights, repository, backend, modalities)
     labels = "\n".join(config.LABELS) + "\n"
     # The live stream calls the steps by their Python-backend tensor names: not in the libtorch variant.
     models = served_models(steps) + ([pipeline.stream_step(steps)] if backend == "python" else [])

@@ -3,11 +3,11 @@ the repository, not what a served repository needs (that is fv2es.config, copied
 
 from __future__ import annotations
 
-from fv2es import config
+from fv2es import config, modalities
 
 DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
 WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <part>.pt for each part
-BRANCHES = ("audio", "visual", "text")  # the order of the fusion's modality weights
+BRANCHES = modalities.names()  # one trained branch per modality, in the order of the fusion's modality weights
 WEIGHT_PARTS = (*BRANCHES, "fusion")
 AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
 

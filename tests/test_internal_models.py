@@ -89,7 +89,8 @@ GOOD = {
         "FACE_TIMES": np.array([0.5, 0.5, 1.5, 2.5], np.float32), "FACE_PERSON": np.array([0, 1, 0, 1], np.int64),
         "FACE_MOUTH": np.array([-1, -1, 3.0, 0.5], np.float32), "SEGMENT_TIMES": times(3),
         "SEGMENT_HAS_SPEECH": np.array([True, False, True]), "AUDIO_SEGMENT": np.array([0, 0, 2, -1], np.int64),
-        "TEXT_FEATURES": np.zeros((3, TEXT_DIM), np.float32), "SEGMENT_SCORES": np.full((3, C), 1 / C, np.float32)},
+        "TEXT_FEATURES": np.zeros((3, TEXT_DIM), np.float32), "TEXT_PRESENT": np.array([True, False, True]),
+        "SEGMENT_SCORES": np.full((3, C), 1 / C, np.float32)},
     "people_aggregate": lambda: {"PERSON_PAIRS": np.array([[0, 0], [1, 0], [0, 1]], np.int64),
                                  "PAIR_SCORES": np.full((3, C), 1 / C, np.float32), "SEGMENT_TIMES": times(3)},
     "face_crop": lambda: {"VIDEO": np.array([SAMPLE.read_bytes()], dtype=np.object_), "DURATION": np.array([8.5], np.float32)},
@@ -179,6 +180,7 @@ BAD = {
         ("audio segment too large", {"AUDIO_SEGMENT": np.array([0, 9], np.int64)}, "AUDIO_SEGMENT holds segment 9"),
         ("speech flags and segments differ", {"SEGMENT_HAS_SPEECH": np.ones(5, bool)}, "SEGMENT_HAS_SPEECH has 5 rows"),
         ("text rows and segments differ", {"TEXT_FEATURES": np.zeros((2, TEXT_DIM), np.float32)}, "TEXT_FEATURES has shape [2, 384]"),
+        ("text flags and segments differ", {"TEXT_PRESENT": np.ones(4, bool)}, "TEXT_PRESENT has 4 rows but SEGMENT_TIMES has 3"),
     ],
     "people_aggregate": [
         ("segment too large", {"PERSON_PAIRS": np.array([[0, 0], [1, 5], [0, 1]], np.int64)}, "holds segment 5"),

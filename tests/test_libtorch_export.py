@@ -2,8 +2,9 @@
 
 Triton's PyTorch backend does not exist on this machine (the embedded binary has only the Python
 backend), so these tests check what the backend relies on: each config parses as Triton's
-ModelConfig, its input names are the TorchScript forward()'s argument names in order and its
-outputs follow `<name>__<index>`, and the modules run when called with exactly those names, the
+ModelConfig, its input names are the TorchScript forward()'s argument names in order (or, for the
+fusion, whose forward takes one Dict[str, Tensor], the dictionary's keys: the pipeline's names) and
+its outputs follow `<name>__<index>`, and the modules run when called with exactly those names, the
 config's dtypes and shapes, giving outputs of the config's dtypes and shapes. The ensemble still
 wires the same tensors.
 """
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from fv2es import config, model_configs, pipeline
+from fv2es.models import forward_arguments, takes_dictionary
 from fv2es_build.repository import ensemble_steps
 
 DTYPES = {"TYPE_FP32": torch.float32, "TYPE_INT64": torch.int64, "TYPE_BOOL": torch.bool}
@@ -57,6 +59,11 @@ def config_inputs(model_config) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def call(module, inputs: dict[str, torch.Tensor]):
+    """As the PyTorch backend calls a module: one dictionary, or each input as its argument."""
+    return module(inputs) if takes_dictionary(forward_arguments(module)) else module(**inputs)
+
+
 @pytest.mark.parametrize("step", TORCHSCRIPT_STEPS, ids=lambda s: s.name)
 def test_config_matches_the_torchscript_signature_and_runs(libtorch_repository, step):
     folder = libtorch_repository / step.name
@@ -67,12 +74,15 @@ def test_config_matches_the_torchscript_signature_and_runs(libtorch_repository, 
     assert model_config.HasField("dynamic_batching") == step.batched
 
     module = torch.jit.load(str(folder / "1" / "model.pt"))
-    arguments = [a.name for a in module.forward.schema.arguments[1:]]
-    assert [i.name for i in model_config.input] == arguments
+    arguments = forward_arguments(module)
+    if takes_dictionary(arguments):
+        assert [i.name for i in model_config.input] == [i.name for i in step.inputs]
+    else:
+        assert [i.name for i in model_config.input] == [name for name, _ in arguments]
     assert [o.name for o in model_config.output] == [f"{o.name}__{k}" for k, o in enumerate(step.outputs)]
 
     with torch.inference_mode():
-        result = module(**config_inputs(model_config))
+        result = call(module, config_inputs(model_config))
     results = result if isinstance(result, tuple) else (result,)
     assert len(results) == len(model_config.output)
     batch = (BATCH,) if model_config.max_batch_size > 0 else ()
@@ -101,8 +111,8 @@ def test_the_ensemble_wires_the_same_tensors(libtorch_repository):
 
 @pytest.mark.parametrize("model, name, bad", [
     ("text_encoder", "input_ids", 10**9),
-    ("fusion", "audio_segment", ROWS),
-    ("fusion", "visual_segment", -2),
+    ("fusion", "AUDIO_SEGMENT", ROWS),
+    ("fusion", "VISUAL_SEGMENT", -2),
 ])
 def test_an_index_out_of_range_is_an_error_not_a_lookup(libtorch_repository, model, name, bad):
     """The PyTorch backend runs no Python checks first; on a GPU such a lookup would be a
@@ -111,7 +121,7 @@ def test_an_index_out_of_range_is_an_error_not_a_lookup(libtorch_repository, mod
     inputs = config_inputs(read_config(libtorch_repository / model / "config.pbtxt"))
     inputs[name] = torch.full_like(inputs[name], bad)
     with pytest.raises(torch.jit.Error, match="holds an index outside"):
-        module(**inputs)
+        call(module, inputs)
 
 
 def test_the_python_repository_keeps_the_python_backend():

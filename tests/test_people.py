@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE
-from fv2es import config
+from fv2es import config, modalities
 from fv2es.faces import FaceRows, crop_face, make_face_detector, normalise_faces, video_faces
 from fv2es.media import decode_audio, sample_frames
 from fv2es.people import person_rows, person_scores, segment_speakers
@@ -159,7 +159,8 @@ def test_person_rows_and_scores():
     speakers = np.array([1, -1, -1])
     audio_segment = np.array([0, 0, 1, -1, 2])
     text = np.arange(12, dtype=np.float32).reshape(3, 4)
-    out = person_rows(times, person, segments, speech, speakers, audio_segment, text)
+    out = person_rows(times, person, segments, speakers,
+                      {"AUDIO_SEGMENT": audio_segment, "TEXT_FEATURES": text, "TEXT_PRESENT": speech}, modalities.modalities())
     assert out["PERSON_SEGMENTS"].tolist() == [[0, 0], [1, 0], [1, 1], [1, 2]]
     assert out["PERSON_VISUAL_SEGMENT"].tolist() == [0, 1, 0, 2, 3, -1]  # the last row is after every segment
     assert out["PERSON_AUDIO_SEGMENT"].tolist() == [1, 1, -1, -1, -1]  # segment 0's voice is its speaker's
@@ -184,8 +185,9 @@ def test_no_face_gives_one_placeholder_pair_that_the_aggregation_drops(detector)
     speech = np.array([True, False])
     speakers = segment_speakers(faces["FACE_TIMES"], faces["FACE_PERSON"], faces["FACE_MOUTH"], segments, speech)
     assert speakers.tolist() == [-1, -1]
-    out = person_rows(faces["FACE_TIMES"], faces["FACE_PERSON"], segments, speech, speakers, np.array([0, 1, -1]),
-                      np.ones((2, 3), np.float32))
+    out = person_rows(faces["FACE_TIMES"], faces["FACE_PERSON"], segments, speakers,
+                      {"AUDIO_SEGMENT": np.array([0, 1, -1]), "TEXT_FEATURES": np.ones((2, 3), np.float32), "TEXT_PRESENT": speech},
+                      modalities.modalities())
     assert out["PERSON_SEGMENTS"].tolist() == [[-1, -1]]
     assert out["PERSON_VISUAL_SEGMENT"].tolist() == [0]  # the fusion gets one segment with a face
     assert out["PERSON_AUDIO_SEGMENT"].tolist() == [-1, -1, -1]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fv2es import config, models
+from fv2es import config, modalities, models
 from fv2es_build import settings
 from fv2es_build import synth
 from fv2es.models.fusion import class_map
@@ -79,7 +79,7 @@ def test_text_context_is_the_utterances_before_in_the_same_dialogue_and_follows_
 def test_every_label_set_builds_a_fusion_model(label_set):
     labels = config.LABEL_SETS[label_set]
     multi = label_set in config.MULTI_LABEL_SETS
-    fusion = models.create("fusion", labels=labels, audio_classes=labels, visual_classes=labels, text_classes=labels, multi_label=multi)
+    fusion = models.create("fusion", labels=labels, classes=dict.fromkeys(modalities.names(), labels), multi_label=multi)
     scripted = models.to_torchscript("fusion", fusion)
     scores = scripted(*models.example_inputs("fusion", batch=3))
     assert scores.shape[1] == len(labels)

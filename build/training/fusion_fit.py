@@ -119,7 +119,7 @@ def compose_clips(
 def clip_scores(fusion: models.fusion.Fv2esFusion, outputs: dict[str, BranchOutputs], index: dict[str, np.ndarray]) -> torch.Tensor:
     """[n, 3, C] per-modality scores over the served labels, by the fusion model's own mapping."""
     with torch.no_grad():
-        return fusion.to_labels(*(outputs[b].all_logits()[index[b]] for b in BRANCHES))
+        return fusion.to_labels([outputs[b].all_logits()[index[b]] for b in BRANCHES])
 
 
 def fit_fusion_weights(fusion, scores: torch.Tensor, labels: np.ndarray, epochs: int, lr: float, seed: int) -> None:
@@ -188,8 +188,8 @@ def train_fusion(args: argparse.Namespace) -> dict:
     for name, m in metrics.items():
         print(format_metrics(f"composed clips, {name}", m) + (f"\n    expected calibration error {m['calibration']['ece']:.3f}" if "calibration" in m else ""))
     weights = torch.softmax(fusion.modality_weights.detach(), 0).tolist()
-    print(f"fusion: modality weights audio {weights[0]:.3f}, visual {weights[1]:.3f}, text {weights[2]:.3f}, "
-          f"sharpness {fusion.log_scale.exp().item():.3f}, branch temperatures "
+    print("fusion: modality weights " + ", ".join(f"{b} {w:.3f}" for b, w in zip(BRANCHES, weights))
+          + f", sharpness {fusion.log_scale.exp().item():.3f}, branch temperatures "
           + ", ".join(f"{b} {t:.2f}" for b, t in zip(BRANCHES, fusion.branch_temperature.tolist())))
     fitted = torch.nn.ParameterDict({"modality_weights": fusion.modality_weights, "log_scale": fusion.log_scale,
                                      "branch_temperature": torch.nn.Parameter(fusion.branch_temperature.clone(), requires_grad=False)})

@@ -39,13 +39,13 @@ class V2EM(nn.Module):
         self.audio = create_branch("audio", len(labels))
         self.visual = create_branch("visual", len(labels))
         self.text = create_branch("text", len(labels))
-        self.fusion = models.create(
-            "fusion", labels=labels, audio_classes=labels, visual_classes=labels, text_classes=labels, multi_label=multi_label
-        )
+        # An FE2E corpus brings these three modalities (fe2e.py reads them); each branch predicts its label set.
+        self.fusion = models.create("fusion", labels=labels, classes=dict.fromkeys(("audio", "visual", "text"), labels),
+                                    multi_label=multi_label)
 
     def forward(self, chunks, chunk_mask, faces, face_mask, ids, mask) -> torch.Tensor:
         """Fused logits [B, C]."""
-        scores = self.fusion.to_labels(self.audio(chunks, chunk_mask), self.visual(faces, face_mask), self.text(ids, mask))
+        scores = self.fusion.to_labels([self.audio(chunks, chunk_mask), self.visual(faces, face_mask), self.text(ids, mask)])
         present = torch.stack([~chunk_mask.all(1), ~face_mask.all(1), mask.any(1)], dim=1)
         return self.fusion.fuse(scores, present)
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import config
+from . import config, modalities
+from .modalities import Modality
 from .errors import InputError
 from .segments import SEGMENT_RULE
 
@@ -301,30 +302,22 @@ def segment_ids(ids: np.ndarray, name: str, n_segments: int, segments_from: str)
             raise InputError(f"{name} gives segment {busiest} {int(counts[busiest])} rows, over the limit of {MAX_ROWS_PER_SEGMENT} per segment")
 
 
-def fusion_inputs(
-    audio_features: np.ndarray,
-    audio_segment: np.ndarray,
-    visual_features: np.ndarray,
-    visual_segment: np.ndarray,
-    text_features: np.ndarray,
-    text_present: np.ndarray,
-    limits: Limits,
-    feature_dim: int = config.FEATURE_DIM,
-    text_dim: int = config.TEXT_FEATURE_DIM,
-) -> None:
-    """The fusion's inputs: one TEXT_FEATURES row per segment, rows of audio and visual features
-    with their segment ids in [-1, S), finite features, consistent row counts."""
-    text = finite(shape(text_features, "TEXT_FEATURES", (None, text_dim)), "TEXT_FEATURES")
-    n_segments = rows(text, "TEXT_FEATURES", at_least=1, at_most=limits.max_segments, what="rows (one per segment)")
-    present = shape(text_present, "TEXT_PRESENT", (None,))
-    if len(present) != n_segments:
-        raise InputError(f"TEXT_PRESENT has {len(present)} rows but there are {n_segments} segments (TEXT_FEATURES rows)")
-    for kind, features, segment, most in (
-        ("AUDIO", audio_features, audio_segment, limits.max_chunks),
-        ("VISUAL", visual_features, visual_segment, limits.max_faces),
-    ):
-        name = f"{kind}_FEATURES"
-        features = finite(shape(features, name, (None, feature_dim)), name)
-        rows(features, name, at_least=1, at_most=most)
-        same_rows(features, name, segment, f"{kind}_SEGMENT")
-        segment_ids(segment, f"{kind}_SEGMENT", n_segments, "TEXT_FEATURES rows")
+def fusion_inputs(inputs: dict[str, np.ndarray], entries: tuple[Modality, ...], limits: Limits) -> None:
+    """The fusion's inputs, by name, for its modalities: one row per segment of each per-segment
+    modality's features and flags (the first one's features give the segment count), rows of each
+    sequence modality's features with their segment ids in [-1, S), finite features, consistent row
+    counts."""
+    counted = modalities.segment_count_input(entries)
+    width = next(m.feature_dim for m in entries if m.features == counted)
+    n_segments = rows(shape(inputs[counted], counted, (None, width)), counted, at_least=1, at_most=limits.max_segments,
+                      what="rows (one per segment)")
+    for m in entries:
+        features = finite(shape(inputs[m.features], m.features, (None, m.feature_dim)), m.features)
+        if m.sequence:
+            rows(features, m.features, at_least=1, at_most=getattr(limits, m.max_rows))
+            same_rows(features, m.features, inputs[m.index], m.index)
+            segment_ids(inputs[m.index], m.index, n_segments, f"{counted} rows")
+        else:
+            for name, value in ((m.features, features), (m.index, shape(inputs[m.index], m.index, (None,)))):
+                if len(value) != n_segments:
+                    raise InputError(f"{name} has {len(value)} rows but there are {n_segments} segments ({counted} rows)")

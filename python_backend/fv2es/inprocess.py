@@ -11,28 +11,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checks, config, pipeline, stages
+from . import checks, config, modalities, pipeline, stages
 from .asr import SpeechRecognizer
 from .audio import mel_transform
 from .faces import make_face_detector
-from .models import load_for_inference
+from .models import forward_arguments, load_for_inference, takes_dictionary
 from .text import load_tokenizer
 
 Arrays = dict[str, np.ndarray]
 
 
 class InProcessPipeline:
-    def __init__(self, repository: Path):
-        self.steps = pipeline.steps()
+    def __init__(self, repository: Path, entries: tuple[modalities.Modality, ...] | None = None):
+        self.modalities = entries or modalities.modalities()
+        self.steps = pipeline.steps(modalities=self.modalities)
         self.limits = checks.Limits()  # config's limits (a server reads its models' parameters)
         self.detector = make_face_detector()
         self.recognizer = SpeechRecognizer()
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
         self.models = {s.name: load_for_inference(str(repository / s.name / "1" / "model.pt")) for s in self.steps if s.torchscript and s.serves_model}
-    def run_model(self, name: str, *inputs: np.ndarray) -> np.ndarray:
+    def run_model(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """A TorchScript model on its inputs by name: as one dictionary (the fusion) or in order."""
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(x)) for k, x in inputs.items()}
+        model = self.models[name]
         with torch.inference_mode():
-            return self.models[name](*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)).numpy()
+            return (model(tensors) if takes_dictionary(forward_arguments(model)) else model(*tensors.values())).numpy()
 
     def analyze(self, video: bytes) -> Arrays:
         """The ensemble's outputs for one video (MODEL_INFO aside)."""
@@ -51,9 +55,9 @@ class InProcessPipeline:
         if step.runner == "assign_faces":
             return stages.assign_faces(x["FACE_TIMES"], x["FACE_MAIN"], x["SEGMENT_TIMES"], limits=self.limits)
         if step.runner == "people":
-            return stages.people(*(x[i.name] for i in step.inputs), limits=self.limits)
+            return stages.people(x, self.modalities, limits=self.limits)
         if step.runner == "torchscript":
-            return {step.outputs[0].name: self.run_model(step.model_name, *(x[i.name] for i in step.inputs))}
+            return {step.outputs[0].name: self.run_model(step.model_name, {i.name: x[i.name] for i in step.inputs})}
         if step.runner == "aggregate":
             return stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS), limits=self.limits)
         if step.runner == "people_aggregate":

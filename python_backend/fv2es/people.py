@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import config
+from .modalities import FACES, SPEAKER, Modality
 from .segments import aggregate_scores, frame_segments
 
 PLACEHOLDER_PAIR = (-1, -1)  # (person, segment) of the pair that stands in when no face is in any segment
@@ -70,66 +71,72 @@ def person_rows(
     face_times: np.ndarray,
     face_person: np.ndarray,
     segment_times: np.ndarray,
-    segment_has_speech: np.ndarray,
     speakers: np.ndarray,
-    audio_segment: np.ndarray,
-    text_features: np.ndarray,
+    inputs: dict[str, np.ndarray],
+    entries: tuple[Modality, ...],
 ) -> dict[str, np.ndarray]:
     """The fusion's inputs once more, on "virtual segments": one per (person, segment) pair where the
     person is seen, ordered by segment, then person.
 
-    PERSON_SEGMENTS [R, 2] int64 (person, segment); PERSON_VISUAL_SEGMENT [N] int64: the pair of
-    each face row (-1: outside every segment, or a placeholder row); PERSON_AUDIO_SEGMENT [M] int64:
-    the pair of each audio row (`audio_segment`: its segment, -1: placeholder), that of the segment's
-    speaker (`speakers`, segment_speakers), -1 where the segment has none: the voice goes to the
-    person who speaks; PERSON_TEXT_FEATURES [R, D] float32: the pair's segment's text features;
-    PERSON_TEXT_PRESENT [R] bool: the pair's person speaks in its segment and the segment has speech
-    (the words are theirs).
+    PERSON_SEGMENTS [R, 2] int64 (person, segment); then, for each modality (fv2es.modalities), the
+    fusion inputs a person's timeline replaces (`Modality.person_tensors`), by its person_rows rule,
+    from `inputs` (the modality's fusion inputs by name; the face rows' modality needs none):
+    - FACES: PERSON_<M>_SEGMENT [N], the pair of each face row (-1: outside every segment, or a
+      placeholder row);
+    - SPEAKER, sequence: PERSON_<M>_SEGMENT, the pair of each row's segment's speaker (`speakers`,
+      segment_speakers; -1 where the segment has none, or for a -1 row): the voice goes to the person
+      who speaks;
+    - SPEAKER, per segment: PERSON_<M>_FEATURES [R, D], the pair's segment's row, and
+      PERSON_<M>_PRESENT [R], present where the segment's is and the pair's person speaks there (the
+      words are theirs); EVERYONE: present where the segment's is.
 
     With no pair at all (no face in any segment), one placeholder pair (-1, -1): one face row, the
     first placeholder row (person -1; face_crop gives one when no face is found) or else the first
-    row, is its visual row, so the fusion gets one segment with a face; no audio row and no text
-    (zeros, absent). `person_scores` drops it.
+    row, is its face row, so the fusion gets one segment with a face; no other rows (zeros, absent).
+    `person_scores` drops it.
     """
     person = np.asarray(face_person, np.int64).reshape(-1)
     owners = _face_segments(face_times, person, segment_times)
-    segment_has_speech = np.asarray(segment_has_speech, bool).reshape(-1)
     speakers = np.asarray(speakers, np.int64).reshape(-1)
-    audio_segment = np.asarray(audio_segment, np.int64).reshape(-1)
-    text_features = np.asarray(text_features, np.float32)
-    text_features = text_features.reshape(len(segment_has_speech), -1)
     seen = owners >= 0
-    n_segments = len(segment_has_speech)
+    n_segments = len(speakers)
     width = int(person.max(initial=-1)) + 1
     keys = owners[seen] * width + person[seen]  # pairs ordered by segment, then person
     unique, inverse = np.unique(keys, return_inverse=True)
     pairs = np.stack([unique % max(width, 1), unique // max(width, 1)], axis=1).astype(np.int64).reshape(-1, 2)
-    visual = np.full(len(person), -1, np.int64)
-    visual[seen] = inverse.reshape(-1)
-    if len(pairs) == 0:
+    face_pair = np.full(len(person), -1, np.int64)
+    face_pair[seen] = inverse.reshape(-1)
+    placeholder = len(pairs) == 0
+    if placeholder:
         if len(person):
             placeholders = np.flatnonzero(person < 0)
-            visual[placeholders[0] if len(placeholders) else 0] = 0
-        return {
-            "PERSON_SEGMENTS": np.array([PLACEHOLDER_PAIR], np.int64),
-            "PERSON_VISUAL_SEGMENT": visual,
-            "PERSON_AUDIO_SEGMENT": np.full(len(audio_segment), -1, np.int64),
-            "PERSON_TEXT_FEATURES": np.zeros((1, text_features.shape[1]), np.float32),
-            "PERSON_TEXT_PRESENT": np.zeros(1, bool),
-        }
+            face_pair[placeholders[0] if len(placeholders) else 0] = 0
+        pairs = np.array([PLACEHOLDER_PAIR], np.int64)
     # The pair of each segment's speaker (-1: no speaker, or not seen there).
     speaker_pair = np.full(n_segments, -1, np.int64)
     for index, (p, s) in enumerate(pairs):
-        if speakers[s] == p:
+        if s >= 0 and speakers[s] == p:
             speaker_pair[s] = index
-    audio = np.where(audio_segment >= 0, speaker_pair[np.clip(audio_segment, 0, max(n_segments - 1, 0))], -1)
-    return {
-        "PERSON_SEGMENTS": pairs,
-        "PERSON_VISUAL_SEGMENT": visual,
-        "PERSON_AUDIO_SEGMENT": audio.astype(np.int64),
-        "PERSON_TEXT_FEATURES": text_features[pairs[:, 1]],
-        "PERSON_TEXT_PRESENT": (speakers[pairs[:, 1]] == pairs[:, 0]) & segment_has_speech[pairs[:, 1]],
-    }
+    out = {"PERSON_SEGMENTS": pairs}
+    for m in entries:
+        person_names = m.person_tensors()
+        if m.person_rows == FACES:
+            out[person_names[m.index]] = face_pair
+        elif m.sequence:
+            index = np.asarray(inputs[m.index], np.int64).reshape(-1)
+            owner = np.where(index >= 0, speaker_pair[np.clip(index, 0, max(n_segments - 1, 0))], -1)
+            out[person_names[m.index]] = (np.full(len(index), -1) if placeholder else owner).astype(np.int64)
+        else:
+            features = np.asarray(inputs[m.features], np.float32).reshape(n_segments, -1)
+            present = np.asarray(inputs[m.index], bool).reshape(-1)
+            if placeholder:
+                out[person_names[m.features]] = np.zeros((1, features.shape[1]), np.float32)
+                out[person_names[m.index]] = np.zeros(1, bool)
+                continue
+            out[person_names[m.features]] = features[pairs[:, 1]]
+            speaks = speakers[pairs[:, 1]] == pairs[:, 0] if m.person_rows == SPEAKER else np.ones(len(pairs), bool)
+            out[person_names[m.index]] = present[pairs[:, 1]] & speaks
+    return out
 
 
 def person_scores(

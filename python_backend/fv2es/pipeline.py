@@ -12,88 +12,16 @@ asr, or the mel step's chunks).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-from . import config
+from . import config, modalities as modality_registry
+from .graph import Step, Tensor, boolean, fp32, int64, string
+from .modalities import Modality
 from .streams import StreamLimits
 
 F = config.FEATURE_DIM
 C = len(config.LABELS)
 LABELS_FILE = "labels.txt"
-
-
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    dtype: str  # Triton's data type without "TYPE_": FP32, INT64, BOOL, STRING
-    dims: tuple[int, ...]  # per request (without the batch dimension of a batched model)
-    labels: bool = False  # carries label_filename labels.txt (the scores' class names)
-    optional: bool = False  # an input a request may leave out
-
-
-def fp32(name: str, *dims: int) -> Tensor:
-    return Tensor(name, "FP32", dims)
-
-
-def int64(name: str, *dims: int) -> Tensor:
-    return Tensor(name, "INT64", dims)
-
-
-def boolean(name: str, *dims: int) -> Tensor:
-    return Tensor(name, "BOOL", dims)
-
-
-def string(name: str, *dims: int) -> Tensor:
-    return Tensor(name, "STRING", dims)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One model of the ensemble. `runner` is the implementation, `fv2es.serving.<runner>` on the
-    server and the runner of the same name in `fv2es.inprocess`; "torchscript" steps run the
-    exported `<name>/1/model.pt`. Tensor names are the ensemble's, except where `sources` maps an
-    input to the ensemble tensor it reads and `targets` an output to the ensemble tensor it writes."""
-
-    name: str
-    runner: str
-    inputs: tuple[Tensor, ...]
-    outputs: tuple[Tensor, ...]
-    sources: dict[str, str] = field(default_factory=dict)
-    targets: dict[str, str] = field(default_factory=dict)
-    max_batch_size: int = 0  # > 0: dynamic batching across requests
-    kind: str = "KIND_CPU"
-    parameters: dict[str, str] = field(default_factory=dict)
-    model: str = ""  # the model this step runs when it is another step's (the same weights on other tensors)
-    decoupled: bool = False  # answers with any number of responses per request (the live stream)
-
-    @property
-    def model_name(self) -> str:
-        return self.model or self.name
-
-    @property
-    def serves_model(self) -> bool:
-        """The step has its own model folder (a step that runs another step's model has none)."""
-        return not self.model
-
-    @property
-    def torchscript(self) -> bool:
-        return self.runner == "torchscript"
-
-    @property
-    def batched(self) -> bool:
-        return self.max_batch_size > 0
-
-    def source(self, input_name: str) -> str:
-        """The ensemble tensor an input reads."""
-        return self.sources.get(input_name, input_name)
-
-    def target(self, output_name: str) -> str:
-        """The ensemble tensor an output writes."""
-        return self.targets.get(output_name, output_name)
-
-    @property
-    def instance_count(self) -> int:
-        return config.INSTANCE_COUNTS.get(self.name, 1)
 
 
 ENSEMBLE_INPUT = string("VIDEO", 1)
@@ -109,32 +37,33 @@ RESULT_PARAMETERS = {"unsure_below": str(config.UNSURE_BELOW)}
 DURATION_LIMIT = {"max_duration_s": str(config.MAX_DURATION_S)}
 
 
-def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
+def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[Modality, ...] | None = None) -> list[Step]:
     """The steps of the ensemble, in an order where every input is produced before it is read.
-    `weights` describes the served weights (MODEL_INFO carries it; `fv2es_build.repository`)."""
+    `weights` describes the served weights (MODEL_INFO carries it; `fv2es_build.repository`);
+    `modalities` (default: fv2es.modalities for `audio_input`) gives the encoders and the fusion's inputs."""
+    entries = modalities or modality_registry.modalities(audio_input)
+    modality_registry.check(entries)
     audio_input = audio_input or config.AUDIO_INPUT
-    if audio_input not in config.AUDIO_INPUTS:
-        raise ValueError(f"AUDIO_INPUT {audio_input!r} is not one of {config.AUDIO_INPUTS}")
     whisper = audio_input == "whisper"
-    m, t, s = config.N_MELS, config.CHUNK_FRAMES, config.FACE_SIZE
-    tokens, speech_dim, text_dim = config.TEXT_MAX_TOKENS, 2 * config.SPEECH_STATE_DIM, config.TEXT_FEATURE_DIM
-    batch = config.ENCODER_MAX_BATCH
+    tokens, speech_dim, s = config.TEXT_MAX_TOKENS, 2 * config.SPEECH_STATE_DIM, config.FACE_SIZE
 
-    def encoder(name: str, inputs: tuple[Tensor, ...], output: Tensor) -> Step:
-        return Step(name, "torchscript", inputs, (output,), max_batch_size=batch[name], kind="KIND_AUTO",
-                    parameters={"weights": weights, "rows_per_forward": str(config.ENCODER_ROWS_PER_FORWARD[name])})
+    def encoder(m: Modality) -> Step:
+        return Step(m.encoder, "torchscript", m.encoder_inputs, (fp32(m.features, m.feature_dim),), max_batch_size=m.max_batch_size,
+                    kind="KIND_AUTO", parameters={"weights": weights, "rows_per_forward": str(m.rows_per_forward)})
 
     asr_outputs = (fp32("SEGMENT_TIMES", -1, 2), string("TRANSCRIPTS", -1), boolean("SEGMENT_HAS_SPEECH", -1),
                    int64("TEXT_IDS", -1, tokens), int64("TEXT_MASK", -1, tokens))
     if whisper:
         asr_outputs += (fp32("SPEECH_ROWS", -1, speech_dim), int64("SPEECH_SEGMENT", -1))
-    mel = Step("mel", "mel", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("SEGMENT_TIMES", -1, 2)),
-               (fp32("MEL_CHUNKS", -1, m, t), int64("MEL_SEGMENT", -1)), kind="KIND_AUTO", parameters=DURATION_LIMIT)
-    audio_rows = fp32("SPEECH_ROWS", speech_dim) if whisper else fp32("MEL_CHUNKS", m, t)
-    audio_segment = "SPEECH_SEGMENT" if whisper else "MEL_SEGMENT"
-    fusion_inputs = (fp32("AUDIO_FEATURES", -1, F), int64("AUDIO_SEGMENT", -1), fp32("VISUAL_FEATURES", -1, F),
-                     int64("VISUAL_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim), boolean("TEXT_PRESENT", -1))
+    # The fusion reads each modality's features and index (its rows' segments, or per-segment flags);
+    # the per-person fusion reads the people step's versions of what a person's timeline replaces.
+    fusion_inputs = tuple(t for m in entries for t in m.fusion_inputs())
+    fusion_sources = {m.index: m.index_source for m in entries if m.index != m.index_source}
+    person_sources = {name: person for m in entries for name, person in m.person_tensors().items()}
+    person_inputs = tuple(t for m in entries for t in m.person_inputs())
+    person_outputs = tuple(Tensor(person_sources[t.name], t.dtype, t.dims) for t in fusion_inputs if t.name in person_sources)
     fusion_outputs = (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=True),)
+    preprocessing = [step for m in entries for step in m.preprocess]
     return [
         Step("demux", "demux", (ENSEMBLE_INPUT,), (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)),
              parameters=INPUT_LIMITS),
@@ -150,30 +79,24 @@ def steps(weights: str = "", audio_input: str | None = None) -> list[Step]:
                          "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
                          "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL,
                          "audio_input": audio_input, **DURATION_LIMIT}),
-        *([] if whisper else [mel]),
+        *preprocessing,
         Step("assign_faces", "assign_faces", (fp32("FACE_TIMES", -1), boolean("FACE_MAIN", -1), fp32("SEGMENT_TIMES", -1, 2)),
              (int64("FACE_SEGMENT", -1), boolean("SEGMENT_HAS_FACE", -1)), parameters=DURATION_LIMIT),
-        encoder("audio_encoder", (audio_rows,), fp32("AUDIO_FEATURES", F)),
-        encoder("visual_encoder", (fp32("FACES", 1, s, s),), fp32("VISUAL_FEATURES", F)),
-        encoder("text_encoder", (int64("TEXT_IDS", tokens), int64("TEXT_MASK", tokens)), fp32("TEXT_FEATURES", text_dim)),
-        Step("fusion", "torchscript", fusion_inputs, fusion_outputs,
-             sources={"AUDIO_SEGMENT": audio_segment, "VISUAL_SEGMENT": "FACE_SEGMENT", "TEXT_PRESENT": "SEGMENT_HAS_SPEECH"},
+        *(encoder(m) for m in entries),
+        Step("fusion", "torchscript", fusion_inputs, fusion_outputs, sources=fusion_sources,
              kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT}),
         # One timeline per person: each (person, segment) pair is a segment of its own for the same
-        # fusion model, with that person's faces, and the segment's speech when they are its speaker.
-        # people reads SEGMENT_SCORES only to run after the fusion: two steps calling one model at once
-        # both fail when its stub dies, and Triton 2.51 can then leave the request unanswered.
+        # fusion model, with that person's faces, and the segment's speech when they are its speaker
+        # (each modality's person_rows). people reads SEGMENT_SCORES only to run after the fusion: two
+        # steps calling one model at once both fail when its stub dies, and Triton 2.51 can then
+        # leave the request unanswered.
         Step("people", "people",
              (fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), fp32("FACE_MOUTH", -1), fp32("SEGMENT_TIMES", -1, 2),
-              boolean("SEGMENT_HAS_SPEECH", -1), int64("AUDIO_SEGMENT", -1), fp32("TEXT_FEATURES", -1, text_dim),
-              fp32("SEGMENT_SCORES", -1, C)),
-             (int64("SEGMENT_SPEAKER", -1), int64("PERSON_PAIRS", -1, 2), int64("PERSON_VISUAL_SEGMENT", -1),
-              int64("PERSON_AUDIO_SEGMENT", -1), fp32("PERSON_TEXT_FEATURES", -1, text_dim), boolean("PERSON_TEXT_PRESENT", -1)),
-             sources={"AUDIO_SEGMENT": audio_segment}, parameters=DURATION_LIMIT),
+              boolean("SEGMENT_HAS_SPEECH", -1), *person_inputs, fp32("SEGMENT_SCORES", -1, C)),
+             (int64("SEGMENT_SPEAKER", -1), int64("PERSON_PAIRS", -1, 2), *person_outputs),
+             sources=fusion_sources, parameters=DURATION_LIMIT),
         Step("person_fusion", "torchscript", fusion_inputs, fusion_outputs, model="fusion",
-             sources={"AUDIO_SEGMENT": "PERSON_AUDIO_SEGMENT", "VISUAL_SEGMENT": "PERSON_VISUAL_SEGMENT",
-                      "TEXT_FEATURES": "PERSON_TEXT_FEATURES", "TEXT_PRESENT": "PERSON_TEXT_PRESENT"},
-             targets={"SEGMENT_SCORES": "PAIR_SCORES"}),
+             sources={**fusion_sources, **person_sources}, targets={"SEGMENT_SCORES": "PAIR_SCORES"}),
         Step("aggregate", "aggregate", (fp32("SEGMENT_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
              (Tensor("VIDEO_SCORES", "FP32", (C,), labels=True), string("LABELS", C), string("MODEL_INFO", 1)),
              parameters={"weights": weights, "labels_file": LABELS_FILE, **DURATION_LIMIT}),

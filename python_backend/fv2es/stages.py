@@ -13,6 +13,7 @@ import numpy as np
 
 from . import checks, config, stretches
 from .faces import FaceDetector, normalise_faces, video_faces
+from .modalities import FACES, Modality
 from .people import person_rows, person_scores, segment_speakers
 from .media import decode_audio, sample_frames
 from .segments import Segment, aggregate_scores, frame_segments, segment_timeline
@@ -171,36 +172,35 @@ def assign_faces(
     return {"FACE_SEGMENT": owners, "SEGMENT_HAS_FACE": has_face}
 
 
-def people(
-    face_times: np.ndarray,
-    face_person: np.ndarray,
-    face_mouth: np.ndarray,
-    segment_times: np.ndarray,
-    segment_has_speech: np.ndarray,
-    audio_segment: np.ndarray,
-    text_features: np.ndarray,
-    segment_scores: np.ndarray | None = None,
-    *,
-    limits: checks.Limits,
-) -> Arrays:
+def people(inputs: Arrays, entries: tuple[Modality, ...], *, limits: checks.Limits) -> Arrays:
     """The faces' persons and the segments -> SEGMENT_SPEAKER [S], and the inputs of the fusion run
-    once more on (person, segment) pairs (fv2es.people.person_rows). SEGMENT_SCORES is not used: the
-    ensemble passes it so that this step follows the fusion (fv2es.pipeline)."""
-    face_times = checks.face_times(face_times, limits)
+    once more on (person, segment) pairs (fv2es.people.person_rows), by name: FACE_TIMES,
+    FACE_PERSON, FACE_MOUTH, SEGMENT_TIMES, SEGMENT_HAS_SPEECH and each modality's
+    `Modality.person_inputs`. SEGMENT_SCORES, if given, is not used: the ensemble passes it so that
+    this step follows the fusion (fv2es.pipeline)."""
+    face_times = checks.face_times(inputs["FACE_TIMES"], limits)
     n_faces = len(face_times)
-    face_person = checks.person_ids(face_person, "FACE_PERSON", n_faces, "FACE_TIMES", limits)
-    face_mouth = checks.finite(checks.shape(face_mouth, "FACE_MOUTH", (n_faces,)), "FACE_MOUTH")
-    segment_times = checks.segment_times(segment_times, limits)
+    face_person = checks.person_ids(inputs["FACE_PERSON"], "FACE_PERSON", n_faces, "FACE_TIMES", limits)
+    face_mouth = checks.finite(checks.shape(inputs["FACE_MOUTH"], "FACE_MOUTH", (n_faces,)), "FACE_MOUTH")
+    segment_times = checks.segment_times(inputs["SEGMENT_TIMES"], limits)
     n_segments = len(segment_times)
-    segment_has_speech = checks.flags(segment_has_speech, "SEGMENT_HAS_SPEECH", n_segments, "SEGMENT_TIMES")
-    audio_segment = checks.integers(checks.shape(audio_segment, "AUDIO_SEGMENT", (None,)), "AUDIO_SEGMENT")
-    checks.segment_ids(audio_segment, "AUDIO_SEGMENT", n_segments, "SEGMENT_TIMES")
-    text_features = checks.finite(checks.shape(text_features, "TEXT_FEATURES", (n_segments, None)), "TEXT_FEATURES")
-    if segment_scores is not None:
-        checks.shape(segment_scores, "SEGMENT_SCORES", (n_segments, None))
+    segment_has_speech = checks.flags(inputs["SEGMENT_HAS_SPEECH"], "SEGMENT_HAS_SPEECH", n_segments, "SEGMENT_TIMES")
+    rows = {}
+    for m in entries:
+        if m.person_rows == FACES:
+            continue
+        if m.sequence:
+            index = checks.integers(checks.shape(inputs[m.index], m.index, (None,)), m.index)
+            checks.segment_ids(index, m.index, n_segments, "SEGMENT_TIMES")
+            rows[m.index] = index
+        else:
+            rows[m.features] = checks.finite(checks.shape(inputs[m.features], m.features, (n_segments, m.feature_dim)), m.features)
+            rows[m.index] = checks.flags(inputs[m.index], m.index, n_segments, "SEGMENT_TIMES")
+    if "SEGMENT_SCORES" in inputs:
+        checks.shape(inputs["SEGMENT_SCORES"], "SEGMENT_SCORES", (n_segments, None))
     speakers = segment_speakers(face_times, face_person, face_mouth, segment_times, segment_has_speech)
-    rows = person_rows(face_times, face_person, segment_times, segment_has_speech, speakers, audio_segment, text_features)
-    return {"SEGMENT_SPEAKER": speakers, "PERSON_PAIRS": rows["PERSON_SEGMENTS"], **{k: v for k, v in rows.items() if k != "PERSON_SEGMENTS"}}
+    out = person_rows(face_times, face_person, segment_times, speakers, rows, entries)
+    return {"SEGMENT_SPEAKER": speakers, "PERSON_PAIRS": out.pop("PERSON_SEGMENTS"), **out}
 
 
 def people_aggregate(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import config
+from .. import config, modalities
 
-# Names are the Triton model names the exported files serve under.
-ENCODER_NAMES = ("audio_encoder", "visual_encoder", "text_encoder", "fusion")
+# Names are the Triton model names the exported files serve under: each modality's encoder, and the fusion.
+ENCODER_NAMES = (*(m.encoder for m in modalities.modalities()), "fusion")
 
 
 def create(name: str, **kwargs) -> torch.nn.Module:
@@ -45,18 +45,24 @@ def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
         mask[0, 5:] = 0  # one padded row so the trace keeps the masking path
         return ids, mask
     if name == "fusion":
-        segments = max(batch, 2)
-        audio_owner = torch.arange(segments * 4) // 4
-        audio_owner[-1] = -1  # a padding row
-        return (
-            torch.randn(segments * 4, config.FEATURE_DIM),
-            audio_owner,
-            torch.randn(segments, config.FEATURE_DIM),
-            torch.arange(segments),
-            torch.randn(segments, config.TEXT_FEATURE_DIM),
-            torch.arange(segments) % 2 == 0,
-        )
+        return (fusion_example(batch),)
     raise KeyError(name)
+
+
+def fusion_example(batch: int = 3, entries: tuple[modalities.Modality, ...] | None = None) -> dict[str, torch.Tensor]:
+    """The fusion's inputs by name for max(batch, 2) segments: four rows per segment of each sequence
+    modality (the last one a padding row), one row per segment of each per-segment modality (every
+    other one present)."""
+    segments = max(batch, 2)
+    example = {}
+    for m in entries or modalities.modalities():
+        if m.sequence:
+            owner = torch.arange(segments * 4) // 4
+            owner[-1] = -1
+            example[m.features], example[m.index] = torch.randn(segments * 4, m.feature_dim), owner
+        else:
+            example[m.features], example[m.index] = torch.randn(segments, m.feature_dim), torch.arange(segments) % 2 == 0
+    return example
 
 
 def to_torchscript(name: str, model: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -73,6 +79,17 @@ def to_torchscript(name: str, model: torch.nn.Module) -> torch.jit.ScriptModule:
             traced = torch.jit.trace(model, example_inputs(name), check_trace=False)
             return torch.jit.script(PaddingTrimmed(traced))
         return torch.jit.script(model)
+
+
+def forward_arguments(module: torch.jit.ScriptModule) -> list[tuple[str, str]]:
+    """The arguments (name, type) of a TorchScript module's forward(), without self."""
+    return [(a.name, str(a.type)) for a in module.forward.schema.arguments[1:]]
+
+
+def takes_dictionary(arguments: list[tuple[str, str]]) -> bool:
+    """forward() takes its inputs as one Dict[str, Tensor] by name (the fusion: its inputs follow the
+    modalities; Triton's PyTorch backend passes such a model its inputs by their config names)."""
+    return len(arguments) == 1 and arguments[0][1].startswith("Dict[str, Tensor]")
 
 
 def load_for_inference(path: str, device: str = "cpu") -> torch.jit.ScriptModule:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import config
+from .. import config, modalities
 from .layers import SequenceEncoder
 
 
-def text_head(text_dim: int, n_classes: int, dropout: float = 0.1) -> nn.Sequential:
-    """Sentence embedding -> class logits (the text "sequence" is one vector per segment)."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(text_dim, config.FEATURE_DIM), nn.GELU(), nn.Linear(config.FEATURE_DIM, n_classes))
+def vector_head(feature_dim: int, n_classes: int, dropout: float = 0.1) -> nn.Sequential:
+    """One feature vector per segment (a per-segment modality: the text's sentence embedding) -> class logits."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, config.FEATURE_DIM), nn.GELU(), nn.Linear(config.FEATURE_DIM, n_classes))
 
 
 def encode_rows(encoder: nn.Module, rows: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
@@ -28,16 +28,17 @@ def encode_rows(encoder: nn.Module, rows: torch.Tensor, padding_mask: torch.Tens
 
 
 class SequenceBranch(nn.Module):
-    """Audio (mel chunks) or visual (face crops) branch over padded sequences."""
+    """A sequence modality's branch (audio chunks or states, face crops) over padded sequences."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int, *, depth: int = 4, heads: int = 4, dropout: float = 0.1):
+    def __init__(self, encoder: nn.Module, n_classes: int, *, depth: int = 4, heads: int = 4, dropout: float = 0.1,
+                 feature_dim: int = config.FEATURE_DIM):
         super().__init__()
         self.encoder = encoder
-        self.sequence = SequenceEncoder(config.FEATURE_DIM, depth=depth, heads=heads, dropout=dropout)
-        self.head = nn.Linear(config.FEATURE_DIM, n_classes)
+        self.sequence = SequenceEncoder(feature_dim, depth=depth, heads=heads, dropout=dropout)
+        self.head = nn.Linear(feature_dim, n_classes)
         # Training only: classifies the mean of the frame features, a short gradient path to the
         # encoder while the sequence encoder above it is still untrained (not exported).
-        self.pooled_head = nn.Linear(config.FEATURE_DIM, n_classes)
+        self.pooled_head = nn.Linear(feature_dim, n_classes)
 
     def forward(self, rows: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """rows [B, L, ...], padding_mask [B, L] (True = padding; each sequence has one real row) -> logits [B, C]."""
@@ -51,13 +52,25 @@ class SequenceBranch(nn.Module):
         return [self.head(self.sequence(features, padding_mask)), self.pooled_head(pooled)]
 
 
+class VectorBranch(nn.Module):
+    """A per-segment modality's branch: its encoder's one vector per segment under a head."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, feature_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = vector_head(feature_dim, n_classes)
+
+    def forward(self, *rows: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(*rows))
+
+
 class TextBranch(nn.Module):
     """Pretrained text encoder, its top TEXT_TRAINABLE_LAYERS fine-tuned, and the text head."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, text_dim: int = config.TEXT_FEATURE_DIM):
         super().__init__()
         self.encoder = encoder
-        self.head = text_head(text_dim, n_classes)
+        self.head = vector_head(text_dim, n_classes)
         for name, parameter in self.encoder.named_parameters():
             parameter.requires_grad_(is_trainable_text_parameter(name, self.encoder))
 
@@ -83,12 +96,13 @@ def is_trainable_text_parameter(name: str, encoder: nn.Module) -> bool:
 
 
 def create_branch(modality: str, n_classes: int) -> nn.Module:
+    """A fresh branch (training form) for a modality of fv2es.modalities: its encoder (models.create)
+    under a sequence encoder and head, or under a head alone for a per-segment modality."""
     from . import create
 
-    if modality == "audio":
-        return SequenceBranch(create("audio_encoder"), n_classes, depth=config.AUDIO_SEQUENCE_DEPTH[config.AUDIO_INPUT])
-    if modality == "visual":
-        return SequenceBranch(create("visual_encoder"), n_classes)
-    if modality == "text":
-        return TextBranch(create("text_encoder"), n_classes)
-    raise KeyError(f"unknown modality {modality!r}")
+    entry = modalities.by_name(modality)
+    if entry.sequence:
+        return SequenceBranch(create(entry.encoder), n_classes, depth=entry.sequence_depth, feature_dim=entry.feature_dim)
+    if entry.name == "text":  # a pretrained language model, its top layers fine-tuned
+        return TextBranch(create(entry.encoder), n_classes, entry.feature_dim)
+    return VectorBranch(create(entry.encoder), n_classes, entry.feature_dim)

@@ -6,8 +6,12 @@ raises instead, which the backend returns as that request's error."""
 
 from __future__ import annotations
 
+from typing import Dict, List
+
 import torch
 from torch import Tensor, nn
+
+from .. import modalities
 
 
 def check_index(index: Tensor, size: int, name: str, low: int) -> None:
@@ -35,21 +39,30 @@ class CheckedTextEncoder(nn.Module):
 
 
 class CheckedFusion(nn.Module):
-    """Segment ids in [-1, S) for S segments (one TEXT_FEATURES row each), consistent row counts."""
+    """Each modality's rows and index agree in count; segment ids in [-1, S) for S segments (the rows of
+    the first per-segment modality's features); every per-segment modality has S rows."""
 
-    def __init__(self, fusion: torch.jit.ScriptModule):
+    def __init__(self, fusion: torch.jit.ScriptModule, entries: tuple[modalities.Modality, ...]):
         super().__init__()
         self.fusion = fusion
+        self.segment_count_input = modalities.segment_count_input(entries)
+        self.features: List[str] = [m.features for m in entries]
+        self.index: List[str] = [m.index for m in entries]
+        self.sequence: List[bool] = [m.sequence for m in entries]
 
-    def forward(self, audio_features: Tensor, audio_segment: Tensor, visual_features: Tensor, visual_segment: Tensor,
-                text_features: Tensor, text_present: Tensor) -> Tensor:
-        segments = text_features.shape[0]
-        check_rows(text_features, "TEXT_FEATURES", text_present, "TEXT_PRESENT")
-        check_rows(audio_features, "AUDIO_FEATURES", audio_segment, "AUDIO_SEGMENT")
-        check_rows(visual_features, "VISUAL_FEATURES", visual_segment, "VISUAL_SEGMENT")
-        check_index(audio_segment, segments, "AUDIO_SEGMENT", -1)
-        check_index(visual_segment, segments, "VISUAL_SEGMENT", -1)
-        return self.fusion(audio_features, audio_segment, visual_features, visual_segment, text_features, text_present)
+    def forward(self, inputs: Dict[str, Tensor]) -> Tensor:
+        for name in self.features + self.index:
+            if name not in inputs:
+                raise ValueError("the fusion needs input " + name)
+        segments = inputs[self.segment_count_input].shape[0]
+        for i in range(len(self.features)):
+            features, index = inputs[self.features[i]], inputs[self.index[i]]
+            check_rows(features, self.features[i], index, self.index[i])
+            if self.sequence[i]:
+                check_index(index, segments, self.index[i], -1)
+            elif features.shape[0] != segments:
+                raise ValueError(self.features[i] + " and " + self.segment_count_input + " have different row counts")
+        return self.fusion(inputs)
 
 
 def embedding_rows(model: torch.jit.ScriptModule, parameter_suffix: str = "word_embeddings.weight") -> int | None:
@@ -70,5 +83,5 @@ def checked(name: str, scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModu
             raise ValueError("text_encoder: no word embedding found, so no vocabulary size to check TEXT_IDS against")
         return torch.jit.script(CheckedTextEncoder(scripted, vocab_size))
     if name == "fusion":
-        return torch.jit.script(CheckedFusion(scripted))
+        return torch.jit.script(CheckedFusion(scripted, modalities.modalities()))
     return scripted

@@ -1,9 +1,12 @@
-"""Per-segment fusion: sequence encoders per modality and the weighted late fusion of their logits.
+"""Per-segment fusion: one branch per modality (fv2es.modalities) and the weighted late fusion of their logits.
 
-Rows of audio chunks and face crops arrive flat, each with the index of its segment (-1 = padding
-row, ignored). They are grouped into padded per-segment sequences, encoded by a small transformer
-with a CLS token and classified per modality, each branch in the classes of the corpus it was
-trained on. Those class probabilities are mapped onto the served labels (e.g. RAVDESS calm + neutral
+The model takes a dictionary of its input tensors by name (Triton's PyTorch backend passes a model
+whose forward takes one Dict[str, Tensor] its inputs that way), so its interface follows the
+modalities. Rows of a sequence modality (audio chunks or Whisper states, face crops) arrive flat,
+each with the index of its segment (-1 = padding row, ignored). They are grouped into padded
+per-segment sequences, encoded by a small transformer with a CLS token and classified; a
+per-segment modality (text) is classified row by row. Each branch predicts the classes of the
+corpus it was trained on. Those class probabilities are mapped onto the served labels (e.g. RAVDESS calm + neutral
 -> neutral), and the per-modality log-probabilities are combined with learned modality weights,
 re-normalised over the modalities present in each segment, and a learned sharpness.
 For a multi-label set (MOSEI) the heads give per-label logits, combined the same way, and the
@@ -17,8 +20,11 @@ import copy
 import torch
 from torch import nn
 
-from .. import config
-from .branches import SequenceBranch, TextBranch, text_head
+from typing import Dict, List, Tuple
+
+from .. import config, modalities as modality_registry
+from ..modalities import Modality
+from .branches import vector_head
 from .layers import SequenceEncoder
 
 
@@ -56,87 +62,107 @@ def class_map(classes: tuple[str, ...], labels: tuple[str, ...]) -> torch.Tensor
     return matrix
 
 
+class SequenceFusionBranch(nn.Module):
+    """A sequence modality's rows -> per-segment logits and presence (the segment has a row)."""
+
+    def __init__(self, modality: Modality, classes: tuple[str, ...], labels: tuple[str, ...], depth: int, heads: int, dropout: float):
+        super().__init__()
+        self.features_name = modality.features
+        self.index_name = modality.index
+        self.sequence = SequenceEncoder(modality.feature_dim, depth=depth, heads=heads, dropout=dropout)
+        self.head = nn.Linear(modality.feature_dim, len(classes))
+        self.register_buffer("class_map", class_map(classes, labels), persistent=False)
+
+    def load_trained(self, branch: nn.Module) -> None:
+        """The sequence encoder (whole: its depth differs between branches and audio inputs) and head of a trained branch."""
+        self.sequence = copy.deepcopy(branch.sequence)
+        self.head.load_state_dict(branch.head.state_dict())
+
+    def forward(self, inputs: Dict[str, torch.Tensor], n_segments: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        padded, mask = group_by_segment(inputs[self.features_name], inputs[self.index_name], n_segments)
+        return self.head(self.sequence(padded, mask)), ~mask.all(1)
+
+
+class SegmentFusionBranch(nn.Module):
+    """A per-segment modality's rows (one per segment) and flags -> logits and presence."""
+
+    def __init__(self, modality: Modality, classes: tuple[str, ...], labels: tuple[str, ...], dropout: float):
+        super().__init__()
+        self.features_name = modality.features
+        self.index_name = modality.index
+        self.head = vector_head(modality.feature_dim, len(classes), dropout)
+        self.register_buffer("class_map", class_map(classes, labels), persistent=False)
+
+    def load_trained(self, branch: nn.Module) -> None:
+        self.head.load_state_dict(branch.head.state_dict())
+
+    def forward(self, inputs: Dict[str, torch.Tensor], n_segments: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.head(inputs[self.features_name]), inputs[self.index_name].to(torch.bool)
+
+
 class Fv2esFusion(nn.Module):
     def __init__(
         self,
         *,
+        modalities: tuple[Modality, ...] | None = None,
+        classes: dict[str, tuple[str, ...]] | None = None,
         labels: tuple[str, ...] = config.LABELS,
-        audio_classes: tuple[str, ...] = config.RAVDESS_CLASSES,
-        visual_classes: tuple[str, ...] = config.FER2013_CLASSES,
-        text_classes: tuple[str, ...] = config.MELD_CLASSES,
         multi_label: bool = config.LABEL_SET in config.MULTI_LABEL_SETS,
-        feature_dim: int = config.FEATURE_DIM,
-        text_dim: int = config.TEXT_FEATURE_DIM,
-        depth: int = 4,
         heads: int = 4,
         dropout: float = 0.1,
     ):
+        """`classes`: each branch's classes by modality name (default: the entry's corpus classes)."""
         super().__init__()
-        if multi_label and not (audio_classes == visual_classes == text_classes == labels):
+        entries = modalities or modality_registry.modalities()
+        modality_registry.check(entries)
+        classes = {m.name: tuple((classes or {}).get(m.name, m.classes)) for m in entries}
+        if multi_label and any(c != tuple(labels) for c in classes.values()):
             raise ValueError("a multi-label model's branches must all predict the served labels")
         self.multi_label = multi_label
-        self.audio_sequence = SequenceEncoder(feature_dim, depth=depth, heads=heads, dropout=dropout)
-        self.visual_sequence = SequenceEncoder(feature_dim, depth=depth, heads=heads, dropout=dropout)
-        self.audio_head = nn.Linear(feature_dim, len(audio_classes))
-        self.visual_head = nn.Linear(feature_dim, len(visual_classes))
-        self.text_head = text_head(text_dim, len(text_classes), dropout)
-        self.register_buffer("audio_map", class_map(audio_classes, labels), persistent=False)
-        self.register_buffer("visual_map", class_map(visual_classes, labels), persistent=False)
-        self.register_buffer("text_map", class_map(text_classes, labels), persistent=False)
+        self.segment_count_input = modality_registry.segment_count_input(entries)
+        self.branches = nn.ModuleDict({
+            m.name: SequenceFusionBranch(m, classes[m.name], labels, m.sequence_depth, heads, dropout) if m.sequence
+            else SegmentFusionBranch(m, classes[m.name], labels, dropout)
+            for m in entries
+        })
+        n = len(entries)
         # The reference's Linear(3, 1) without bias over stacked (audio, visual, text) logits, here as
         # softmax-normalised weights (so that a missing modality can be left out of the sum) times a
-        # learned sharpness exp(log_scale). Fitted after the branches (build/train.py fusion).
-        self.modality_weights = nn.Parameter(torch.zeros(3))
+        # learned sharpness exp(log_scale). Fitted after the branches (build/training/fusion_fit.py).
+        self.modality_weights = nn.Parameter(torch.zeros(n))
         self.log_scale = nn.Parameter(torch.zeros(()))
-        # Each branch's temperature (audio, visual, text), fitted on validation data before the modality
+        # Each branch's temperature, in modality order, fitted on validation data before the modality
         # weights, so that its probabilities mean what they say before they are mapped and fused
         # (build/training/calibration.py). A buffer: joint training leaves it at 1.
-        self.register_buffer("branch_temperature", torch.ones(3))
+        self.register_buffer("branch_temperature", torch.ones(n))
 
-    def load_branches(self, audio: SequenceBranch, visual: SequenceBranch, text: TextBranch) -> None:
-        """Takes the sequence encoders and heads of trained branches (their encoders export separately).
-        The sequence encoders are taken whole: their depth differs between branches and audio inputs."""
-        self.audio_sequence = copy.deepcopy(audio.sequence)
-        self.audio_head.load_state_dict(audio.head.state_dict())
-        self.visual_sequence = copy.deepcopy(visual.sequence)
-        self.visual_head.load_state_dict(visual.head.state_dict())
-        self.text_head.load_state_dict(text.head.state_dict())
+    def load_branches(self, trained: dict[str, nn.Module]) -> None:
+        """Takes the sequence encoders and heads of trained branches, by modality name (their encoders export separately)."""
+        for name, branch in self.branches.items():
+            branch.load_trained(trained[name])
 
-    def modality_logits(
-        self,
-        audio_features: torch.Tensor,
-        audio_segment: torch.Tensor,
-        visual_features: torch.Tensor,
-        visual_segment: torch.Tensor,
-        text_features: torch.Tensor,
-        text_present: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-modality scores over the served labels [S, 3, C] (log-probabilities, or logits when
-        multi-label) and presence [S, 3] (audio, visual, text)."""
-        n_segments = text_features.shape[0]
-        audio_seq, audio_mask = group_by_segment(audio_features, audio_segment, n_segments)
-        visual_seq, visual_mask = group_by_segment(visual_features, visual_segment, n_segments)
-        branch_logits = [
-            self.audio_head(self.audio_sequence(audio_seq, audio_mask)),
-            self.visual_head(self.visual_sequence(visual_seq, visual_mask)),
-            self.text_head(text_features),
-        ]
-        present = torch.stack([~audio_mask.all(1), ~visual_mask.all(1), text_present.to(torch.bool)], dim=1)
-        return self.to_labels(branch_logits[0], branch_logits[1], branch_logits[2]), present
+    def modality_logits(self, inputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-modality scores over the served labels [S, M, C] (log-probabilities, or logits when
+        multi-label) and presence [S, M], in modality order."""
+        n_segments = inputs[self.segment_count_input].shape[0]
+        logits: List[torch.Tensor] = []
+        present: List[torch.Tensor] = []
+        for branch in self.branches.values():
+            branch_logits, branch_present = branch(inputs, n_segments)
+            logits.append(branch_logits)
+            present.append(branch_present)
+        return self.to_labels(logits), torch.stack(present, dim=1)
 
-    def to_labels(self, audio_logits: torch.Tensor, visual_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
-        """Branch logits in their corpus classes -> [S, 3, C] scores over the served labels."""
-        audio_logits = audio_logits / self.branch_temperature[0]
-        visual_logits = visual_logits / self.branch_temperature[1]
-        text_logits = text_logits / self.branch_temperature[2]
-        if self.multi_label:
-            return torch.stack([audio_logits, visual_logits, text_logits], dim=1)
-        mapped = [
-            torch.softmax(audio_logits, -1) @ self.audio_map,
-            torch.softmax(visual_logits, -1) @ self.visual_map,
-            torch.softmax(text_logits, -1) @ self.text_map,
-        ]
-        return torch.log(torch.stack(mapped, dim=1).clamp(min=1e-8))
+    def to_labels(self, logits: List[torch.Tensor]) -> torch.Tensor:
+        """Branch logits in their corpus classes, in modality order -> [S, M, C] scores over the served labels."""
+        mapped: List[torch.Tensor] = []
+        i = 0
+        for branch in self.branches.values():
+            scaled = logits[i] / self.branch_temperature[i]
+            mapped.append(scaled if self.multi_label else torch.softmax(scaled, -1) @ branch.class_map)
+            i += 1
+        stacked = torch.stack(mapped, dim=1)
+        return stacked if self.multi_label else torch.log(stacked.clamp(min=1e-8))
 
     def fuse(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Fused logits [S, C]: modality weights softmax-normalised over the modalities present.
@@ -150,17 +176,8 @@ class Fv2esFusion(nn.Module):
     def scores(self, fused: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(fused) if self.multi_label else torch.softmax(fused, dim=-1)
 
-    def forward(
-        self,
-        audio_features: torch.Tensor,
-        audio_segment: torch.Tensor,
-        visual_features: torch.Tensor,
-        visual_segment: torch.Tensor,
-        text_features: torch.Tensor,
-        text_present: torch.Tensor,
-    ) -> torch.Tensor:
-        """Segment emotion scores [S, C]: probabilities (softmax), or per-label sigmoids when multi-label."""
-        scores, present = self.modality_logits(
-            audio_features, audio_segment, visual_features, visual_segment, text_features, text_present
-        )
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Segment emotion scores [S, C] from the fusion's inputs by name: probabilities (softmax), or
+        per-label sigmoids when multi-label."""
+        scores, present = self.modality_logits(inputs)
         return self.scores(self.fuse(scores, present))

@@ -1,17 +1,18 @@
-"""people: the faces' persons, the segments, their speech and text features -> SEGMENT_SPEAKER and the
-inputs of the fusion run on (person, segment) pairs (fv2es.people)."""
+"""people: the faces' persons, the segments and each modality's rows -> SEGMENT_SPEAKER and the inputs
+of the fusion run on (person, segment) pairs (fv2es.people)."""
 
 from __future__ import annotations
 
-from .. import stages
+from .. import modalities, stages
 from .base import PipelineModel, input_limits
-
-INPUTS = ("FACE_TIMES", "FACE_PERSON", "FACE_MOUTH", "SEGMENT_TIMES", "SEGMENT_HAS_SPEECH", "AUDIO_SEGMENT", "TEXT_FEATURES", "SEGMENT_SCORES")
 
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.limits = input_limits(self)
+        # The modalities whose per-person rows this model's config gives (the pipeline wrote both).
+        outputs = {o["name"] for o in self.model_config["output"]}
+        self.modalities = tuple(m for m in modalities.modalities() if set(m.person_tensors().values()) <= outputs)
 
     def process(self, inputs):
-        return stages.people(*(inputs[name] for name in INPUTS), limits=self.limits)
+        return stages.people(inputs, self.modalities, limits=self.limits)

@@ -17,18 +17,19 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from .. import checks
+from .. import checks, modalities
 from ..errors import InputError
-from ..models import prepare_for_inference
+from ..models import forward_arguments, prepare_for_inference, takes_dictionary
 from ..models.checked import embedding_rows
 from .base import PipelineModel, request_inputs
-
-FUSION_INPUTS = ("AUDIO_FEATURES", "AUDIO_SEGMENT", "VISUAL_FEATURES", "VISUAL_SEGMENT", "TEXT_FEATURES", "TEXT_PRESENT")
-
 
 def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> Callable[[dict[str, np.ndarray]], None]:
     """The validation of this model's inputs, by their names; a model without one is refused."""
     names = tuple(model.input_names)
+    if takes_dictionary(forward_arguments(loaded)):  # the fusion: its inputs are its modalities' features and indices
+        entries = modalities.in_fusion_inputs(names)
+        limits = checks.limits_from(model.parameter)
+        return lambda x: checks.fusion_inputs(x, entries, limits)
     if names == ("MEL_CHUNKS",):
         return lambda x: checks.mel_chunks(x["MEL_CHUNKS"])
     if names == ("SPEECH_ROWS",):
@@ -40,9 +41,6 @@ def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> C
         if not vocab_size:
             raise RuntimeError(f"{model.name}: no vocabulary size (no word embedding in model.pt, no vocab_size parameter)")
         return lambda x: checks.text_tokens(x["TEXT_IDS"], x["TEXT_MASK"], vocab_size)
-    if names == FUSION_INPUTS:
-        limits = checks.limits_from(model.parameter)
-        return lambda x: checks.fusion_inputs(*(x[n] for n in FUSION_INPUTS), limits)
     raise RuntimeError(f"{model.name}: no input validation for inputs {', '.join(names)}")
 
 
@@ -55,6 +53,7 @@ class TritonPythonModel(PipelineModel):
         self.output_names = [o["name"] for o in self.model_config["output"]]
         loaded = torch.jit.load(str(self.directory / "model.pt"), map_location=self.device)
         self.check = input_check(self, loaded)
+        self.by_name = takes_dictionary(forward_arguments(loaded))
         self.model = prepare_for_inference(loaded, self.device)
         self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
         self.rows_per_forward = int(self.parameter("rows_per_forward", "0"))
@@ -70,7 +69,8 @@ class TritonPythonModel(PipelineModel):
         with torch.inference_mode():
             for start in range(0, max(1, rows), step):
                 sliced = [a[start : start + step] for a in args] if self.batched else args
-                result = self.model(*(a.to(self.device) for a in sliced))
+                on_device = [a.to(self.device) for a in sliced]
+                result = self.model(dict(zip(self.input_names, on_device))) if self.by_name else self.model(*on_device)
                 parts.append([r.cpu() for r in (result if isinstance(result, (tuple, list)) else (result,))])
         return {name: torch.cat([p[i] for p in parts]).numpy() for i, name in enumerate(self.output_names)}
 

@@ -1,0 +1,157 @@
+"""Modalities as data (fv2es.modalities): a fourth, toy modality from one new entry plus its encoder.
+
+The toy "prosody" stream is the audio's mel chunks under an encoder of its own (the mel step is its
+preprocessing: with Whisper-state audio, the served pipeline has no mel step). From the entry alone
+the pipeline gains the mel step and a prosody_encoder, the fusion a fourth branch and modality
+weight, the input checks and the per-person rows its tensors, the repository its configs; and the
+whole pipeline runs on a real video in process with the exported toy models.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE
+
+from fv2es import checks, config, model_configs, modalities, models, pipeline, stages
+from fv2es.errors import InputError
+from fv2es.graph import fp32
+from fv2es.models.audio import HierarchicalSpectrumEncoder
+from fv2es.models.checked import CheckedFusion
+from fv2es.models.fusion import Fv2esFusion
+from fv2es.tritonserver import REPOSITORY
+from fv2es_build.repository import write_configs
+from test_ensemble_outputs import answers, from_config
+
+TOY = modalities.Modality(
+    "prosody", modalities.SEQUENCE, (fp32("MEL_CHUNKS", config.N_MELS, config.CHUNK_FRAMES),), "MEL_SEGMENT",
+    config.RAVDESS_CLASSES, modalities.SPEAKER, max_rows="max_chunks", sequence_depth=1,
+    preprocess=modalities.modalities("mel")[0].preprocess,  # the mel step
+)
+ENTRIES = (*modalities.modalities("whisper"), TOY)
+
+
+def by_name(steps) -> dict[str, pipeline.Step]:
+    return {s.name: s for s in steps}
+
+
+def test_the_served_modalities_are_the_three_of_the_paper():
+    assert modalities.names() == ("audio", "visual", "text")
+    assert [s.name for s in pipeline.steps() if s.torchscript and s.serves_model] == [
+        "audio_encoder", "visual_encoder", "text_encoder", "fusion"]
+
+
+def test_a_new_entry_adds_its_steps_and_tensors_to_the_pipeline():
+    steps = pipeline.steps(audio_input="whisper", modalities=ENTRIES)
+    pipeline.check_wiring(steps)
+    named = by_name(steps)
+    assert "mel" in named and "mel" not in by_name(pipeline.steps(audio_input="whisper"))
+    encoder = named["prosody_encoder"]
+    assert [i.name for i in encoder.inputs] == ["MEL_CHUNKS"] and [o.name for o in encoder.outputs] == ["PROSODY_FEATURES"]
+    assert encoder.batched
+    fusion, people, person_fusion = named["fusion"], named["people"], named["person_fusion"]
+    assert [i.name for i in fusion.inputs][-2:] == ["PROSODY_FEATURES", "PROSODY_SEGMENT"]
+    assert fusion.source("PROSODY_SEGMENT") == "MEL_SEGMENT"
+    # A speaker's modality: its rows go to the person who speaks in their segment.
+    assert "PROSODY_SEGMENT" in [i.name for i in people.inputs] and people.source("PROSODY_SEGMENT") == "MEL_SEGMENT"
+    assert "PERSON_PROSODY_SEGMENT" in [o.name for o in people.outputs]
+    assert person_fusion.source("PROSODY_SEGMENT") == "PERSON_PROSODY_SEGMENT"
+    assert person_fusion.source("PROSODY_FEATURES") == "PROSODY_FEATURES"
+
+
+def toy_fusion() -> Fv2esFusion:
+    torch.manual_seed(0)
+    return Fv2esFusion(modalities=ENTRIES).eval()
+
+
+def test_the_fusion_gets_a_branch_weight_and_temperature():
+    fusion = toy_fusion()
+    assert list(fusion.branches) == ["audio", "visual", "text", "prosody"]
+    assert fusion.modality_weights.shape == (4,) and fusion.branch_temperature.shape == (4,)
+    scripted = torch.jit.script(fusion)
+    example = models.fusion_example(3, ENTRIES)
+    scores = scripted(example)
+    assert scores.shape == (3, len(config.LABELS))
+    torch.testing.assert_close(scores, fusion(example))
+    # The toy's rows count: other rows change the scores of their segments, and so do no rows.
+    other = dict(example, PROSODY_FEATURES=torch.randn_like(example["PROSODY_FEATURES"]),
+                 PROSODY_SEGMENT=torch.where(example["PROSODY_SEGMENT"] == 1, -1, example["PROSODY_SEGMENT"]))
+    assert ((scripted(other) - scores).abs().amax(1) > 1e-6).tolist() == [True, True, True]
+    alone = dict(other, PROSODY_SEGMENT=torch.full_like(example["PROSODY_SEGMENT"], -1))
+    without = dict(example, PROSODY_SEGMENT=torch.full_like(example["PROSODY_SEGMENT"], -1))
+    torch.testing.assert_close(scripted(alone), scripted(without))  # no rows: the branch is absent
+
+
+def test_the_checks_follow_the_entry():
+    example = {k: v.numpy() for k, v in models.fusion_example(3, ENTRIES).items()}
+    checks.fusion_inputs(example, ENTRIES, checks.Limits())
+    bad = dict(example, PROSODY_SEGMENT=np.where(example["PROSODY_SEGMENT"] == 2, 7, example["PROSODY_SEGMENT"]))
+    with pytest.raises(InputError, match="PROSODY_SEGMENT holds segment 7 but there are 3 segments"):
+        checks.fusion_inputs(bad, ENTRIES, checks.Limits())
+    with pytest.raises(InputError, match="PROSODY_FEATURES has shape"):
+        checks.fusion_inputs(dict(example, PROSODY_FEATURES=np.zeros((4, 3), np.float32)), ENTRIES, checks.Limits())
+    checked = torch.jit.script(CheckedFusion(torch.jit.script(toy_fusion()), ENTRIES))
+    with pytest.raises(torch.jit.Error, match="PROSODY_SEGMENT holds an index outside"):
+        checked({k: torch.from_numpy(v) for k, v in bad.items()})
+    assert modalities.in_fusion_inputs(list(example), ENTRIES) == ENTRIES
+    with pytest.raises(ValueError, match="PROSODY_FEATURES, PROSODY_SEGMENT belong to no modality"):
+        modalities.in_fusion_inputs(list(example))  # the served registry does not know the toy
+
+
+def test_the_people_rows_follow_the_entry():
+    inputs = {
+        "FACE_TIMES": np.array([0.5, 1.5, 2.5], np.float32), "FACE_PERSON": np.array([0, 0, 1], np.int64),
+        "FACE_MOUTH": np.full(3, -1, np.float32), "SEGMENT_TIMES": np.array([[0, 1], [1, 2], [2, 3]], np.float32),
+        "SEGMENT_HAS_SPEECH": np.array([True, False, True]), "SPEECH_SEGMENT": np.array([0, 2], np.int64),
+        "AUDIO_SEGMENT": np.array([0, 2], np.int64), "PROSODY_SEGMENT": np.array([0, 0, 1, 2, -1], np.int64),
+        "TEXT_FEATURES": np.zeros((3, config.TEXT_FEATURE_DIM), np.float32), "TEXT_PRESENT": np.array([True, False, True]),
+    }
+    out = stages.people(inputs, ENTRIES, limits=checks.Limits())
+    assert out["PERSON_PAIRS"].tolist() == [[0, 0], [0, 1], [1, 2]]
+    # Segments 0 and 2 have one person each, who speaks; segment 1 has no speech, so no speaker.
+    assert out["PERSON_PROSODY_SEGMENT"].tolist() == [0, 0, -1, 2, -1]
+    assert out["PERSON_PROSODY_SEGMENT"].tolist()[:2] == out["PERSON_AUDIO_SEGMENT"].tolist()[:1] * 2
+    with pytest.raises(InputError, match="PROSODY_SEGMENT holds segment 5"):
+        stages.people(dict(inputs, PROSODY_SEGMENT=np.array([5], np.int64)), ENTRIES, limits=checks.Limits())
+
+
+@pytest.fixture(scope="module")
+def toy_repository(tmp_path_factory):
+    """The served repository's configs with the toy entry, its exported encoder and fusion, and the
+    served encoders."""
+    repository = tmp_path_factory.mktemp("toy") / "models"
+    write_configs("toy weights", repository, modalities=ENTRIES)
+    for name in ("audio_encoder", "visual_encoder", "text_encoder"):
+        shutil.copy(REPOSITORY / name / "1" / "model.pt", repository / name / "1" / "model.pt")
+    torch.manual_seed(0)
+    toy_encoder = torch.jit.script(HierarchicalSpectrumEncoder().eval())
+    toy_encoder.save(str(repository / "prosody_encoder" / "1" / "model.pt"))
+    torch.jit.script(toy_fusion()).save(str(repository / "fusion" / "1" / "model.pt"))
+    return repository
+
+
+def test_the_repository_configs_follow_the_entry(toy_repository):
+    encoder = model_configs.read(toy_repository / "prosody_encoder" / "config.pbtxt")
+    assert [i.name for i in encoder.input] == ["MEL_CHUNKS"] and encoder.max_batch_size == TOY.max_batch_size
+    assert (toy_repository / "mel" / "config.pbtxt").exists()
+    fusion = model_configs.read(toy_repository / "fusion" / "config.pbtxt")
+    assert [i.name for i in fusion.input][-2:] == ["PROSODY_FEATURES", "PROSODY_SEGMENT"]
+    ensemble = model_configs.read(toy_repository / config.ENSEMBLE_NAME / "config.pbtxt")
+    wiring = [(s.model_name, dict(s.input_map)) for s in ensemble.ensemble_scheduling.step]
+    assert ("prosody_encoder", {"MEL_CHUNKS": "MEL_CHUNKS"}) in wiring
+    fusion_steps = [inputs["PROSODY_SEGMENT"] for model, inputs in wiring if model == "fusion"]
+    assert fusion_steps == ["MEL_SEGMENT", "PERSON_PROSODY_SEGMENT"]  # the segments', then the persons' timelines
+    assert answers(from_config(ensemble), set(pipeline.ENSEMBLE_OUTPUTS))  # Triton's pruning runs every step
+
+
+def test_the_whole_pipeline_runs_with_the_fourth_modality(toy_repository):
+    from fv2es.inprocess import InProcessPipeline
+
+    result = InProcessPipeline(toy_repository, ENTRIES).analyze(SAMPLE.read_bytes())
+    scores, person_scores = result["SEGMENT_SCORES"], result["PERSON_SEGMENT_SCORES"]
+    assert len(scores) == len(result["SEGMENT_TIMES"]) >= 1 and len(person_scores) >= 1
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(result["VIDEO_SCORES"].sum(), 1.0, atol=1e-5)
