@@ -88,7 +88,7 @@ def repvgg_speed(visual_encoder: torch.nn.Module, *, batch: int = 64, runs: int 
             "speedup": statistics.median(ratios)}
 
 
-def repvgg_speeds(visual_encoder: torch.nn.Module) -> dict[str, dict]:
+def repvgg_speeds(visual_encoder: torch.nn.Module, runs: int = 40) -> dict[str, dict]:
     """As served (each face and its mirror image: 128 images for 64 faces) and with each face once,
     on every core (the Whisper model loaded before can leave torch with one thread)."""
     torch.set_num_threads(os.cpu_count() or 1)
@@ -96,7 +96,7 @@ def repvgg_speeds(visual_encoder: torch.nn.Module) -> dict[str, dict]:
     results = {}
     for name, mirror in (("as served (mirror-averaged)", served), ("each face once", False)):
         visual_encoder.mirror_average = mirror
-        results[name] = repvgg_speed(visual_encoder)
+        results[name] = repvgg_speed(visual_encoder, runs=runs)
     visual_encoder.mirror_average = served
     return results
 
@@ -273,7 +273,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     for name, module in served.items():
         results["export"][name] = export_difference(name, module, models.to_torchscript(name, module))
         print(f"export {name}: TorchScript vs eager max abs difference {results['export'][name]:.1e}")
-    results["repvgg_speed"] = repvgg_speeds(served["visual_encoder"])
+    # --quick: a few runs only (the timing code runs; 40 runs of 6 forward passes take 40 s on 2 cores)
+    results["repvgg_speed"] = repvgg_speeds(served["visual_encoder"], runs=3 if args.quick else 40)
     for mode, speed in results["repvgg_speed"].items():
         print(f"RepVGG, batch of {speed['batch']} faces, {mode}, median of {speed['runs']}: "
               + ", ".join(f"{k} {v:.1f} ms" for k, v in speed["median_ms"].items()) + f"; deploy form {speed['speedup']:.2f}x faster")

@@ -3,6 +3,8 @@ a spare one for the tests that break things), a gRPC client, and real media."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +21,27 @@ from fv2es_client import Fv2esClient
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 
 
+# A test server's teardown: SIGTERM, then SIGKILL to its process group after this long (a graceful
+# tritonserver exit unloads every model, about 7 s on 2 cores). stop() then ends the stubs and removes
+# their shared memory either way; the graceful stop itself is test_hardening's to check.
+TEARDOWN_GRACE_S = 1.0
+
+
+@contextmanager
+def serving(instance: EmbeddedServer, timeout_s: float = 300):
+    """`instance` started, and stopped quickly after (TEARDOWN_GRACE_S), whatever happens."""
+    try:
+        instance.start(timeout_s=timeout_s)
+        yield instance
+    finally:
+        instance.stop(timeout_s=TEARDOWN_GRACE_S)
+
+
 @pytest.fixture(scope="session")
 def server():
     """The real tritonserver binary on the real model repository, on free ports; always stopped."""
-    instance = EmbeddedServer(REPOSITORY)
-    instance.start(timeout_s=300)
-    try:
+    with serving(EmbeddedServer(REPOSITORY)) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 # max_input_bytes of `small_server`'s repository: the sample (78 kB) fits, twice the sample does not.
@@ -39,7 +53,7 @@ def small_server(tmp_path_factory):
     """A second server, on a view of the repository that takes at most SMALL_LIMIT bytes per input:
     the tests of size limits (oversize requests, the web page's upload limit) share it."""
     repository = limited_repository(tmp_path_factory.mktemp("small") / "models", SMALL_LIMIT)
-    with EmbeddedServer(repository) as instance:
+    with serving(EmbeddedServer(repository)) as instance:
         yield instance
 
 
@@ -48,7 +62,7 @@ def spare_server():
     """A second server on the real repository for the tests that break things (kill stubs, unload models,
     abandon or break streams): whatever they leave behind stays out of the main one. Each such test
     checks that this one survived."""
-    with EmbeddedServer(REPOSITORY) as instance:
+    with serving(EmbeddedServer(REPOSITORY)) as instance:
         yield instance
 
 

@@ -16,7 +16,7 @@ import tomllib
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, serving
 
 from fv2es import config, model_configs
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port, limited_repository
@@ -352,12 +352,8 @@ def limited(tmp_path_factory):
         cert, key = certificate
         extra = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
         cli_tls, tls = ["--ssl", "--root-certs", cert], {"ssl": True, "root_certificates": cert}
-    instance = EmbeddedServer(folder / "models", extra_args=extra)
-    instance.start(timeout_s=300)
-    try:
+    with serving(EmbeddedServer(folder / "models", extra_args=extra)) as instance:
         yield instance, cli_tls, tls
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import serving
 from moto.server import ThreadedMotoServer
 
 from fv2es import model_configs
@@ -150,9 +151,7 @@ def test_full_repository_from_s3_matches_local(moto_endpoint, tmp_path, monkeypa
     assert "models/fv2es/config.pbtxt" in keys and "models/fusion/1/model.pt" in keys
     mount = tmp_path / "mount"
     set_server_env(monkeypatch, mount)
-    server = EmbeddedServer(f"s3://{moto_endpoint}/{BUCKET}/models")
-    try:
-        server.start(timeout_s=300)
+    with serving(EmbeddedServer(f"s3://{moto_endpoint}/{BUCKET}/models")) as server:
         # Every backend model was downloaded from S3, each folder by itself, its code with it
         # (an ensemble has nothing to download).
         models = sorted(p.name for p in REPOSITORY.iterdir() if (p / "config.pbtxt").exists()
@@ -162,8 +161,6 @@ def test_full_repository_from_s3_matches_local(moto_endpoint, tmp_path, monkeypa
         assert downloaded == models
         with Fv2esClient(server.grpc_url) as remote_client:
             remote = remote_client.analyze(sample_bytes)
-    finally:
-        server.stop()
 
     assert len(remote.segments) == len(local.segments) > 0
     assert remote.labels == local.labels

@@ -10,6 +10,7 @@ import sysconfig
 
 import numpy as np
 import pytest
+from conftest import serving
 
 from fv2es import config
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer
@@ -46,7 +47,7 @@ def test_a_copied_repository_serves_the_same_results(tmp_path, third_party_env, 
     shutil.copytree(REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.delenv("PYTHONPATH", raising=False)
     expected = client.analyze(sample_bytes)  # the checkout's repository, as `make demo` serves it
-    with EmbeddedServer(copy, stub_env=third_party_env) as server, Fv2esClient(server.grpc_url) as copied:
+    with serving(EmbeddedServer(copy, stub_env=third_party_env)) as server, Fv2esClient(server.grpc_url) as copied:
         result = copied.analyze(sample_bytes)
     assert [s.transcript for s in result.segments] == [s.transcript for s in expected.segments]
     got = np.array([[s.scores[label] for label in config.LABELS] for s in result.segments])

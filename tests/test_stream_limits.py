@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import serving
 
 from fv2es import config
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, limited_repository
@@ -44,7 +45,7 @@ def clip_b():
 def limits_server(tmp_path_factory):
     repository = limited_repository(tmp_path_factory.mktemp("stream-limits") / "models", repository=REPOSITORY,
                                     parameters={config.STREAM_MODEL_NAME: LIMITS})
-    with EmbeddedServer(repository) as server:
+    with serving(EmbeddedServer(repository)) as server:
         yield server
 
 

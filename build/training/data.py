@@ -358,7 +358,7 @@ def load_speech(data_dir: Path, corpus: str, *, validation: bool, quick: bool = 
     spec = SPEECH_CORPORA[corpus]
     chosen = [c for c in spec.clips(data_dir) if (c[1] in spec.validation_speakers) == validation]
     if quick:
-        chosen = chosen[:: max(1, len(chosen) // settings.QUICK_EXAMPLES)][: settings.QUICK_EXAMPLES]
+        chosen = chosen[:: max(1, len(chosen) // settings.QUICK_SPEECH_EXAMPLES)][: settings.QUICK_SPEECH_EXAMPLES]
     waves = [torch.from_numpy(demux(path.read_bytes()).audio) for path, _, _ in chosen]
     targets = torch.tensor([config.RAVDESS_CLASSES.index(c) for _, _, c in chosen])
     return Split(waves, targets, config.RAVDESS_CLASSES, np.array([s for _, s, _ in chosen]))
