@@ -27,6 +27,7 @@ MAX_EXPORT_DIFFERENCE = 1e-4
 def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
     """The four served modules (training form, eval mode), by repository name."""
     records = {part: load_weights(weights_path(weights_dir, part)) for part in settings.WEIGHT_PARTS}
+    check_asr_model(records["audio"], weights_dir)  # before the branches load: a refusal is quick
     branches = {b: load_branch(b, weights_dir) for b in settings.BRANCHES}
     fusion = models.create("fusion", classes={b: tuple(records[b]["classes"]) for b in settings.BRANCHES})
     fusion.load_branches(branches)
@@ -39,16 +40,22 @@ def trained_models(weights_dir: Path) -> dict[str, torch.nn.Module]:
             fusion.branch_temperature.copy_(fitted["branch_temperature"])
     if text.encoder.hidden_size != config.TEXT_FEATURE_DIM:
         raise SystemExit(f"{config.TEXT_MODEL} gives {text.encoder.hidden_size}-d features: set TEXT_FEATURE_DIM to match")
-    if config.AUDIO_INPUT == "whisper":
-        from fv2es.asr import SpeechRecognizer, check_state_dim, check_trained_on  # noqa: PLC0415
-
-        try:  # the served asr model checks the same when it loads
-            check_trained_on(config.ASR_MODEL, records["audio"].get("asr_model"))
-            check_state_dim(config.ASR_MODEL, SpeechRecognizer(config.ASR_MODEL).state_dim)
-        except ValueError as error:
-            raise SystemExit(f"{weights_path(weights_dir, 'audio')}: {error}") from None
     # The text branch's encoder: the pretrained model with its fine-tuned top layers from text.pt.
     return {**{modalities.by_name(b).encoder: branch.encoder for b, branch in branches.items()}, "fusion": fusion.eval()}
+
+
+def check_asr_model(audio_record: dict, weights_dir: Path) -> None:
+    """Whisper-state audio weights are for the ASR model they were trained on (the served asr model
+    checks the same when it loads)."""
+    if config.AUDIO_INPUT != "whisper":
+        return
+    from fv2es.asr import SpeechRecognizer, check_state_dim, check_trained_on  # noqa: PLC0415
+
+    try:
+        check_trained_on(config.ASR_MODEL, audio_record.get("asr_model"))
+        check_state_dim(config.ASR_MODEL, SpeechRecognizer(config.ASR_MODEL).state_dim)
+    except ValueError as error:
+        raise SystemExit(f"{weights_path(weights_dir, 'audio')}: {error}") from None
 
 
 def export_difference(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptModule) -> float:
