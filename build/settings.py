@@ -1,5 +1,5 @@
 """Training and build settings (fv2es-train, fv2es-evaluate, fv2es-build): what makes the weights and
-the repository, not what a served repository needs (that is fv2es.config, copied into every model)."""
+the repository, not what a served repository needs (that is fv2es.config, in the repository's one copy of the runtime)."""
 
 from __future__ import annotations
 
