@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, serving
 
 from fv2es import checks, config, model_configs, modalities, models, pipeline, stages
 from fv2es.errors import InputError
@@ -22,7 +22,8 @@ from fv2es.graph import fp32
 from fv2es.models.audio import HierarchicalSpectrumEncoder
 from fv2es.models.checked import CheckedFusion
 from fv2es.models.fusion import Fv2esFusion
-from fv2es.tritonserver import REPOSITORY
+from fv2es.tritonserver import REPOSITORY, EmbeddedServer
+from fv2es_client import Fv2esClient
 from fv2es_build.repository import write_configs
 from test_ensemble_outputs import answers, from_config
 
@@ -97,8 +98,8 @@ def test_the_checks_follow_the_entry():
     with pytest.raises(torch.jit.Error, match="PROSODY_SEGMENT holds an index outside"):
         checked({k: torch.from_numpy(v) for k, v in bad.items()})
     assert modalities.in_fusion_inputs(list(example), ENTRIES) == ENTRIES
-    with pytest.raises(ValueError, match="PROSODY_FEATURES, PROSODY_SEGMENT belong to no modality"):
-        modalities.in_fusion_inputs(list(example))  # the served registry does not know the toy
+    with pytest.raises(ValueError, match="PROSODY_FEATURES, PROSODY_SEGMENT belong to none of the modalities audio, visual, text"):
+        modalities.in_fusion_inputs(list(example))  # the registry does not know the toy: its repository's configs do
 
 
 def test_the_people_rows_follow_the_entry():
@@ -147,11 +148,40 @@ def test_the_repository_configs_follow_the_entry(toy_repository):
     assert answers(from_config(ensemble), set(pipeline.ENSEMBLE_OUTPUTS))  # Triton's pruning runs every step
 
 
-def test_the_whole_pipeline_runs_with_the_fourth_modality(toy_repository):
+@pytest.fixture(scope="module")
+def in_process(toy_repository) -> dict[str, np.ndarray]:
     from fv2es.inprocess import InProcessPipeline
 
-    result = InProcessPipeline(toy_repository, ENTRIES).analyze(SAMPLE.read_bytes())
-    scores, person_scores = result["SEGMENT_SCORES"], result["PERSON_SEGMENT_SCORES"]
-    assert len(scores) == len(result["SEGMENT_TIMES"]) >= 1 and len(person_scores) >= 1
+    return InProcessPipeline(toy_repository, ENTRIES).analyze(SAMPLE.read_bytes())
+
+
+def test_the_whole_pipeline_runs_with_the_fourth_modality(in_process):
+    scores, person_scores = in_process["SEGMENT_SCORES"], in_process["PERSON_SEGMENT_SCORES"]
+    assert len(scores) == len(in_process["SEGMENT_TIMES"]) >= 1 and len(person_scores) >= 1
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(result["VIDEO_SCORES"].sum(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(in_process["VIDEO_SCORES"].sum(), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_real_server_serves_the_fourth_modality(toy_repository, in_process):
+    """The repository built with the toy entry, served by tritonserver: its models read the entries
+    from their configs (fusion, people, stream), and the ensemble gives what the in-process run gives."""
+    with serving(EmbeddedServer(toy_repository)) as server:
+        with Fv2esClient(server.grpc_url) as client:
+            result = client.analyze(SAMPLE.read_bytes())
+        executed = {m["name"]: int(m["inference_stats"]["success"].get("count", 0))  # JSON leaves zero out
+                    for m in server_statistics(server)["model_stats"]}
+    assert executed["prosody_encoder"] >= 1 and executed["mel"] >= 1
+    got = np.array([[s.scores[label] for label in config.LABELS] for s in result.segments])
+    np.testing.assert_allclose(got, in_process["SEGMENT_SCORES"], atol=1e-4)
+    assert [s.transcript for s in result.segments] == [t.decode() if isinstance(t, bytes) else t for t in in_process["TRANSCRIPTS"]]
+    # Each (segment, person) pair's scores, in the pairs' order: by segment, then person.
+    pairs = [[s.people[p][label] for label in config.LABELS] for s in result.segments for p in sorted(s.people)]
+    np.testing.assert_allclose(np.array(pairs), in_process["PERSON_SEGMENT_SCORES"], atol=1e-4)
+
+
+def server_statistics(server) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as stats:
+        return stats.get_inference_statistics(as_json=True)

@@ -17,7 +17,8 @@ with a fourth entry and checks that the fusion, the checks, the people rows and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 
 from . import config
 from .graph import Step, Tensor, fp32, int64
@@ -120,6 +121,42 @@ def modalities(audio_input: str | None = None) -> tuple[Modality, ...]:
     )
 
 
+# The model parameter that carries a repository's modalities (fusion, people, the stream model): what
+# `fv2es-build` built the repository with is what its models run, not the registry of the code that
+# serves it (the same unless a repository is built with other entries, as tests/test_modalities.py does).
+PARAMETER = "modalities"
+
+
+def to_parameter(entries: tuple[Modality, ...]) -> str:
+    """The entries as the JSON text of a model parameter."""
+    return json.dumps([asdict(m) for m in entries], separators=(",", ":"))
+
+
+def from_parameter(text: str) -> tuple[Modality, ...]:
+    """The entries a model parameter holds (`to_parameter`'s text)."""
+
+    def tensor(d: dict) -> Tensor:
+        return Tensor(**{**d, "dims": tuple(d["dims"])})
+
+    def step(d: dict) -> Step:
+        return Step(**{**d, "inputs": tuple(map(tensor, d["inputs"])), "outputs": tuple(map(tensor, d["outputs"]))})
+
+    entries = []
+    for d in json.loads(text):
+        d = {f.name: d[f.name] for f in fields(Modality)}
+        entries.append(Modality(**{**d, "encoder_inputs": tuple(map(tensor, d["encoder_inputs"])), "classes": tuple(d["classes"]),
+                                   "preprocess": tuple(map(step, d["preprocess"]))}))
+    check(tuple(entries))
+    return tuple(entries)
+
+
+def from_model(parameter) -> tuple[Modality, ...]:
+    """A served model's modalities, from its config parameter (`parameter(name, default) -> str`); a
+    config without one (written before modalities were data) runs the registry's."""
+    text = parameter(PARAMETER, "")
+    return from_parameter(text) if text else modalities()
+
+
 def names(entries: tuple[Modality, ...] | None = None) -> tuple[str, ...]:
     return tuple(m.name for m in (entries or modalities()))
 
@@ -132,13 +169,13 @@ def by_name(name: str, entries: tuple[Modality, ...] | None = None) -> Modality:
 
 
 def in_fusion_inputs(input_names: list[str] | tuple[str, ...], entries: tuple[Modality, ...] | None = None) -> tuple[Modality, ...]:
-    """The modalities a fusion model's inputs hold (its config's input names), in registry order; an
-    input no modality explains is refused."""
+    """The modalities a fusion model's inputs hold (its config's input names), in the order of
+    `entries` (default: the registry's); an input no entry explains is refused."""
     found = tuple(m for m in entries or modalities() if m.features in input_names)
     explained = {name for m in found for name in (m.features, m.index)}
     unknown = [name for name in input_names if name not in explained]
     if unknown:
-        raise ValueError(f"fusion inputs {', '.join(unknown)} belong to no modality of fv2es.modalities")
+        raise ValueError(f"fusion inputs {', '.join(unknown)} belong to none of the modalities {', '.join(names(entries))}")
     check(found)
     return found
 

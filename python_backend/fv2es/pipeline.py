@@ -64,6 +64,8 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
     person_outputs = tuple(Tensor(person_sources[t.name], t.dtype, t.dims) for t in fusion_inputs if t.name in person_sources)
     fusion_outputs = (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=True),)
     preprocessing = [step for m in entries for step in m.preprocess]
+    # The models that read modality tensors by their entries run the entries the repository was built with.
+    served_modalities = {modality_registry.PARAMETER: modality_registry.to_parameter(entries)}
     return [
         Step("demux", "demux", (ENSEMBLE_INPUT,), (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)),
              parameters=INPUT_LIMITS),
@@ -84,7 +86,7 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
              (int64("FACE_SEGMENT", -1), boolean("SEGMENT_HAS_FACE", -1)), parameters=DURATION_LIMIT),
         *(encoder(m) for m in entries),
         Step("fusion", "torchscript", fusion_inputs, fusion_outputs, sources=fusion_sources,
-             kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT}),
+             kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT, **served_modalities}),
         # One timeline per person: each (person, segment) pair is a segment of its own for the same
         # fusion model, with that person's faces, and the segment's speech when they are its speaker
         # (each modality's person_rows). people reads SEGMENT_SCORES only to run after the fusion: two
@@ -94,7 +96,7 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
              (fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), fp32("FACE_MOUTH", -1), fp32("SEGMENT_TIMES", -1, 2),
               boolean("SEGMENT_HAS_SPEECH", -1), *person_inputs, fp32("SEGMENT_SCORES", -1, C)),
              (int64("SEGMENT_SPEAKER", -1), int64("PERSON_PAIRS", -1, 2), *person_outputs),
-             sources=fusion_sources, parameters=DURATION_LIMIT),
+             sources=fusion_sources, parameters={**DURATION_LIMIT, **served_modalities}),
         Step("person_fusion", "torchscript", fusion_inputs, fusion_outputs, model="fusion",
              sources={**fusion_sources, **person_sources}, targets={"SEGMENT_SCORES": "PAIR_SCORES"}),
         Step("aggregate", "aggregate", (fp32("SEGMENT_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
@@ -125,11 +127,12 @@ def stream_step(pipeline: list[Step]) -> Step:
     by_name.update({"EVENT": string("EVENT", 1), "SEGMENT_INDEX": int64("SEGMENT_INDEX", 1), "DURATION": fp32("DURATION", 1)})
     by_name["STREAM_KEY"] = string("STREAM_KEY", 1)
     names = ("EVENT", "STREAM_KEY", *STREAM_SEGMENT_OUTPUTS, *STREAM_END_OUTPUTS)
+    served_modalities = next(s.parameters for s in pipeline if s.name == "fusion")[modality_registry.PARAMETER]
     return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1), STREAM_KEY), tuple(by_name[n] for n in names),
                 kind="KIND_AUTO", decoupled=True,
                 parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
                             **{k: str(v) for k, v in asdict(StreamLimits()).items()}, "labels": ",".join(config.LABELS),
-                            **RESULT_PARAMETERS})
+                            **RESULT_PARAMETERS, modality_registry.PARAMETER: served_modalities})
 
 
 def served_models(pipeline: list[Step]) -> list[Step]:

@@ -10,9 +10,7 @@ from .base import PipelineModel, input_limits
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.limits = input_limits(self)
-        # The modalities whose per-person rows this model's config gives (the pipeline wrote both).
-        outputs = {o["name"] for o in self.model_config["output"]}
-        self.modalities = tuple(m for m in modalities.modalities() if set(m.person_tensors().values()) <= outputs)
+        self.modalities = modalities.from_model(self.parameter)
 
     def process(self, inputs):
         return stages.people(inputs, self.modalities, limits=self.limits)

@@ -26,7 +26,7 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .. import checks, config, pipeline, stretches
+from .. import checks, config, modalities, pipeline, stretches
 from ..errors import InputError
 from ..faces import FaceRows, make_face_detector
 from ..livemedia import LiveMedia
@@ -177,7 +177,7 @@ class TritonPythonModel:
                                            self.parameter("cascade", config.FACE_CASCADE))
         self.limits = input_limits(self)
         self.table: StreamTable[Stream] = StreamTable(StreamLimits.from_parameters(self.parameter))
-        self.steps = pipeline.steps()
+        self.steps = pipeline.steps(modalities=modalities.from_model(self.parameter))
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]}
         self.shm_region = own_shm_region()
         self.metrics = StreamMetrics(self.name)

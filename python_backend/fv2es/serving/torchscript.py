@@ -27,7 +27,7 @@ def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> C
     """The validation of this model's inputs, by their names; a model without one is refused."""
     names = tuple(model.input_names)
     if takes_dictionary(forward_arguments(loaded)):  # the fusion: its inputs are its modalities' features and indices
-        entries = modalities.in_fusion_inputs(names)
+        entries = modalities.in_fusion_inputs(names, modalities.from_model(model.parameter))
         limits = checks.limits_from(model.parameter)
         return lambda x: checks.fusion_inputs(x, entries, limits)
     if names == ("MEL_CHUNKS",):
