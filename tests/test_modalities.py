@@ -9,6 +9,7 @@ whole pipeline runs on a real video in process with the exported toy models.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -22,6 +23,7 @@ from fv2es.graph import fp32
 from fv2es.models.audio import HierarchicalSpectrumEncoder
 from fv2es.models.checked import CheckedFusion
 from fv2es.models.fusion import Fv2esFusion
+from fv2es.people import person_rows
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer
 from fv2es_client import Fv2esClient
 from fv2es_build.repository import write_configs
@@ -117,6 +119,22 @@ def test_the_people_rows_follow_the_entry():
     assert out["PERSON_PROSODY_SEGMENT"].tolist()[:2] == out["PERSON_AUDIO_SEGMENT"].tolist()[:1] * 2
     with pytest.raises(InputError, match="PROSODY_SEGMENT holds segment 5"):
         stages.people(dict(inputs, PROSODY_SEGMENT=np.array([5], np.int64)), ENTRIES, limits=checks.Limits())
+
+
+def test_a_per_segment_modality_can_give_its_row_to_everyone_seen():
+    scene = dataclasses.replace(modalities.by_name("text"), name="scene", person_rows=modalities.EVERYONE)
+    entries = (*modalities.modalities("whisper"), scene)
+    times = np.array([0.5, 0.5, 1.5], np.float32)
+    inputs = {"AUDIO_SEGMENT": np.array([0], np.int64),
+              "TEXT_FEATURES": np.ones((2, config.TEXT_FEATURE_DIM), np.float32), "TEXT_PRESENT": np.array([True, True]),
+              "SCENE_FEATURES": np.arange(2, dtype=np.float32)[:, None].repeat(config.TEXT_FEATURE_DIM, 1),
+              "SCENE_PRESENT": np.array([True, False])}
+    speakers = np.array([0, -1])  # person 0 speaks in segment 0; nobody is known to in segment 1
+    out = person_rows(times, np.array([0, 1, 1]), np.array([[0, 1], [1, 2]], np.float32), speakers, inputs, entries)
+    assert out["PERSON_SEGMENTS"].tolist() == [[0, 0], [1, 0], [1, 1]]
+    assert out["PERSON_TEXT_PRESENT"].tolist() == [True, False, False]  # the words are the speaker's
+    assert out["PERSON_SCENE_PRESENT"].tolist() == [True, True, False]  # the scene is everyone's (absent in segment 1)
+    assert out["PERSON_SCENE_FEATURES"][:, 0].tolist() == [0, 0, 1]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ Everything that used to name audio, visual and text follows from these entries:
 - training (`models.branches.create_branch`, `build/settings.py`'s branches, the fusion fit).
 
 Adding a stream = one entry in `modalities()` plus its encoder in `fv2es.models.create` (and the
-steps that make its rows, if no step makes them yet). tests/test_modalities.py builds a pipeline
-with a fourth entry and checks that the fusion, the checks, the people rows and the configs follow.
+steps that make its rows, if no step makes them yet). A built repository records its entries in the
+`modalities` parameter of the models that read them (`to_parameter`, `from_model`).
+tests/test_modalities.py builds a pipeline with a fourth entry and checks that the fusion, the
+checks, the people rows and the configs follow, and serves it with a real tritonserver.
 """
 
 from __future__ import annotations
