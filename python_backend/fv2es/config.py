@@ -20,6 +20,13 @@ MULTI_LABEL_SETS = frozenset({"mosei"})
 LABEL_SET = "v2em7"  # what the repository serves; weights trained for another set refuse to export
 LABELS: tuple[str, ...] = LABEL_SETS[LABEL_SET]
 
+# Group emotion (VGAF's classes) and the fixed valence of each served label that the group baseline
+# maps per-person scores with (fv2es/group.py). Surprise's valence is ambiguous (a gift, an
+# accident): neutral. Labels of every set in LABEL_SETS; anything not listed is negative.
+GROUP_LABELS = ("positive", "neutral", "negative")
+LABEL_VALENCE = {"happiness": "positive", "happy": "positive", "hap": "positive", "exc": "positive",
+                 "neutral": "neutral", "neu": "neutral", "surprise": "neutral"}
+
 # The shipped model's branches are each trained on their own corpus, in that corpus's classes; the
 # fusion model maps every branch's class probabilities onto LABELS with these tables.
 RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")  # codes 01..08
