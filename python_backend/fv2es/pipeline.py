@@ -19,7 +19,6 @@ from .graph import Step, Tensor, boolean, fp32, int64, string
 from .modalities import Modality
 from .streams import StreamLimits
 
-F = config.FEATURE_DIM
 C = len(config.LABELS)
 LABELS_FILE = "labels.txt"
 
@@ -41,9 +40,11 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
     """The steps of the ensemble, in an order where every input is produced before it is read.
     `weights` describes the served weights (MODEL_INFO carries it; `fv2es_build.repository`);
     `modalities` (default: fv2es.modalities for `audio_input`) gives the encoders and the fusion's inputs."""
+    audio_input = audio_input or config.AUDIO_INPUT
+    if audio_input not in config.AUDIO_INPUTS:
+        raise ValueError(f"AUDIO_INPUT {audio_input!r} is not one of {config.AUDIO_INPUTS}")
     entries = modalities or modality_registry.modalities(audio_input)
     modality_registry.check(entries)
-    audio_input = audio_input or config.AUDIO_INPUT
     whisper = audio_input == "whisper"
     tokens, speech_dim, s = config.TEXT_MAX_TOKENS, 2 * config.SPEECH_STATE_DIM, config.FACE_SIZE
 
