@@ -102,6 +102,9 @@ def test_the_checks_follow_the_entry():
     assert modalities.in_fusion_inputs(list(example), ENTRIES) == ENTRIES
     with pytest.raises(ValueError, match="PROSODY_FEATURES, PROSODY_SEGMENT belong to none of the modalities audio, visual, text"):
         modalities.in_fusion_inputs(list(example))  # the registry does not know the toy: its repository's configs do
+    without_index = [name for name in example if name != "PROSODY_SEGMENT"]
+    with pytest.raises(ValueError, match="lacks the inputs PROSODY_SEGMENT"):
+        modalities.in_fusion_inputs(without_index, ENTRIES)
 
 
 def test_the_people_rows_follow_the_entry():

@@ -171,15 +171,19 @@ def by_name(name: str, entries: tuple[Modality, ...] | None = None) -> Modality:
 
 
 def in_fusion_inputs(input_names: list[str] | tuple[str, ...], entries: tuple[Modality, ...] | None = None) -> tuple[Modality, ...]:
-    """The modalities a fusion model's inputs hold (its config's input names), in the order of
-    `entries` (default: the registry's); an input no entry explains is refused."""
-    found = tuple(m for m in entries or modalities() if m.features in input_names)
-    explained = {name for m in found for name in (m.features, m.index)}
-    unknown = [name for name in input_names if name not in explained]
+    """The modalities of a fusion model whose config has these input names (`entries`, default the
+    registry's), refused at load unless the inputs are exactly those entries' features and indices:
+    an input no entry explains, or an entry's input the config lacks (every request would fail)."""
+    entries = entries or modalities()
+    expected = [name for m in entries for name in (m.features, m.index)]
+    unknown = [name for name in input_names if name not in expected]
     if unknown:
         raise ValueError(f"fusion inputs {', '.join(unknown)} belong to none of the modalities {', '.join(names(entries))}")
-    check(found)
-    return found
+    missing = [name for name in expected if name not in input_names]
+    if missing:
+        raise ValueError(f"the fusion's config lacks the inputs {', '.join(missing)} of its modalities {', '.join(names(entries))}")
+    check(entries)
+    return entries
 
 
 def check(entries: tuple[Modality, ...]) -> None:
