@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from faster_whisper.vad import get_speech_timestamps
 
-from fv2es import config, stretches
+from fv2es import config, stretches, vad
 from fv2es.asr import SpeechRecognizer
 
 SR = config.SAMPLE_RATE
@@ -97,23 +96,70 @@ def test_sparse_speech_is_cut_at_the_maximum_or_where_speech_going_on_there_bega
     late = config.STRETCH_MAX_S - 5.0  # a sentence from 5 s before the maximum to past it
     for audio in (np.concatenate([sample_speech, silence(late - len(sample_speech) / SR), sample_speech, silence(10)]),
                   np.concatenate([silence(late), sample_speech, silence(10)])):  # speech before it, or none
-        began = get_speech_timestamps(audio, stretches.vad_options())[-1]["start"]
+        began = vad.speech_chunks(audio)[-1]["start"]
         assert late * SR < began < config.STRETCH_MAX_S * SR
         assert stretches.cuts(audio)[0] == began
-
-
-@pytest.mark.parametrize("name", ["paused", "unbroken"])
-def test_vad_chunks_are_faster_whispers(name, request):
-    audio = request.getfixturevalue(name)
-    cutter = stretches.Cutter()
-    n = len(audio) // stretches.VAD_WINDOW
-    cutter._extend(audio, n)
-    ours = [(c.start, c.end) for c in stretches.vad_chunks(cutter.probs) if c.closed]
-    theirs = [(c["start"], c["end"]) for c in get_speech_timestamps(audio[: n * stretches.VAD_WINDOW], stretches.vad_options())]
-    assert len(ours) >= 2
-    assert ours[:-1] == theirs[: len(ours) - 1]
 
 
 def test_the_last_stretch_ends_with_the_picture_when_it_goes_on():
     assert stretches.timeline_end(10.0, 12.5) == 12.5
     assert stretches.timeline_end(10.0, float(np.float32(10.0 + 1e-4))) == 10.0
+
+
+# --- The speech detector (fv2es.vad) against the silero-vad package's own functions -------------
+
+
+@pytest.mark.parametrize("name", ["paused", "unbroken"])
+def test_probabilities_computed_piece_by_piece_are_silero_streaming_models(name, request):
+    import torch
+    from silero_vad import load_silero_vad
+
+    audio = request.getfixturevalue(name)[: 40 * SR]
+    n = len(audio) // vad.WINDOW
+    detector = vad.Detector()
+    for upto in [1, 2, 27, 300, 301, 1000, n]:  # uneven pieces, as a live stream's chunks give them
+        detector.extend(audio, upto)
+    streaming = load_silero_vad(onnx=True).audio_forward(torch.from_numpy(audio[: n * vad.WINDOW]), SR).numpy().reshape(-1)
+    np.testing.assert_allclose(detector.probs, streaming, atol=1e-6)
+    np.testing.assert_allclose(vad.probabilities(audio)[:n], streaming, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["paused", "unbroken"])
+def test_chunks_are_silero_chunks_and_open_ones_only_grow(name, request):
+    from silero_vad import get_speech_timestamps_from_probs
+
+    audio = request.getfixturevalue(name)
+    probs = vad.probabilities(audio)
+    theirs = get_speech_timestamps_from_probs(
+        probs.tolist(),
+        threshold=config.VAD_THRESHOLD,
+        min_speech_duration_ms=0,
+        max_speech_duration_s=config.VAD_MAX_SPEECH_S,
+        min_silence_duration_ms=config.VAD_MIN_SILENCE_MS,
+        speech_pad_ms=config.VAD_SPEECH_PAD_MS,
+        use_max_poss_sil_at_max_speech=False,
+        audio_length_samples=len(audio),
+    )
+    whole = vad.speech_chunks(audio)
+    assert len(whole) >= 4
+    assert whole == [{"start": c["start"], "end": c["end"]} for c in theirs]
+    for k in range(200, len(probs), 700):  # the audio still growing: its closed chunks are final
+        so_far = vad.chunks(probs[:k])
+        closed = [{"start": c.start, "end": c.end} for c in so_far if c.closed]
+        assert closed == whole[: len(closed)]
+        if so_far and not so_far[-1].closed:
+            final = whole[len(closed)]
+            assert final["start"] == so_far[-1].start and final["end"] >= so_far[-1].end
+
+
+def test_speech_detection_needs_no_torch():
+    """The ASR step's process runs the detector without torch (about 450 MB per stub)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from fv2es import stretches, vad; "
+        "audio = np.zeros(16000 * 3, np.float32); audio[16000:32000] = np.sin(np.arange(16000) / 3); "
+        "vad.speech_chunks(audio); stretches.cuts(audio); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

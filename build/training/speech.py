@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fv2es import config
+from fv2es import config, vad
 from fv2es.asr import SpeechRecognizer, speech_chunks
 from fv2es.models.branches import create_branch
 
@@ -54,6 +54,8 @@ def _key(name: str, waves: list[torch.Tensor], extra: str = "", compute_type: st
     for w in waves:
         digest.update(w.numpy().tobytes()[:4096] + str(len(w)).encode())
     settings = (config.ASR_MODEL, config.ASR_BLOCK_S, config.SPEECH_CHUNK_STATES, config.SPEECH_MIN_STATES, extra)
+    # The speech that VAD finds is what gets encoded.
+    settings += (vad.MODEL_FILE, config.VAD_THRESHOLD, config.VAD_MIN_SILENCE_MS, config.VAD_SPEECH_PAD_MS, config.VAD_MAX_SPEECH_S)
     if compute_type != "int8":  # the server's CPU precision keeps the keys it always had
         settings += (compute_type,)
     digest.update(" ".join(map(str, settings)).encode())

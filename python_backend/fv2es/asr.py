@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import config
+from . import config, vad
 from .segments import Segment
 
 # Whisper's frame rates: the log-mel has one frame per 160 samples, the encoder one state per two.
@@ -123,7 +123,7 @@ class SpeechRecognizer:
         """The speech of 16 kHz mono float32 audio: its transcribed segments (none when
         `transcribe` is False: training the audio branch needs only the states) and its encoder states.
 
-        Silero VAD (ships in faster-whisper; no hallucinated text on silence) finds the speech, which
+        Silero VAD (fv2es.vad; no hallucinated text on silence) finds the speech, which
         is processed in blocks of at most one Whisper window (ASR_BLOCK_S) cut at pauses: memory
         does not grow with the video's length, and each block is encoded exactly once.
         """
@@ -163,11 +163,7 @@ class SpeechRecognizer:
     def blocks(audio: np.ndarray) -> list[list[dict]]:
         """The speech chunks that Silero VAD finds in 16 kHz audio ({"start", "end"} in samples),
         grouped into blocks of at most one Whisper window (ASR_BLOCK_S): one encoder pass each."""
-        from faster_whisper.vad import get_speech_timestamps
-
-        from .stretches import vad_options
-
-        return list(speech_blocks(get_speech_timestamps(audio, vad_options()), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
+        return list(speech_blocks(vad.speech_chunks(audio), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
 
     def encode_blocks(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
         """Encoder states [1500, d] of each block (<= 30 s of audio), exactly as a transcription

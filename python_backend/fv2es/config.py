@@ -90,6 +90,13 @@ ASR_CPU_THREADS = 1
 # the encoder output of a block's transcription is then all of its speech, and is kept as the audio
 # branch's input (AUDIO_INPUT "whisper") instead of being computed again.
 ASR_BLOCK_S = 30.0
+# Silero VAD (fv2es.vad) finds the speech: it starts at VAD_THRESHOLD, ends after VAD_MIN_SILENCE_MS
+# of silence, is padded by VAD_SPEECH_PAD_MS, and speech longer than one Whisper window with its
+# padding is split (at a pause where it has one). faster-whisper's options for Whisper.
+VAD_THRESHOLD = 0.5
+VAD_MIN_SILENCE_MS = 2000
+VAD_SPEECH_PAD_MS = 400
+VAD_MAX_SPEECH_S = ASR_BLOCK_S - 2 * VAD_SPEECH_PAD_MS / 1000
 WINDOW_S = 4.0  # fixed windows cut the stretches without speech
 MIN_SEGMENT_S = 0.5  # a gap shorter than this joins the neighbouring segment
 MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
@@ -101,7 +108,6 @@ MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
 # segments come out the same, as soon as the stretch is over.
 STRETCH_SPEECH_S = ASR_BLOCK_S - 0.5  # speech per stretch; the margin: VAD's own run on the stretch
 STRETCH_MAX_S = 60.0  # a stretch with less speech ends here: a live stream's longest wait for a cut
-STRETCH_VAD_BATCH = 25  # VAD windows (32 ms) per detector call: a stream and a file make the same calls
 
 # --- Audio branch input ------------------------------------------------------------------------
 # "whisper": the Whisper encoder states of the speech, which the ASR step computes anyway (a
