@@ -79,7 +79,7 @@ def _tensor(message, t: Tensor) -> None:
     message.data_type = model_configs.DataType.Value(f"TYPE_{t.dtype}")
     message.dims.extend(t.dims)
     if t.labels:
-        message.label_filename = pipeline.LABELS_FILE
+        message.label_filename = t.labels
     if t.optional:
         message.optional = True
 
@@ -131,7 +131,7 @@ def publish_model(steps: list[Step]) -> Step:
     """The copy model: per output that steps read, an optional input under the internal name and
     the output under the public name, at the same position (fv2es.serving.publish pairs them so)."""
     outputs = [t for t in pipeline.ensemble_outputs(steps) if t.name in read_outputs(steps)]
-    inputs = tuple(replace(t, name=t.name + INTERNAL_SUFFIX, labels=False, optional=True) for t in outputs)
+    inputs = tuple(replace(t, name=t.name + INTERNAL_SUFFIX, labels="", optional=True) for t in outputs)
     return Step(PUBLISH_MODEL, "publish", inputs, tuple(outputs))
 
 
@@ -236,7 +236,6 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
                   modalities: tuple[Modality, ...] | None = None) -> None:
     """Every config.pbtxt, model.py, labels file and code copy; the TorchScript files are export's."""
     steps = served_steps(weights, repository, backend, modalities)
-    labels = "\n".join(config.LABELS) + "\n"
     # The live stream calls the steps by their Python-backend tensor names: not in the libtorch variant.
     models = served_models(steps) + ([pipeline.stream_step(steps)] if backend == "python" else [])
     for s in models:
@@ -249,15 +248,21 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
             (folder / "1" / "model.py").unlink(missing_ok=True)
         else:
             (folder / "1" / "model.py").write_text(MODEL_PY.format(name=s.name, runner=s.runner, ensemble=config.ENSEMBLE_NAME))
-        if any(t.labels for t in s.outputs):
-            (folder / pipeline.LABELS_FILE).write_text(labels)
+        for file in {t.labels for t in s.outputs if t.labels}:
+            write_labels(folder / file)
     ensemble = repository / config.ENSEMBLE_NAME
     remove_stale_models(repository, {s.name for s in models} | {config.ENSEMBLE_NAME})
     (ensemble / "1").mkdir(parents=True, exist_ok=True)
     (ensemble / "1" / ".gitkeep").write_text("")
     copy_runtime_package(runtime_folder(repository))
     (ensemble / "config.pbtxt").write_text(model_configs.to_text(ensemble_config(steps), HEADER))
-    (ensemble / pipeline.LABELS_FILE).write_text(labels)
+    for file in pipeline.LABEL_FILES:
+        write_labels(ensemble / file)
+
+
+def write_labels(path: Path) -> None:
+    """A label file (pipeline.LABEL_FILES): its class names, one per line."""
+    path.write_text("\n".join(pipeline.LABEL_FILES[path.name]) + "\n")
 
 
 def remove_stale_models(repository: Path, keep: set[str]) -> None:

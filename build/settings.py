@@ -9,6 +9,7 @@ DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
 WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <part>.pt for each part
 BRANCHES = modalities.names()  # one trained branch per modality, in the order of the fusion's modality weights
 WEIGHT_PARTS = (*BRANCHES, "fusion")
+GROUP_PART = "group"  # the group model's weights (build/training/group.py), trained after the fusion from its encoders
 AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
 
 
@@ -30,6 +31,11 @@ TRAINING = {
     "text": {"epochs": 4, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "class_weight_power": 0.5},
     # neutral_words: the share of composed clips whose words are neutral whatever their label (fusion_fit.py)
     "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0, "neutral_words": 0.5},
+    # build/training/group.py: steps of `batch_size` composed scenes; its pools of faces and clips per valence
+    "group": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "evaluate_every": 250,
+              "validation_scenes": 1200, "faces_per_valence": 2000, "clips_per_valence": 80},
+    # build/training/vgaf.py: group videos (VGAF's layout), one loss per video, from the composed-scene weights
+    "group_videos": {"epochs": 10, "lr": 3e-4, "weight_decay": 0.01},
     "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
 }
 TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)

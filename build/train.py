@@ -149,7 +149,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "multimodal"))
+    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "group", "multimodal"))
     parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR, help="the corpora (default: %(default)s)")
     parser.add_argument("--runs", type=Path, help="checkpoints, to resume from (default: build/out/runs)")
     parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {settings.WEIGHTS_DIR}/, "
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=settings.TRAIN_SEED)
     parser.add_argument("--fe2e", type=Path, help="multimodal: the FE2E data folder (IEMOCAP_RAW_PROCESSED, ...)")
     parser.add_argument("--dataset", choices=("iemocap", "mosei"), default="iemocap", help="multimodal: which corpus")
+    parser.add_argument("--vgaf", type=Path, help="group: train on group videos in VGAF's layout in this folder "
+                        "(Train/, Val/, Train_labels.txt, Val_labels.txt; build/training/vgaf.py) instead of composed scenes")
     parser.add_argument("--text-context", type=int, help="text: pair each utterance with this many before it in its "
                         "dialogue (an experiment: the served text encoder sees one segment's words)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "multimodal":
         train_multimodal(args)
         return
-    parts = ("audio", "visual", "text", "fusion", "loco") if args.part == "all" else (args.part,)
+    parts = ("audio", "visual", "text", "fusion", "loco", "group") if args.part == "all" else (args.part,)
     for part in parts:
         if part == "loco":
             train_leave_one_corpus_out(args)
@@ -184,6 +186,14 @@ def main(argv: list[str] | None = None) -> None:
             from .training.fusion_fit import train_fusion  # noqa: PLC0415
 
             train_fusion(args)
+        elif part == "group" and args.vgaf is not None:
+            from .training.vgaf import train_group_on_videos  # noqa: PLC0415
+
+            train_group_on_videos(args)
+        elif part == "group":
+            from .training.group import train_group  # noqa: PLC0415
+
+            train_group(args)
         else:
             train_branch(part, args)
             if part == "visual" and args.part == "all" and not args.quick:  # the shipped visual branch is fine-tuned once

@@ -74,6 +74,10 @@ def test_concurrent_videos_equal_alone(server, client, sample_bytes, sample_spee
         got = np.array([[s.scores[label] for label in config.LABELS] for s in result.segments])
         want = np.array([[s.scores[label] for label in config.LABELS] for s in expected.segments])
         np.testing.assert_allclose(got, want, atol=1e-4)
+        # the group model's rows too (it reads the batched encoders' rows)
+        got = np.array([[s.group[g] for g in config.GROUP_LABELS] for s in result.segments])
+        want = np.array([[s.group[g] for g in config.GROUP_LABELS] for s in expected.segments])
+        np.testing.assert_allclose(got, want, atol=1e-4)
     for model in ENCODERS:
         requests, inferences, executions = (a - b for a, b in zip(stats(server, model), before[model]))
         assert requests == 6, f"{model} saw {requests} requests for 6 videos"

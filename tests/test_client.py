@@ -23,7 +23,7 @@ from fv2es.tritonserver import REPOSITORY, EmbeddedServer, free_port, limited_re
 from fv2es_client import Fv2esClient, Fv2esError, InputTooLargeError, ServerUnavailableError
 from fv2es_client.client import DEFAULT_MAX_INPUT_BYTES, MESSAGE_HEADROOM_BYTES, parse_limits
 from fv2es_client.output import (
-    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, CSV_UNSURE_COLUMNS, Outcome, format_result, people_cell, plot_timelines,
+    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_GROUP_COLUMNS, CSV_PEOPLE_COLUMNS, CSV_UNSURE_COLUMNS, Outcome, format_result, people_cell, plot_timelines,
     rounded,
 )
 
@@ -102,10 +102,18 @@ def json_run(server, broken_file, tmp_path_factory):
     return videos, done
 
 
+def check_group(entry: dict, expected: dict[str, float]) -> None:
+    """The group's JSON: its emotion (the top class), score and scores over the group labels."""
+    assert set(entry) == {"emotion", "score", "scores"} and tuple(entry["scores"]) == config.GROUP_LABELS
+    assert entry["scores"] == pytest.approx(expected, abs=1e-5)
+    assert entry["emotion"] == max(expected, key=expected.get) and entry["score"] == entry["scores"][entry["emotion"]]
+
+
 def check_result_entry(entry: dict, reference) -> None:
     """Every field of a successful JSON result, with its type, against the Python API's result."""
     assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "people",
-                          "model_info", "unsure", "unsure_below"}
+                          "model_info", "unsure", "unsure_below", "group"}
+    check_group(entry["group"], reference.group)
     # The threshold comes from the ensemble's config (config.UNSURE_BELOW); each mark follows from the score.
     assert entry["unsure_below"] == config.UNSURE_BELOW == reference.unsure_below
     assert entry["unsure"] is (entry["score"] < config.UNSURE_BELOW)
@@ -126,7 +134,8 @@ def check_result_entry(entry: dict, reference) -> None:
         assert current["start"] == pytest.approx(previous["end"], abs=1e-4), "segments are contiguous"
     for i, (segment, expected) in enumerate(zip(segments, reference.segments)):
         assert set(segment) == {"index", "start", "end", "transcript", "scores", "has_speech", "has_face", "speaker",
-                                "people", "emotion", "score", "unsure"}
+                                "people", "emotion", "score", "unsure", "group"}
+        check_group(segment["group"], expected.group)
         assert segment["unsure"] is (segment["score"] < config.UNSURE_BELOW) is expected.unsure
         assert segment["index"] == i
         assert isinstance(segment["speaker"], int) and segment["speaker"] == expected.speaker
@@ -206,7 +215,8 @@ def test_csv_and_plot(server, reference, tmp_path):
     done = run_cli("--csv", "--plot", str(png), "--url", server.grpc_url, str(SAMPLE))
     assert done.returncode == 0, done.stderr
     reader = csv.DictReader(io.StringIO(done.stdout))
-    assert reader.fieldnames == [*CSV_COLUMNS, *reference.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS]
+    assert reader.fieldnames == [*CSV_COLUMNS, *reference.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS,
+                                 *CSV_GROUP_COLUMNS]
     rows = list(reader)
     assert len(rows) == len(reference.segments), "one row per segment"
     for row, segment in zip(rows, reference.segments):
@@ -222,6 +232,9 @@ def test_csv_and_plot(server, reference, tmp_path):
         assert row["error_code"] == row["error_message"] == ""
         assert row["speaker"] == str(segment.speaker) and row["people"] == people_cell(segment)
         assert row["unsure"] == str(int(float(row["score"]) < config.UNSURE_BELOW))
+        group = {g: float(row[f"group_{g}"]) for g in config.GROUP_LABELS}
+        assert group == pytest.approx(segment.group, abs=1e-4)
+        assert row["group"] == max(group, key=group.get) and float(row["group_score"]) == pytest.approx(max(group.values()), abs=1e-4)
     check_png(png)
 
 

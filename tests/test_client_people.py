@@ -30,9 +30,9 @@ from conftest import ROOT
 from fv2es import config
 from fv2es_build import synth
 from fv2es_client import Fv2esClient, Fv2esError, ModelNotReadyError, Segment, VideoResult
-from fv2es_client.client import OUTPUTS, PERSON_OUTPUTS, parse_response, requested_outputs
+from fv2es_client.client import GROUP_OUTPUTS, OUTPUTS, PERSON_OUTPUTS, parse_response, requested_outputs
 from fv2es_client.output import (
-    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_PEOPLE_COLUMNS, CSV_UNSURE_COLUMNS, LANE_HEIGHT, LANES_MARGIN, Outcome, format_result, json_document,
+    CSV_COLUMNS, CSV_ERROR_COLUMNS, CSV_GROUP_COLUMNS, CSV_PEOPLE_COLUMNS, CSV_UNSURE_COLUMNS, LANE_HEIGHT, LANES_MARGIN, Outcome, format_result, json_document,
     people_cell, plot_timelines, write_csv,
 )
 from fv2es_client.sources import byte_clock, capture_chunks, done_marker, file_chunks, growing_file_chunks, source_chunks
@@ -146,7 +146,7 @@ def test_the_client_requests_only_the_outputs_the_model_lists(client):
     assert requested_outputs({"outputs": [{"name": n} for n in (*OUTPUTS, *PERSON_OUTPUTS, "OTHER")]}) == \
         OUTPUTS + PERSON_OUTPUTS
     client.connect()
-    assert client.outputs == OUTPUTS + PERSON_OUTPUTS, "this repository's ensemble has the person outputs"
+    assert client.outputs == OUTPUTS + PERSON_OUTPUTS + GROUP_OUTPUTS, "this repository's ensemble has the person and group outputs"
 
 
 # -- output formats ----------------------------------------------------------------------------------
@@ -155,9 +155,9 @@ def test_the_client_requests_only_the_outputs_the_model_lists(client):
 def test_table_has_a_speaker_column_and_a_people_block(result):
     text = format_result("clip.mp4", result)
     lines = text.splitlines()
-    assert lines[1].split() == ["start", "end", "emotion", "score", "face", "speech", "speaker", "transcript"]
+    assert lines[1].split() == ["start", "end", "emotion", "score", "face", "speech", "speaker", "group", "transcript"]
     rows = lines[2:6]
-    assert rows[1].split()[6:9] == ["person", "0", "hello"] and rows[2].split()[6:9] == ["person", "1", "how"]
+    assert rows[1].split()[6:10] == ["person", "0", "-", "hello"] and rows[2].split()[6:10] == ["person", "1", "-", "how"]
     assert rows[0].split()[6] == "-" and rows[3].split()[6] == "-"
     block = lines[lines.index("  people:") + 1 :]
     assert block[0].split() == ["person", "emotion", "score", "seen", "speaking"]
@@ -171,10 +171,11 @@ def test_json_has_the_speaker_and_the_people(result):
     doc = json.loads(json.dumps(json_document([Outcome("clip.mp4", 1.0, result=result)], {"url": "x"})))
     entry = doc["results"][0]
     assert set(entry) == {"video", "ok", "seconds", "emotion", "score", "scores", "labels", "segments", "people", "model_info",
-                          "unsure", "unsure_below"}
+                          "unsure", "unsure_below", "group"}
+    assert entry["group"] is None  # these outputs have no group scores
     segment = entry["segments"][2]
     assert set(segment) == {"index", "start", "end", "transcript", "scores", "has_speech", "has_face", "speaker", "people",
-                            "emotion", "score", "unsure"}
+                            "emotion", "score", "unsure", "group"}
     assert segment["index"] == 2 and segment["speaker"] == 1
     assert set(segment["people"]) == {"0", "1"}
     assert set(segment["people"]["1"]) == {"emotion", "score", "scores"}
@@ -194,8 +195,9 @@ def test_csv_keeps_its_columns_and_adds_speaker_and_people(result):
     failed = Outcome("bad.mp4", 0.1, error_code="INVALID_ARGUMENT", error_message="not a video")
     write_csv([Outcome("clip.mp4", 1.0, result=result), failed], out)
     reader = csv.DictReader(io.StringIO(out.getvalue()))
-    assert reader.fieldnames == [*CSV_COLUMNS, *LABELS, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS]
+    assert reader.fieldnames == [*CSV_COLUMNS, *LABELS, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS, *CSV_GROUP_COLUMNS]
     assert CSV_PEOPLE_COLUMNS == ("speaker", "people") and CSV_UNSURE_COLUMNS == ("unsure",)
+    assert CSV_GROUP_COLUMNS == ("group", "group_score", "group_positive", "group_neutral", "group_negative")
     rows = list(reader)
     assert [r["speaker"] for r in rows[:4]] == ["-1", "0", "1", "-1"]
     assert rows[0]["people"] == "0:happiness 0.8800;1:neutral 0.8800"

@@ -71,12 +71,29 @@ def fusion_inputs(segments: int = 3) -> dict[str, np.ndarray]:
     }
 
 
+def group_inputs(segments: int = 3) -> dict[str, np.ndarray]:
+    """Two faces and one frame per 1 s segment, two audio rows in every segment but the last."""
+    rng = np.random.default_rng(0)
+    frame_times = np.arange(segments, dtype=np.float32) + 0.5
+    s = config.SCENE_SIZE
+    return {
+        "VISUAL_FEATURES": rng.standard_normal((2 * segments, F)).astype(np.float32),
+        "FACE_TIMES": np.repeat(frame_times, 2),
+        "AUDIO_FEATURES": rng.standard_normal((2 * segments, F)).astype(np.float32),
+        "AUDIO_SEGMENT": np.array([*np.repeat(np.arange(segments - 1), 2), -1, -1], np.int64),
+        "SCENE": rng.standard_normal((segments, 1, s, s)).astype(np.float32),
+        "SCENE_TIMES": frame_times,
+        "SEGMENT_TIMES": times(segments),
+    }
+
+
 # The audio encoder's input: Whisper-state rows from asr, or the mel model's chunks (config.AUDIO_INPUT).
 AUDIO_ROWS = "SPEECH_ROWS" if config.AUDIO_INPUT == "whisper" else "MEL_CHUNKS"
 AUDIO_ROW_SHAPE = (2 * config.SPEECH_STATE_DIM,) if config.AUDIO_INPUT == "whisper" else (config.N_MELS, config.CHUNK_FRAMES)
 
 GOOD = {
     "fusion": fusion_inputs,
+    "group": group_inputs,
     "text_encoder": lambda: {"TEXT_IDS": np.full((2, TOKENS), 1000, np.int64), "TEXT_MASK": np.ones((2, TOKENS), np.int64)},
     "audio_encoder": lambda: {AUDIO_ROWS: np.zeros((2, *AUDIO_ROW_SHAPE), np.float32)},
     "visual_encoder": lambda: {"FACES": np.zeros((2, 1, config.FACE_SIZE, config.FACE_SIZE), np.float32)},
@@ -197,6 +214,16 @@ BAD = {
         ("NaN duration", {"DURATION": np.array([NAN], np.float32)}, "DURATION holds NaN"),
         ("NaN audio", {"AUDIO": with_nan(np.zeros(SR, np.float32))}, "AUDIO holds NaN"),
         ("audio longer than the video", {"AUDIO": np.zeros(10 * SR, np.float32)}, "cannot be longer than the video"),
+    ],
+    "group": [
+        ("fewer face times than faces", {"FACE_TIMES": np.array([0.5], np.float32)}, "VISUAL_FEATURES has 6 rows but FACE_TIMES has 1"),
+        ("audio row in no segment", {"AUDIO_SEGMENT": segment([0, 0, 1, 1, 7, -1])}, "holds segment 7 but there are 3 segments"),
+        ("NaN frame", {"SCENE": with_nan(group_inputs()["SCENE"])}, "SCENE holds NaN"),
+        ("frame time past the limit", {"SCENE_TIMES": np.array([0.5, 1.5, 1e6], np.float32)}, "SCENE_TIMES holds"),
+        ("every face in one long segment", {"FACE_TIMES": np.zeros(400, np.float32), "VISUAL_FEATURES": np.zeros((400, F), np.float32),
+                                            "SEGMENT_TIMES": np.array([[0.0, 1000.0]], np.float32),
+                                            "AUDIO_SEGMENT": np.zeros(6, np.int64)}, "over the limit of"),
+        ("overlapping segments", {"SEGMENT_TIMES": np.array([[0, 2], [1, 3], [3, 4]], np.float32)}, "without overlap"),
     ],
     "face_crop": [
         ("negative duration", {"DURATION": np.array([-5.0], np.float32)}, "DURATION must be a positive number"),

@@ -44,7 +44,7 @@ def by_name(steps) -> dict[str, pipeline.Step]:
 def test_the_served_modalities_are_the_three_of_the_paper():
     assert modalities.names() == ("audio", "visual", "text")
     assert [s.name for s in pipeline.steps() if s.torchscript and s.serves_model] == [
-        "audio_encoder", "visual_encoder", "text_encoder", "fusion"]
+        "audio_encoder", "visual_encoder", "text_encoder", "fusion", "group"]
 
 
 def test_a_new_entry_adds_its_steps_and_tensors_to_the_pipeline():
@@ -146,7 +146,7 @@ def toy_repository(tmp_path_factory):
     served encoders."""
     repository = tmp_path_factory.mktemp("toy") / "models"
     write_configs("toy weights", repository, modalities=ENTRIES)
-    for name in ("audio_encoder", "visual_encoder", "text_encoder"):
+    for name in ("audio_encoder", "visual_encoder", "text_encoder", "group"):  # the group model reads audio and visual rows
         shutil.copy(REPOSITORY / name / "1" / "model.pt", repository / name / "1" / "model.pt")
     torch.manual_seed(0)
     toy_encoder = torch.jit.script(HierarchicalSpectrumEncoder().eval())

@@ -21,7 +21,7 @@ def test_server_gives_what_the_in_process_pipeline_gives(client, sample_bytes):
     local = InProcessPipeline(REPOSITORY).analyze(sample_bytes)
     for name in ("SEGMENT_TIMES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE", "TRANSCRIPTS", "LABELS"):
         np.testing.assert_array_equal(served[name], local[name], err_msg=name)
-    for name in ("SEGMENT_SCORES", "VIDEO_SCORES"):
+    for name in ("SEGMENT_SCORES", "VIDEO_SCORES", "GROUP_SEGMENT_SCORES", "GROUP_SCORES"):
         np.testing.assert_allclose(served[name], local[name], atol=1e-5, err_msg=name)
 
 

@@ -92,7 +92,9 @@ def test_the_stream_gives_the_whole_files_segments(whole, streamed):
         assert sorted(mine.people) == sorted(theirs.people)
         for person, scores in theirs.people.items():
             assert max(abs(mine.people[person][k] - scores[k]) for k in scores) < SCORE_TOLERANCE
+        assert max(abs(mine.group[k] - theirs.group[k]) for k in theirs.group) < SCORE_TOLERANCE  # the group's answer
     assert max(abs(final.scores[k] - whole.scores[k]) for k in whole.scores) < SCORE_TOLERANCE
+    assert max(abs(final.group[k] - whole.group[k]) for k in whole.group) < SCORE_TOLERANCE
     # The stream model publishes the same unsure threshold as the ensemble; each segment is marked by it.
     assert final.unsure_below == whole.unsure_below == config.UNSURE_BELOW
     assert all(s.unsure_below == config.UNSURE_BELOW and s.unsure == (s.score < config.UNSURE_BELOW) for s in segments)

@@ -112,6 +112,9 @@ def test_quick_training_evaluation_and_export(tmp_path):
     assert results["leave_one_corpus_out"]["turev"]["classes"] == ["neutral", "happy", "sad", "angry"]
     assert set(results["calibration"]) == {*settings.BRANCHES, "fused", "fused, neutral words"}
     assert all(0 <= r["after"]["ece"] <= 1 for r in results["calibration"].values())
+    group = torch.load(weights / f"{settings.GROUP_PART}.pt", weights_only=False)  # composed scenes, with its baseline
+    assert group["classes"] == config.GROUP_LABELS
+    assert {"accuracy", "macro_f1"} <= set(group["metrics"]) and {"accuracy", "macro_f1"} <= set(group["baseline"])
     fusion = torch.load(weights / "fusion.pt", weights_only=False)["state_dict"]
     assert fusion["branch_temperature"].shape == (3,) and (fusion["branch_temperature"] > 0).all()
     assert "RepVGG, batch of 64 faces" in result.stdout
@@ -190,3 +193,51 @@ def test_multimodal_training_on_the_fe2e_layout(tmp_path, dataset):
     # The served label set is configuration: weights for another set refuse to export, and say why.
     refused = run("-m", "fv2es_build.repository", "--repository", str(tmp_path / "repo"), "--weights", str(weights), check=False)
     assert refused.returncode != 0 and f"trained for label set '{dataset}'" in refused.stderr
+
+
+def vgaf_layout(root: Path, speech: np.ndarray) -> None:
+    """A small VGAF-layout folder of generated clips: two per split, labels as numbers and as names."""
+    from conftest import make_video
+
+    clips = {"Train": [("a", "1", make_video(speech)), ("b", "3", make_video(speech, faces=False))],
+             "Val": [("c", "negative", make_video(speech[: 2 * config.SAMPLE_RATE])), ("d", "positive", make_video(None))]}
+    for split, videos in clips.items():
+        (root / split).mkdir(parents=True)
+        for name, _, data in videos:
+            (root / split / f"{name}.mp4").write_bytes(data)
+    (root / "Train_labels.txt").write_text("Vid_name Label\na 1\nb 3\n")
+    (root / "Val_labels.txt").write_text("video,label\nc.mp4,negative\nd,positive\n")
+
+
+def test_vgaf_labels_are_read_and_bad_ones_named(tmp_path):
+    from fv2es_build.training.vgaf import read_split
+
+    (tmp_path / "Train").mkdir()
+    (tmp_path / "Train" / "x.mp4").write_bytes(b"")
+    (tmp_path / "Train_labels.txt").write_text("Vid_name Label\nx 2\n")
+    assert read_split(tmp_path, "train") == [(tmp_path / "Train" / "x.mp4", config.GROUP_LABELS.index("neutral"))]
+    (tmp_path / "Train_labels.txt").write_text("Vid_name Label\nx happy\n")
+    with pytest.raises(ValueError, match="Train_labels.txt:2: label 'happy'"):
+        read_split(tmp_path, "train")
+    (tmp_path / "Train_labels.txt").write_text("Vid_name Label\ny 1\n")
+    with pytest.raises(FileNotFoundError, match="no video 'y'"):
+        read_split(tmp_path, "train")
+
+
+@pytest.mark.slow
+def test_group_training_on_videos_in_vgafs_layout(tmp_path, sample_speech):
+    """The group model trains on real videos through the served pipeline's steps (one loss per video),
+    and what it saves loads into the exported form."""
+    vgaf_layout(tmp_path / "vgaf", sample_speech)
+    weights = tmp_path / "weights"
+    out = run("-m", "fv2es_build.train", "group", "--vgaf", str(tmp_path / "vgaf"), "--quick", "--weights", str(weights),
+              "--runs", str(tmp_path / "runs"))
+    assert "vgaf train: 2/2 videos" in out.stdout and "vgaf validation: 2/2 videos" in out.stdout
+    record = torch.load(weights / f"{settings.GROUP_PART}.pt", weights_only=False)
+    assert record["data"].startswith("group videos in VGAF's layout") and 0 <= record["metrics"]["accuracy"] <= 1
+    audio = modalities.by_name("audio")
+    model = models.create("group", audio_features=audio.features, audio_index=audio.index)
+    model.load_state_dict(record["state_dict"])
+    scripted = models.to_torchscript("group", model)
+    segment_scores, video_scores = scripted(*models.example_inputs("group"))
+    assert segment_scores.shape[1] == video_scores.shape[0] == len(config.GROUP_LABELS)

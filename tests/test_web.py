@@ -79,6 +79,12 @@ def test_the_sample_shows_the_clients_result(page, client, sample_bytes):
     transcripts = " ".join(s.transcript for s in expected.segments if s.transcript)
     assert transcripts.split()[0] in page.text_content("#transcript")
 
+    # The group's lane (a cell per segment, coloured by its valence) and the whole video's group emotion.
+    assert page.is_visible("#group-lane") and page.is_visible("#group-overall")
+    assert page.text_content("#group-emotion") == max(expected.group, key=expected.group.get)
+    group_cells = [page.get_attribute(f"#group-lane .lane-cell >> nth={i}", "class").split() for i in range(len(expected.segments))]
+    assert all(f"group-{max(s.group, key=s.group.get)}" in cell for cell, s in zip(group_cells, expected.segments))
+
     # One lane per person under the timeline, a cell per segment; the people table; the speakers.
     people = expected.person_summaries()
     assert page.locator("#people-lanes .lane").count() == len(people)

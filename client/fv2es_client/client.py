@@ -36,6 +36,10 @@ OUTPUTS = ("SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH
 # One timeline per person: requested only when the model's metadata lists them (older servers do not
 # have them; their results then have no people).
 PERSON_OUTPUTS = ("SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "PERSON_SCORES")
+# The group's emotion (one answer for everyone in view), requested where the model has it. Its classes,
+# in the order of the server's group_labels.txt (VGAF's).
+GROUP_OUTPUTS = ("GROUP_SEGMENT_SCORES", "GROUP_SCORES")
+GROUP_LABELS = ("positive", "neutral", "negative")
 NO_SPEAKER = -1  # SEGMENT_SPEAKER of a segment whose speaker is unknown or that has none
 DEFAULT_TIMEOUT_S = 600.0  # per video, end to end
 DEFAULT_RETRIES = 3  # extra attempts after an UNAVAILABLE answer (no other status is retried)
@@ -109,6 +113,7 @@ class Segment:
     people: dict[int, dict[str, float]] = field(default_factory=dict)  # person id -> scores in this segment
     index: int = -1  # position in the video's timeline (0, 1, ...)
     unsure_below: float | None = None  # the server's `unsure_below` (None: a server without one)
+    group: dict[str, float] | None = None  # the group's scores over GROUP_LABELS (None: a server without them)
 
     @property
     def emotion(self) -> str:
@@ -137,7 +142,7 @@ class Segment:
             "index": self.index, "start": self.start, "end": self.end, "transcript": self.transcript,
             "scores": dict(self.scores), "has_speech": self.has_speech, "has_face": self.has_face,
             "speaker": self.speaker, "people": people, "emotion": self.emotion, "score": self.score,
-            "unsure": self.unsure,
+            "unsure": self.unsure, "group": group_dict(self.group),
         }
 
 
@@ -176,6 +181,7 @@ class VideoResult:
     people: dict[int, dict[str, float]] = field(default_factory=dict)  # person id -> overall scores
     duration: float | None = None  # seconds of media, when the server says (live streams)
     unsure_below: float | None = None  # the server's `unsure_below` (None: a server without one)
+    group: dict[str, float] | None = None  # the whole video's group scores over GROUP_LABELS
 
     @property
     def score(self) -> float:
@@ -219,6 +225,7 @@ class VideoResult:
             "model_info": self.model_info,
             "unsure": self.unsure,
             "unsure_below": self.unsure_below,
+            "group": group_dict(self.group),
         }
 
 
@@ -237,6 +244,25 @@ class ServerLimits:
 
 def _label_scores(labels: Sequence[str], row) -> dict[str, float]:
     return {label: float(v) for label, v in zip(labels, row)}
+
+
+def group_scores(rows: np.ndarray | None, n: int) -> list[dict[str, float] | None]:
+    """GROUP_SEGMENT_SCORES [n, 3] (or GROUP_SCORES as [1, 3]) -> scores over GROUP_LABELS per row;
+    all None when the server sent none."""
+    if rows is None:
+        return [None] * n
+    rows = np.asarray(rows, np.float32).reshape(-1, len(GROUP_LABELS))
+    if len(rows) != n:
+        raise ValueError(f"group scores have {len(rows)} rows for {n} segments")
+    return [_label_scores(GROUP_LABELS, row) for row in rows]
+
+
+def group_dict(scores: dict[str, float] | None) -> dict | None:
+    """JSON-shaped group scores: {emotion, score, scores}, or None."""
+    if scores is None:
+        return None
+    emotion, score = top(scores)
+    return {"emotion": emotion, "score": score, "scores": dict(scores)}
 
 
 def person_rows(pairs: np.ndarray | None, pair_scores: np.ndarray | None, labels: Sequence[str],
@@ -284,6 +310,7 @@ def parse_response(outputs: dict[str, np.ndarray]) -> VideoResult:
     if len(speakers) != n:
         raise ValueError(f"SEGMENT_SPEAKER has {len(speakers)} entries for {n} segments")
     people = person_rows(outputs.get("PERSON_SEGMENTS"), outputs.get("PERSON_SEGMENT_SCORES"), labels, n)
+    groups = group_scores(outputs.get("GROUP_SEGMENT_SCORES"), n)
     segments = [
         Segment(
             start=float(times[0]),
@@ -295,10 +322,11 @@ def parse_response(outputs: dict[str, np.ndarray]) -> VideoResult:
             speaker=int(speaker),
             people=persons,
             index=i,
+            group=group,
         )
-        for i, (times, text, scores, speech, face, speaker, persons) in enumerate(zip(
+        for i, (times, text, scores, speech, face, speaker, persons, group) in enumerate(zip(
             outputs["SEGMENT_TIMES"], outputs["TRANSCRIPTS"], outputs["SEGMENT_SCORES"],
-            outputs["SEGMENT_HAS_SPEECH"], outputs["SEGMENT_HAS_FACE"], speakers, people,
+            outputs["SEGMENT_HAS_SPEECH"], outputs["SEGMENT_HAS_FACE"], speakers, people, groups,
         ))
     ]
     return VideoResult(
@@ -308,6 +336,7 @@ def parse_response(outputs: dict[str, np.ndarray]) -> VideoResult:
         labels=labels,
         model_info=json.loads(outputs["MODEL_INFO"][0].decode()),
         people=overall_people(outputs.get("PERSON_SCORES"), labels),
+        group=group_scores(outputs.get("GROUP_SCORES"), 1)[0],
     )
 
 
@@ -343,7 +372,7 @@ def requested_outputs(metadata: dict) -> tuple[str, ...]:
     model has them (a server from before them has not, and Triton refuses a request for an output
     the model lacks)."""
     served = {o.get("name") for o in metadata.get("outputs", [])}
-    return OUTPUTS + tuple(name for name in PERSON_OUTPUTS if name in served)
+    return OUTPUTS + tuple(name for name in PERSON_OUTPUTS + GROUP_OUTPUTS if name in served)
 
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .client import NO_SPEAKER, Segment, VideoResult, person_name, top
+from .client import GROUP_LABELS, NO_SPEAKER, Segment, VideoResult, person_name, top
 
 # The fixed CSV columns; one column per label follows, then the error columns, then the people columns
 # (added last, so that every earlier column keeps its place).
@@ -19,6 +19,8 @@ CSV_ERROR_COLUMNS = ("error_code", "error_message")
 CSV_PEOPLE_COLUMNS = ("speaker", "people")
 # unsure: 1 where the segment's top score is below the server's `unsure_below` (after the people columns).
 CSV_UNSURE_COLUMNS = ("unsure",)
+# The group's emotion in the segment and its scores (after the unsure column; empty from a server without them).
+CSV_GROUP_COLUMNS = ("group", "group_score", *(f"group_{label}" for label in GROUP_LABELS))
 UNSURE_MARK = "?"  # after a score in the table
 JSON_DIGITS = 6  # decimals of times and scores in --json
 # The web page's colours (fv2es_web/static/app.css), for the plot's lanes.
@@ -26,6 +28,7 @@ EMOTION_COLOURS = {
     "anger": "#c0392b", "disgust": "#6b8e23", "fear": "#7d3c98", "happiness": "#e67e22", "neutral": "#7f8c8d",
     "sadness": "#2e6da4", "surprise": "#d4ac0d",
 }
+GROUP_COLOURS = {"positive": "#27ae60", "neutral": "#95a5a6", "negative": "#8e44ad"}  # app.css too
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Outcome:
         return self.result is not None
 
 
-TABLE_HEADER = f"  {'start':>7} {'end':>7}  {'emotion':<10} {'score':>5}  face speech  {'speaker':<9}  transcript"
+TABLE_HEADER = f"  {'start':>7} {'end':>7}  {'emotion':<10} {'score':>5}  face speech  {'speaker':<9}  {'group':<8}  transcript"
 
 
 def speaker_text(speaker: int) -> str:
@@ -55,7 +58,12 @@ def format_row(s: Segment) -> str:
     unsure segment's score is followed by UNSURE_MARK."""
     return (f"  {s.start:7.2f} {s.end:7.2f}  {s.emotion:<10} {s.score:5.2f}{UNSURE_MARK if s.unsure else ' '} "
             f"{'yes' if s.has_face else 'no':<4} {'yes' if s.has_speech else 'no':<6}  {speaker_text(s.speaker):<9}  "
-            f"{s.transcript}").rstrip()
+            f"{group_text(s.group):<8}  {s.transcript}").rstrip()
+
+
+def group_text(scores: dict[str, float] | None) -> str:
+    """The group's emotion (its top class), or "-" from a server without group outputs."""
+    return "-" if scores is None else top(scores)[0]
 
 
 def format_people(result: VideoResult) -> list[str]:
@@ -76,11 +84,20 @@ def format_summary(result: VideoResult) -> str:
     """The lines under the rows: overall scores and emotion, the people, the model."""
     ranked = sorted(result.scores.items(), key=lambda kv: -kv[1])
     lines = ["  overall: " + ", ".join(f"{label} {score:.2f}" for label, score in ranked),
-             f"  overall emotion: {result.emotion}{' (unsure)' if result.unsure else ''}", *format_people(result),
+             f"  overall emotion: {result.emotion}{' (unsure)' if result.unsure else ''}", *format_group(result),
+             *format_people(result),
              f"  model: {result.model_info.get('weights', 'unknown')}"]
     if any(seg.unsure for seg in result.segments):
         lines.insert(0, unsure_note(result.unsure_below))
     return "\n".join(lines)
+
+
+def format_group(result: VideoResult) -> list[str]:
+    """The whole video's group emotion (everyone in view at once), where the server gives it."""
+    if result.group is None:
+        return []
+    ranked = sorted(result.group.items(), key=lambda kv: -kv[1])
+    return [f"  group: {top(result.group)[0]} (" + ", ".join(f"{label} {score:.2f}" for label, score in ranked) + ")"]
 
 
 def unsure_note(threshold: float) -> str:
@@ -142,21 +159,30 @@ class CsvWriter:
     def header(self, labels: list[str]) -> None:
         if not self.started:
             self.labels, self.started = list(labels), True
-            self.writer.writerow([*CSV_COLUMNS, *self.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS])
+            self.writer.writerow([*CSV_COLUMNS, *self.labels, *CSV_ERROR_COLUMNS, *CSV_PEOPLE_COLUMNS, *CSV_UNSURE_COLUMNS,
+                                  *CSV_GROUP_COLUMNS])
 
     def segment(self, video: str, s: Segment) -> None:
         self.header(self.labels if self.labels is not None else list(s.scores))
         self.writer.writerow([
             video, f"{s.start:.3f}", f"{s.end:.3f}", s.emotion, f"{s.score:.4f}", int(s.has_face),
             int(s.has_speech), s.transcript, *[f"{s.scores.get(label, float('nan')):.4f}" for label in self.labels],
-            "", "", s.speaker, people_cell(s), int(s.unsure),
+            "", "", s.speaker, people_cell(s), int(s.unsure), *group_cells(s.group),
         ])
 
     def error(self, video: str, code: str, message: str) -> None:
         """A failed video: one row with only `video` and the error columns."""
         self.header(self.labels or [])
         self.writer.writerow([video, *[""] * (len(CSV_COLUMNS) - 1 + len(self.labels)), code, message,
-                              *[""] * (len(CSV_PEOPLE_COLUMNS) + len(CSV_UNSURE_COLUMNS))])
+                              *[""] * (len(CSV_PEOPLE_COLUMNS) + len(CSV_UNSURE_COLUMNS) + len(CSV_GROUP_COLUMNS))])
+
+
+def group_cells(scores: dict[str, float] | None) -> list[str]:
+    """CSV_GROUP_COLUMNS of a segment (empty without group scores)."""
+    if scores is None:
+        return [""] * len(CSV_GROUP_COLUMNS)
+    emotion, score = top(scores)
+    return [emotion, f"{score:.4f}", *(f"{scores[label]:.4f}" for label in GROUP_LABELS)]
 
 
 def write_csv(outcomes: list[Outcome], out: TextIO) -> None:
@@ -200,9 +226,9 @@ def plot_timelines(outcomes: list[Outcome], path: str | Path) -> int:
     heights = []
     for outcome in done:
         heights.append(SCORES_HEIGHT)
-        people = outcome.result.person_summaries()
-        if people:
-            heights.append(LANES_MARGIN + LANE_HEIGHT * (1 + len(people)))
+        lanes = lane_count(outcome.result)
+        if lanes > 1:
+            heights.append(LANES_MARGIN + LANE_HEIGHT * lanes)
     fig = plt.figure(figsize=(10, sum(heights)))
     grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
     row = 0
@@ -228,7 +254,7 @@ def plot_timelines(outcomes: list[Outcome], path: str | Path) -> int:
         ax.legend(title="overall", fontsize=8, title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
         last = ax
         people = result.person_summaries()
-        if people:
+        if lane_count(result) > 1:
             lanes = fig.add_subplot(grid[row, 0], sharex=ax)
             row += 1
             draw_lanes(lanes, result, people)
@@ -241,18 +267,33 @@ def plot_timelines(outcomes: list[Outcome], path: str | Path) -> int:
     return len(done)
 
 
+def has_group(result: VideoResult) -> bool:
+    return any(s.group is not None for s in result.segments)
+
+
+def lane_count(result: VideoResult) -> int:
+    """Lanes under a video's scores: the video's, the group's (where the server gives it), one per person."""
+    return 1 + has_group(result) + len(result.person_summaries())
+
+
 def draw_lanes(ax, result: VideoResult, people) -> None:
-    """The video's lane (top), then one lane per person: a bar per segment the person is seen in,
-    coloured by their emotion there (opacity: the score); hatched where they are the speaker."""
+    """The video's lane (top), the group's (coloured by its valence), then one lane per person: a bar
+    per segment the person is seen in, coloured by their emotion there (opacity: the score); hatched
+    where they are the speaker."""
     from matplotlib.patches import Patch  # noqa: PLC0415
 
-    names = ["video", *(person_name(p.person) for p in people)]
+    group = has_group(result)
+    names = ["video", *(["group"] if group else []), *(person_name(p.person) for p in people)]
     shown = set()
     for s in result.segments:
         ax.broken_barh([(s.start, s.duration)], (-0.4, 0.8), facecolors=emotion_colour(s.emotion, result.labels),
                        alpha=0.45 + 0.55 * s.score, edgecolor="white", linewidth=0.5)
         shown.add(s.emotion)
-    for lane, p in enumerate(people, start=1):
+        if group and s.group is not None:
+            valence, score = top(s.group)
+            ax.broken_barh([(s.start, s.duration)], (0.6, 0.8), facecolors=GROUP_COLOURS[valence],
+                           alpha=0.45 + 0.55 * score, edgecolor="white", linewidth=0.5)
+    for lane, p in enumerate(people, start=1 + group):
         for s in result.segments:
             speaking = s.speaker == p.person
             scores = s.people.get(p.person)
@@ -272,4 +313,6 @@ def draw_lanes(ax, result: VideoResult, people) -> None:
     ax.grid(axis="x", alpha=0.3)
     handles = [Patch(facecolor=emotion_colour(label, result.labels), label=label) for label in result.labels if label in shown]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="speaking"))
+    if group:
+        handles += [Patch(facecolor=GROUP_COLOURS[label], label=f"group {label}") for label in GROUP_LABELS]
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(handles) // 8)

@@ -42,7 +42,7 @@ from tritonclient.utils import InferenceServerException
 
 from .client import (
     MESSAGE_HEADROOM_BYTES, NO_SPEAKER, Fv2esError, MiB, Segment, VideoResult, _label_scores, overall_people,
-    person_rows, status_name, unsure_threshold,
+    group_scores, person_rows, status_name, unsure_threshold,
 )
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ def parse_segment_response(outputs: dict[str, np.ndarray], labels: Sequence[str]
         speaker=NO_SPEAKER if speaker is None else int(np.asarray(speaker).reshape(-1)[0]),
         people=people,
         index=index,
+        group=group_scores(outputs.get("GROUP_SEGMENT_SCORES"), 1)[0],
     )
 
 
@@ -128,6 +129,7 @@ def parse_end_response(outputs: dict[str, np.ndarray], segments: Sequence[dict[s
         model_info=json.loads(np.asarray(outputs["MODEL_INFO"]).reshape(-1)[0].decode()),
         people=overall_people(outputs.get("PERSON_SCORES"), labels),
         duration=None if duration is None else float(np.asarray(duration).reshape(-1)[0]),
+        group=group_scores(outputs.get("GROUP_SCORES"), 1)[0],
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import config, modalities
 from .modalities import Modality
 from .errors import InputError
-from .segments import SEGMENT_RULE
+from .segments import SEGMENT_RULE, frame_segments
 
 TIME_SLACK_S = 2.0  # demux accepts packets up to 1 s past max_duration_s; one more for rounding
 OVERLAP_TOLERANCE_S = 1e-3  # neighbouring segments share their boundary; float32 rounding aside
@@ -31,6 +31,8 @@ CHUNK_S = config.HOP_LENGTH * config.CHUNK_FRAMES / config.SAMPLE_RATE  # audio 
 # rows beyond that could only come from a crafted request (and would pad every segment to them).
 LONGEST_SEGMENT_S = SEGMENT_RULE.longest_s
 MAX_ROWS_PER_SEGMENT = 2 * (math.ceil(LONGEST_SEGMENT_S / min(CHUNK_S, config.FRAME_INTERVAL_S)) + 1)
+# The group model's visual rows of a segment: each sampled frame and its faces, twice over as above.
+MAX_VISUAL_ROWS_PER_SEGMENT = 2 * (math.ceil(LONGEST_SEGMENT_S / config.FRAME_INTERVAL_S) + 1) * (config.MAX_FACES_PER_FRAME + 1)
 # Magnitudes no real input comes near. Decoded audio lies within +-1 (a float track may overshoot a
 # little); log-mel chunks are standardised per clip, so |z| <= sqrt(values) (<= 1e4 up to hours of
 # audio); faces are grey levels normalised to about +-2.
@@ -65,9 +67,14 @@ class Limits:
         return int(self.max_time_s / SEGMENT_RULE.min_segment_s) + 1
 
     @property
+    def max_frames(self) -> int:
+        """One sampled frame every FRAME_INTERVAL_S."""
+        return int(self.max_time_s / config.FRAME_INTERVAL_S) + 1
+
+    @property
     def max_faces(self) -> int:
         """At most MAX_FACES_PER_FRAME faces per sampled frame."""
-        return (int(self.max_time_s / config.FRAME_INTERVAL_S) + 1) * config.MAX_FACES_PER_FRAME
+        return self.max_frames * config.MAX_FACES_PER_FRAME
 
     @property
     def max_chunks(self) -> int:
@@ -213,10 +220,10 @@ def segment_times(times: np.ndarray, limits: Limits, name: str = "SEGMENT_TIMES"
     return times
 
 
-def face_times(times: np.ndarray, limits: Limits, name: str = "FACE_TIMES") -> np.ndarray:
-    """FACE_TIMES [N]: seconds of each face, -1 for a placeholder row, finite, within the limit."""
+def face_times(times: np.ndarray, limits: Limits, name: str = "FACE_TIMES", what: str = "faces") -> np.ndarray:
+    """FACE_TIMES [N]: seconds of each face (or frame), -1 for a placeholder row, finite, within the limit."""
     times = finite(shape(times, name, (None,)), name)
-    rows(times, name, at_most=limits.max_faces, what="faces")
+    rows(times, name, at_most=limits.max_faces if what == "faces" else limits.max_frames, what=what)
     if times.size:
         if times.min() < -1:
             raise InputError(f"{name} holds {_fmt(times.min())}; times are >= 0 (-1: no face)")
@@ -321,3 +328,29 @@ def fusion_inputs(inputs: dict[str, np.ndarray], entries: tuple[Modality, ...], 
             for name, value in ((m.features, features), (m.index, shape(inputs[m.index], m.index, (None,)))):
                 if len(value) != n_segments:
                     raise InputError(f"{name} has {len(value)} rows but there are {n_segments} segments ({counted} rows)")
+
+
+def group_inputs(inputs: dict[str, np.ndarray], audio: Modality, visual: Modality, limits: Limits) -> None:
+    """The group model's inputs (fv2es.models.group): SEGMENT_TIMES; the faces' features with their
+    FACE_TIMES; the frames (SCENE) with their SCENE_TIMES; the audio modality's features with their
+    segment ids. A segment's visual rows (faces and frames inside it) stay within what a segment of
+    the longest kind can hold: more could only come from a crafted request, and each segment's
+    attention grows with the square of its rows."""
+    times = segment_times(inputs["SEGMENT_TIMES"], limits)
+    n_segments = len(times)
+    features = finite(shape(inputs[visual.features], visual.features, (None, visual.feature_dim)), visual.features)
+    rows(features, visual.features, at_least=1, at_most=limits.max_faces, what="faces")
+    same_rows(features, visual.features, face_times(inputs["FACE_TIMES"], limits), "FACE_TIMES")
+    scene = finite(shape(inputs["SCENE"], "SCENE", (None, 1, config.SCENE_SIZE, config.SCENE_SIZE)), "SCENE", max_abs=FACE_MAX_ABS)
+    rows(scene, "SCENE", at_least=1, at_most=limits.max_frames, what="frames")
+    same_rows(scene, "SCENE", face_times(inputs["SCENE_TIMES"], limits, "SCENE_TIMES", "frames"), "SCENE_TIMES")
+    sounds = finite(shape(inputs[audio.features], audio.features, (None, audio.feature_dim)), audio.features)
+    rows(sounds, audio.features, at_least=1, at_most=getattr(limits, audio.max_rows))
+    same_rows(sounds, audio.features, inputs[audio.index], audio.index)
+    segment_ids(inputs[audio.index], audio.index, n_segments, "SEGMENT_TIMES rows")
+    owners = np.concatenate([frame_segments(np.asarray(inputs[name], np.float32), times) for name in ("FACE_TIMES", "SCENE_TIMES")])
+    counts = np.bincount(owners[owners >= 0], minlength=n_segments)
+    if counts.size and counts.max() > MAX_VISUAL_ROWS_PER_SEGMENT:
+        busiest = int(counts.argmax())
+        raise InputError(f"segment {busiest} holds {int(counts[busiest])} faces and frames, over the limit of "
+                         f"{MAX_VISUAL_ROWS_PER_SEGMENT} per segment")

@@ -144,6 +144,7 @@ FACE_CASCADE = "haarcascade_frontalface_alt2.xml"
 # docs/face_detectors.md compares them (benchmarks/faces.py).
 FACE_DETECTOR = "mtcnn"
 FACE_SIZE = 48  # encoder input: 48 x 48 grey, as FER2013
+SCENE_SIZE = 32  # the group model's view of the whole frame: 32 x 32 grey (fv2es.scene)
 FACE_MARGIN = 0.1  # context added around a detected box, as a fraction of its size
 # Haar: faces are detected on a copy scaled down to this width, with this pyramid step: 14 ms per 720p
 # frame instead of 42 ms at 640 px / 1.1, same hits on the generated clips (320 px misses small faces).

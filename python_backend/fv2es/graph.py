@@ -13,7 +13,7 @@ class Tensor:
     name: str
     dtype: str  # Triton's data type without "TYPE_": FP32, INT64, BOOL, STRING
     dims: tuple[int, ...]  # per request (without the batch dimension of a batched model)
-    labels: bool = False  # carries label_filename labels.txt (the scores' class names)
+    labels: str = ""  # the label_filename of scores (the file of their class names, pipeline.LABEL_FILES)
     optional: bool = False  # an input a request may leave out
 
 

@@ -15,11 +15,16 @@ from . import config
 from .segments import aggregate_scores, frame_segments
 
 
+def valence_of(name: str) -> str:
+    """The valence (one of GROUP_LABELS) of a served label or of a corpus class (mapped to its label first)."""
+    return config.LABEL_VALENCE.get(config.CLASS_TO_LABEL.get(name, name), "negative")
+
+
 def valence_map(labels: tuple[str, ...] = config.LABELS) -> np.ndarray:
     """[len(labels), 3] 0/1 matrix sending each label to its valence in GROUP_LABELS."""
     matrix = np.zeros((len(labels), len(config.GROUP_LABELS)), np.float32)
     for i, label in enumerate(labels):
-        matrix[i, config.GROUP_LABELS.index(config.LABEL_VALENCE.get(label, "negative"))] = 1.0
+        matrix[i, config.GROUP_LABELS.index(valence_of(label))] = 1.0
     return matrix
 
 

@@ -31,12 +31,15 @@ class InProcessPipeline:
         self.tokenizer = load_tokenizer()
         self.transform = mel_transform()
         self.models = {s.name: load_for_inference(str(repository / s.name / "1" / "model.pt")) for s in self.steps if s.torchscript and s.serves_model}
-    def run_model(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """A TorchScript model on its inputs by name: as one dictionary (the fusion) or in order."""
+
+    def run_model(self, name: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A TorchScript model's outputs, in order, on its inputs by name: as one dictionary (the fusion,
+        the group model) or in order."""
         tensors = {k: torch.from_numpy(np.ascontiguousarray(x)) for k, x in inputs.items()}
         model = self.models[name]
         with torch.inference_mode():
-            return (model(tensors) if takes_dictionary(forward_arguments(model)) else model(*tensors.values())).numpy()
+            result = model(tensors) if takes_dictionary(forward_arguments(model)) else model(*tensors.values())
+        return [r.numpy() for r in (result if isinstance(result, (tuple, list)) else (result,))]
 
     def analyze(self, video: bytes) -> Arrays:
         """The ensemble's outputs for one video (MODEL_INFO aside)."""
@@ -57,19 +60,20 @@ class InProcessPipeline:
         if step.runner == "people":
             return stages.people(x, self.modalities, limits=self.limits)
         if step.runner == "torchscript":
-            return {step.outputs[0].name: self.run_model(step.model_name, {i.name: x[i.name] for i in step.inputs})}
+            return dict(zip((o.name for o in step.outputs), self.run_model(step.model_name, {i.name: x[i.name] for i in step.inputs})))
         if step.runner == "aggregate":
             return stages.aggregate(x["SEGMENT_SCORES"], x["SEGMENT_TIMES"], list(config.LABELS), limits=self.limits)
         if step.runner == "people_aggregate":
             return stages.people_aggregate(x["PERSON_PAIRS"], x["PAIR_SCORES"], x["SEGMENT_TIMES"], limits=self.limits)
         raise ValueError(f"step {step.name}: no in-process runner {step.runner!r}")
 
-    def run(self, tensors: dict) -> Arrays:
-        """Runs the steps that the ensemble's outputs need from `tensors` (all of them from
-        {"VIDEO": bytes}; those after preprocessing from what a two-phase pipeline read back from its
-        files), in the pipeline's order, and returns the ensemble's outputs (MODEL_INFO aside)."""
+    def run(self, tensors: dict, wanted: tuple[str, ...] = pipeline.ENSEMBLE_OUTPUTS) -> Arrays:
+        """Runs the steps that `wanted` (default the ensemble's outputs) needs from `tensors` (all of
+        them from {"VIDEO": bytes}; those after preprocessing from what a two-phase pipeline read back
+        from its files), in the pipeline's order, and returns `wanted` (MODEL_INFO aside). Training
+        asks for a step's inputs (build/training/vgaf.py: the group model's)."""
         tensors = dict(tensors)
-        for step in pipeline.plan(self.steps, set(tensors)):
+        for step in pipeline.plan(self.steps, set(tensors), wanted):
             outputs = self.run_step(step, {i.name: tensors[step.source(i.name)] for i in step.inputs})
             tensors.update({step.target(name): value for name, value in outputs.items()})
-        return {name: tensors[name] for name in pipeline.ENSEMBLE_OUTPUTS if name in tensors}
+        return {name: tensors[name] for name in wanted if name in tensors}

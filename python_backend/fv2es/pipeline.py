@@ -21,13 +21,18 @@ from .streams import StreamLimits
 
 C = len(config.LABELS)
 LABELS_FILE = "labels.txt"
+GROUP_LABELS_FILE = "group_labels.txt"
+LABEL_FILES = {LABELS_FILE: config.LABELS, GROUP_LABELS_FILE: config.GROUP_LABELS}  # file -> the class names it lists
+G = len(config.GROUP_LABELS)
 
 
 ENSEMBLE_INPUT = string("VIDEO", 1)
 ENSEMBLE_OUTPUTS = ("SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH", "SEGMENT_HAS_FACE",
                     "VIDEO_SCORES", "LABELS", "MODEL_INFO",
                     # one timeline per person (added after the first eight, which keep their meaning)
-                    "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "PERSON_SCORES")
+                    "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "PERSON_SCORES",
+                    # the group's emotion (fv2es.models.group)
+                    "GROUP_SEGMENT_SCORES", "GROUP_SCORES")
 
 INPUT_LIMITS = {"max_input_bytes": str(config.MAX_INPUT_BYTES), "max_duration_s": str(config.MAX_DURATION_S)}
 # How clients read the scores: below this top score a result is marked unsure (ensemble and stream model).
@@ -63,7 +68,7 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
     person_sources = {name: person for m in entries for name, person in m.person_tensors().items()}
     person_inputs = tuple(t for m in entries for t in m.person_inputs())
     person_outputs = tuple(Tensor(person_sources[t.name], t.dtype, t.dims) for t in fusion_inputs if t.name in person_sources)
-    fusion_outputs = (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=True),)
+    fusion_outputs = (Tensor("SEGMENT_SCORES", "FP32", (-1, C), labels=LABELS_FILE),)
     preprocessing = [step for m in entries for step in m.preprocess]
     # The models that read modality tensors by their entries run the entries the repository was built with.
     served_modalities = {modality_registry.PARAMETER: modality_registry.to_parameter(entries)}
@@ -72,7 +77,7 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
              parameters=INPUT_LIMITS),
         Step("face_crop", "face_crop", (ENSEMBLE_INPUT, fp32("DURATION", 1)),
              (fp32("FACES", -1, 1, s, s), fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), boolean("FACE_MAIN", -1),
-              fp32("FACE_MOUTH", -1)),
+              fp32("FACE_MOUTH", -1), fp32("SCENE", -1, 1, config.SCENE_SIZE, config.SCENE_SIZE), fp32("SCENE_TIMES", -1)),
              kind="KIND_AUTO", parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS}),
         Step("asr", "asr", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)), asr_outputs, kind="KIND_AUTO",
              # audio_branch_asr_model: what the audio weights were trained on (build/export.py checks it); the
@@ -100,15 +105,34 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
              sources=fusion_sources, parameters={**DURATION_LIMIT, **served_modalities}),
         Step("person_fusion", "torchscript", fusion_inputs, fusion_outputs, model="fusion",
              sources={**fusion_sources, **person_sources}, targets={"SEGMENT_SCORES": "PAIR_SCORES"}),
+        *group_steps(entries, weights),
         Step("aggregate", "aggregate", (fp32("SEGMENT_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
-             (Tensor("VIDEO_SCORES", "FP32", (C,), labels=True), string("LABELS", C), string("MODEL_INFO", 1)),
+             (Tensor("VIDEO_SCORES", "FP32", (C,), labels=LABELS_FILE), string("LABELS", C), string("MODEL_INFO", 1)),
              parameters={"weights": weights, "labels_file": LABELS_FILE, **DURATION_LIMIT}),
         Step("people_aggregate", "people_aggregate",
              (int64("PERSON_PAIRS", -1, 2), fp32("PAIR_SCORES", -1, C), fp32("SEGMENT_TIMES", -1, 2)),
-             (int64("PERSON_SEGMENTS", -1, 2), Tensor("PERSON_SEGMENT_SCORES", "FP32", (-1, C), labels=True),
-              Tensor("PERSON_SCORES", "FP32", (-1, C), labels=True)),
+             (int64("PERSON_SEGMENTS", -1, 2), Tensor("PERSON_SEGMENT_SCORES", "FP32", (-1, C), labels=LABELS_FILE),
+              Tensor("PERSON_SCORES", "FP32", (-1, C), labels=LABELS_FILE)),
              parameters=DURATION_LIMIT),
     ]
+
+
+def group_steps(entries: tuple[Modality, ...], weights: str) -> list[Step]:
+    """The group model's step (fv2es.models.group): every face's features, the frames at low
+    resolution and the audio's features -> group scores per segment and for the whole video. Only
+    with an audio and a visual modality among the entries."""
+    by_name = {m.name: m for m in entries}
+    if not {"audio", "visual"} <= set(by_name):
+        return []
+    audio, visual, s = by_name["audio"], by_name["visual"], config.SCENE_SIZE
+    return [Step("group", "torchscript",
+                 (fp32(visual.features, -1, visual.feature_dim), fp32("FACE_TIMES", -1), *audio.fusion_inputs(),
+                  fp32("SCENE", -1, 1, s, s), fp32("SCENE_TIMES", -1), fp32("SEGMENT_TIMES", -1, 2)),
+                 (Tensor("GROUP_SEGMENT_SCORES", "FP32", (-1, G), labels=GROUP_LABELS_FILE),
+                  Tensor("GROUP_SCORES", "FP32", (G,), labels=GROUP_LABELS_FILE)),
+                 sources={audio.index: audio.index_source} if audio.index != audio.index_source else {},
+                 kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT,
+                                               modality_registry.PARAMETER: modality_registry.to_parameter(entries)})]
 
 
 # The live stream's model: the container stream's next bytes in; responses: the stream's key on its
@@ -117,8 +141,8 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
 STREAM_EVENTS = ("open", "segment", "end")
 STREAM_KEY = Tensor("STREAM_KEY", "STRING", (1,), optional=True)
 STREAM_SEGMENT_OUTPUTS = ("SEGMENT_INDEX", "SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH",
-                          "SEGMENT_HAS_FACE", "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES")
-STREAM_END_OUTPUTS = ("VIDEO_SCORES", "PERSON_SCORES", "LABELS", "MODEL_INFO", "DURATION")
+                          "SEGMENT_HAS_FACE", "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "GROUP_SEGMENT_SCORES")
+STREAM_END_OUTPUTS = ("VIDEO_SCORES", "PERSON_SCORES", "LABELS", "MODEL_INFO", "DURATION", "GROUP_SCORES")
 
 
 def stream_step(pipeline: list[Step]) -> Step:

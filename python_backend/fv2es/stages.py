@@ -17,6 +17,7 @@ from .modalities import FACES, Modality
 from .people import person_rows, person_scores, segment_speakers
 from .media import decode_audio, sample_frames
 from .segments import Segment, aggregate_scores, frame_segments, segment_timeline
+from .scene import SceneRows
 from .text import tokenize
 
 if TYPE_CHECKING:  # torch and faster-whisper stay out of the models that do not need them (memory)
@@ -51,7 +52,8 @@ def face_crop(
     (fv2es.faces.FaceRows): FACES [N, 1, S, S] normalised crops, FACE_TIMES [N] seconds (-1:
     placeholder), FACE_PERSON [N] (the person each face is, -1: placeholder), FACE_MAIN [N] (the
     largest face of its frame: the visual input of the segment scores), FACE_MOUTH [N] (mouth
-    movement since the person's previous face, -1: none).
+    movement since the person's previous face, -1: none); and every sampled frame at low resolution
+    (fv2es.scene): SCENE [T, 1, s, s], SCENE_TIMES [T] (-1: placeholder).
 
     Runs after demux has accepted the file: a video stream that is corrupt (or undecodable) gives
     the faces of the frames decoded before the damage, and segments past it are flagged faceless.
@@ -59,7 +61,8 @@ def face_crop(
     if duration is not None:
         checks.duration(duration, limits)
     frames = sample_frames(video, limits=limits, stop_at_decode_error=True)
-    return face_rows(video_faces(frames, detector))
+    scenes = SceneRows()
+    return {**face_rows(video_faces(scenes.watch(frames), detector)), **scenes.take()}
 
 
 def face_rows(rows: Arrays) -> Arrays:

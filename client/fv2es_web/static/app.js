@@ -122,6 +122,7 @@ function render(file, body) {
     line.onclick = block.onclick;
     transcript.append(line);
   });
+  renderGroup(body.group, segments);
   renderPeople(body.people || [], segments);
   $("axis-end").textContent = fmt(duration);
   $("overall-emotion").textContent = body.emotion + unsureText(body);
@@ -135,6 +136,34 @@ function render(file, body) {
   }
   $("result").hidden = false;
   highlight(0);
+}
+
+// The group's lane under the timeline (everyone in view at once): a cell per segment coloured by the
+// group's valence, and the whole video's group emotion; hidden for a server without group outputs.
+function renderGroup(group, segments) {
+  const lane = $("group-lane");
+  lane.replaceChildren();
+  const label = document.createElement("span"); label.className = "lane-label"; label.textContent = "group";
+  lane.append(label);
+  segments.forEach((s, i) => {
+    const cell = document.createElement("div");
+    cell.className = "lane-cell";
+    cell.dataset.index = i;
+    cell.style.flex = String(Math.max(s.end - s.start, 0.01));
+    if (s.group) {
+      cell.classList.add("group-" + s.group.emotion);
+      cell.style.opacity = String(0.45 + 0.55 * s.group.score);
+      cell.title = "group, " + fmt(s.start) + "-" + fmt(s.end) + ": " + s.group.emotion + " " + s.group.score.toFixed(2);
+    }
+    cell.onclick = () => { $("player").currentTime = s.start + 0.01; };
+    lane.append(cell);
+  });
+  lane.hidden = !group;
+  $("group-overall").hidden = !group;
+  if (group) {
+    $("group-emotion").textContent = group.emotion;
+    $("group-score").textContent = group.score.toFixed(2);
+  }
 }
 
 // One lane per person under the timeline: a cell per segment, coloured by that person's emotion

@@ -28,7 +28,11 @@ def create(name: str, **kwargs) -> torch.nn.Module:
         from .fusion import Fv2esFusion
 
         return Fv2esFusion(**kwargs)
-    raise KeyError(f"unknown model {name!r}; known: {', '.join(ENCODER_NAMES)}")
+    if name == "group":
+        from .group import GroupEmotion
+
+        return GroupEmotion(**kwargs)
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(ENCODER_NAMES)}, group")
 
 
 def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
@@ -46,7 +50,28 @@ def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
         return ids, mask
     if name == "fusion":
         return (fusion_example(batch),)
+    if name == "group":
+        return (group_example(batch),)
     raise KeyError(name)
+
+
+def group_example(batch: int = 3) -> dict[str, torch.Tensor]:
+    """The group model's inputs by name for max(batch, 2) segments of 2 s: two frames per segment with
+    two faces each (one placeholder face row, one frame past the last segment), speech in every other one."""
+    segments = max(batch, 2)
+    frame_times = torch.arange(segments * 2) * 1.0 + 0.5
+    audio = modalities.by_name("audio")
+    speech_owner = torch.arange(segments * 3) // 3
+    speech_owner[speech_owner % 2 == 1] = -1
+    return {
+        "SEGMENT_TIMES": torch.stack([torch.arange(segments) * 2.0, torch.arange(segments) * 2.0 + 2.0], 1),
+        "VISUAL_FEATURES": torch.randn(segments * 4 + 1, config.FEATURE_DIM),
+        "FACE_TIMES": torch.cat([frame_times.repeat_interleave(2), torch.tensor([-1.0])]),
+        "SCENE": torch.randn(segments * 2 + 1, 1, config.SCENE_SIZE, config.SCENE_SIZE),
+        "SCENE_TIMES": torch.cat([frame_times, torch.tensor([segments * 2.0 + 1])]),
+        audio.features: torch.randn(segments * 3, audio.feature_dim),
+        audio.index: speech_owner,
+    }
 
 
 def fusion_example(batch: int = 3, entries: tuple[modalities.Modality, ...] | None = None) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ raises instead, which the backend returns as that request's error."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,26 @@ class CheckedFusion(nn.Module):
         return self.fusion(inputs)
 
 
+class CheckedGroup(nn.Module):
+    """The group model's row counts agree (features and times, rows and their segment ids) and its
+    audio rows' segment ids are in [-1, S); faces and frames find their segments by time (no index)."""
+
+    def __init__(self, group: torch.jit.ScriptModule, audio: modalities.Modality, visual: modalities.Modality):
+        super().__init__()
+        self.group = group
+        self.audio_features, self.audio_index, self.visual_features = audio.features, audio.index, visual.features
+
+    def forward(self, inputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        for name in [self.visual_features, "FACE_TIMES", "SCENE", "SCENE_TIMES", self.audio_features, self.audio_index, "SEGMENT_TIMES"]:
+            if name not in inputs:
+                raise ValueError("the group model needs input " + name)
+        check_rows(inputs[self.visual_features], self.visual_features, inputs["FACE_TIMES"], "FACE_TIMES")
+        check_rows(inputs["SCENE"], "SCENE", inputs["SCENE_TIMES"], "SCENE_TIMES")
+        check_rows(inputs[self.audio_features], self.audio_features, inputs[self.audio_index], self.audio_index)
+        check_index(inputs[self.audio_index], inputs["SEGMENT_TIMES"].shape[0], self.audio_index, -1)
+        return self.group(inputs)
+
+
 def embedding_rows(model: torch.jit.ScriptModule, parameter_suffix: str = "word_embeddings.weight") -> int | None:
     """Rows of the token embedding of a TorchScript text model (its vocabulary size), or None.
 
@@ -84,4 +104,6 @@ def checked(name: str, scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModu
         return torch.jit.script(CheckedTextEncoder(scripted, vocab_size))
     if name == "fusion":
         return torch.jit.script(CheckedFusion(scripted, modalities.modalities()))
+    if name == "group":
+        return torch.jit.script(CheckedGroup(scripted, modalities.by_name("audio"), modalities.by_name("visual")))
     return scripted

@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..faces import FaceRows, make_face_detector
 from ..livemedia import LiveMedia
 from ..people import person_scores
+from ..scene import SceneRows
 from ..segments import aggregate_scores
 from ..stages import face_rows
 from ..streams import StreamError, StreamLimits, StreamTable
@@ -122,12 +123,14 @@ class Stream:
     def __init__(self, detector, limits: checks.Limits):
         self.live = LiveMedia(limits=limits)
         self.faces = FaceRows(detector)
+        self.scenes = SceneRows()  # the frames at low resolution not yet given to a stretch
         self.rows: list[dict[str, np.ndarray]] = []  # face rows not yet given to a stretch
         self.cut = 0  # sample where the first stretch not yet answered starts
         self.cutter = stretches.Cutter()  # keeps the open stretch's speech probabilities between chunks
         self.cuts: list[int] = []  # cuts decided, their stretches not yet answered
         self.segment_times: list[np.ndarray] = []
         self.segment_scores: list[np.ndarray] = []
+        self.group_scores: list[np.ndarray] = []
         self.pairs: list[np.ndarray] = []
         self.pair_scores: list[np.ndarray] = []
         self.labels = self.model_info = None
@@ -138,6 +141,7 @@ class Stream:
 
     def take_faces(self, final: bool) -> None:
         for t, grey in self.live.take_frames():
+            self.scenes.add(t, grey)
             self.add_rows(self.faces.add(t, grey))
         if final:
             self.add_rows(self.faces.finish())
@@ -147,7 +151,10 @@ class Stream:
             self.rows.append(rows)
 
     def faces_until(self, end_s: float | None) -> dict[str, np.ndarray]:
-        """The face rows before `end_s` (all of them when None), removed from the pending ones."""
+        """The face rows and scene frames before `end_s` (all of them when None), removed from the pending ones."""
+        return {**self._face_rows_until(end_s), **self.scenes.take(end_s)}
+
+    def _face_rows_until(self, end_s: float | None) -> dict[str, np.ndarray]:
         if not self.rows:
             return face_rows({k: np.zeros((0, 1, config.FACE_SIZE, config.FACE_SIZE) if k == "FACES" else 0) for k in FACE_KEYS})
         rows = {k: np.concatenate([r[k] for r in self.rows]) for k in FACE_KEYS}
@@ -327,6 +334,7 @@ class TritonPythonModel:
             sender.send(self._response(segment))
         stream.segment_times.append(out["SEGMENT_TIMES"])
         stream.segment_scores.append(out["SEGMENT_SCORES"])
+        stream.group_scores.append(out["GROUP_SEGMENT_SCORES"])
         stream.pairs.append(pairs)
         stream.pair_scores.append(out["PERSON_SEGMENT_SCORES"])
         stream.labels, stream.model_info = out["LABELS"], out["MODEL_INFO"]
@@ -339,6 +347,7 @@ class TritonPythonModel:
             "EVENT": np.array([b"end"], np.object_), "VIDEO_SCORES": aggregate_scores(scores, times), "PERSON_SCORES": people,
             "LABELS": stream.labels, "MODEL_INFO": stream.model_info,
             "DURATION": np.array([stream.live.duration], np.float32),
+            "GROUP_SCORES": aggregate_scores(np.concatenate(stream.group_scores), times),
         }))
 
     def _run(self, tensors: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""One runner for every TorchScript model of the repository (encoders and fusion).
+"""One runner for every TorchScript model of the repository (encoders, fusion and group).
 
 Loads `<version>/model.pt`, passes the config's inputs in their config order to `forward` and names
 the outputs in config order. With max_batch_size > 0 the rows of all requests that the dynamic
@@ -26,6 +26,11 @@ from .base import PipelineModel, request_inputs
 def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> Callable[[dict[str, np.ndarray]], None]:
     """The validation of this model's inputs, by their names; a model without one is refused."""
     names = tuple(model.input_names)
+    if "SCENE" in names:  # the group model: the audio and visual modalities of its config's entries
+        entries = modalities.from_model(model.parameter)
+        audio, visual = modalities.by_name("audio", entries), modalities.by_name("visual", entries)
+        limits = checks.limits_from(model.parameter)
+        return lambda x: checks.group_inputs(x, audio, visual, limits)
     if takes_dictionary(forward_arguments(loaded)):  # the fusion: its inputs are its modalities' features and indices
         entries = modalities.in_fusion_inputs(names, modalities.from_model(model.parameter))
         limits = checks.limits_from(model.parameter)
