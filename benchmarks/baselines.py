@@ -28,7 +28,6 @@ import numpy as np
 from fv2es import config, stages, stretches
 from fv2es.asr import SpeechRecognizer
 from fv2es.checks import Limits
-from fv2es.faces import video_faces
 from fv2es.inprocess import InProcessPipeline
 
 WAV_SCALE = 32767.0
@@ -102,7 +101,8 @@ def extract_frames(video_path: Path, folder: Path) -> None:
 
 
 def faces_from_images(folder: Path, detector) -> dict[str, np.ndarray]:
-    """The server's face step (same detector, tracking and crops) on the extracted images."""
+    """The server's face step (same detector, tracking and crops, and the frames at low resolution)
+    on the extracted images."""
 
     def frames():
         for path in sorted(folder.glob("*.jpg")):
@@ -112,7 +112,7 @@ def faces_from_images(folder: Path, detector) -> dict[str, np.ndarray]:
                 grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             yield float(path.stem), grey
 
-    return stages.face_rows(video_faces(frames(), detector))
+    return stages.frame_rows(frames(), detector)
 
 
 def decode_floor(video: bytes) -> int:

@@ -25,6 +25,20 @@ def test_server_gives_what_the_in_process_pipeline_gives(client, sample_bytes):
         np.testing.assert_allclose(served[name], local[name], atol=1e-5, err_msg=name)
 
 
+def test_the_two_phase_baseline_gives_the_in_process_outputs(sample_bytes):
+    """make bench's two-phase baseline (files between the phases) computes what the pipeline does."""
+    import sys
+
+    sys.path.insert(0, str(REPOSITORY.parent / "benchmarks"))
+    from baselines import TwoPhasePipeline  # benchmarks/baselines.py
+
+    local = InProcessPipeline(REPOSITORY)
+    expected, two_phase = local.analyze(sample_bytes), TwoPhasePipeline(local).analyze(sample_bytes)
+    assert sorted(two_phase) == sorted(expected)
+    for name in ("SEGMENT_SCORES", "GROUP_SEGMENT_SCORES", "PERSON_SEGMENT_SCORES"):
+        np.testing.assert_allclose(two_phase[name], expected[name], atol=0.05, err_msg=name)  # JPEG frames: near, not equal
+
+
 @pytest.mark.parametrize("container_format, video_codec", [("mp4", "libx264"), ("webm", "libvpx"), ("avi", "mpeg4")])
 def test_skipping_unreferenced_frames_keeps_one_frame_per_interval(monkeypatch, container_format, video_codec):
     # Frames that nothing references are not decoded (FRAME_SKIP_NONREF); the sampling must still

@@ -60,7 +60,12 @@ def face_crop(
     """
     if duration is not None:
         checks.duration(duration, limits)
-    frames = sample_frames(video, limits=limits, stop_at_decode_error=True)
+    return frame_rows(sample_frames(video, limits=limits, stop_at_decode_error=True), detector)
+
+
+def frame_rows(frames, detector: FaceDetector) -> Arrays:
+    """The face step's outputs from (time, grey frame) pairs: every face (`face_rows`) and every
+    frame at low resolution (fv2es.scene)."""
     scenes = SceneRows()
     return {**face_rows(video_faces(scenes.watch(frames), detector)), **scenes.take()}
 
