@@ -33,7 +33,7 @@ TRAINING = {
     "fusion": {"epochs": 300, "batch_size": 256, "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.0, "neutral_words": 0.5},
     # build/training/group.py: steps of `batch_size` composed scenes; its pools of faces and clips per valence
     "group": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "evaluate_every": 250,
-              "validation_scenes": 1200, "faces_per_valence": 2000, "clips_per_valence": 80},
+              "validation_scenes": 1200, "faces_per_valence": 6000, "clips_per_valence": 80},
     # build/training/vgaf.py: group videos (VGAF's layout), one loss per video, from the composed-scene weights
     "group_videos": {"epochs": 10, "lr": 3e-4, "weight_decay": 0.01},
     "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
