@@ -36,6 +36,9 @@ TRAINING = {
               "validation_scenes": 1200, "faces_per_valence": 6000, "clips_per_valence": 80},
     # build/training/vgaf.py: group videos (VGAF's layout), one loss per video, from the composed-scene weights
     "group_videos": {"epochs": 10, "lr": 3e-4, "weight_decay": 0.01},
+    # build/training/end_to_end.py: steps of `batch_size` composed clips, from the shipped weights
+    "end_to_end": {"steps": 300, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.01, "evaluate_every": 50,
+                   "validation_clips": 1200, "faces_per_label": 1000, "clips_per_valence": 80},
     "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
 }
 TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)

@@ -149,7 +149,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "group", "multimodal"))
+    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "group", "end_to_end", "multimodal"))
     parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR, help="the corpora (default: %(default)s)")
     parser.add_argument("--runs", type=Path, help="checkpoints, to resume from (default: build/out/runs)")
     parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {settings.WEIGHTS_DIR}/, "
@@ -172,9 +172,15 @@ def main(argv: list[str] | None = None) -> None:
     # A smoke run never overwrites the shipped weights unless asked to.
     out = ROOT / "build" / "out" / ("quick" if args.quick else "")
     args.runs = args.runs or out / "runs"
-    args.weights = args.weights or (out / "weights" if args.quick else ROOT / settings.WEIGHTS_DIR)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.part == "end_to_end":  # fine-tunes the shipped weights into a folder of its own
+        from .training.end_to_end import OUT, train_end_to_end  # noqa: PLC0415
+
+        args.weights = args.weights or (out / "end_to_end" if args.quick else OUT)
+        train_end_to_end(args)
+        return
+    args.weights = args.weights or (out / "weights" if args.quick else ROOT / settings.WEIGHTS_DIR)
     if args.part == "multimodal":
         train_multimodal(args)
         return

@@ -241,3 +241,38 @@ def test_group_training_on_videos_in_vgafs_layout(tmp_path, sample_speech):
     scripted = models.to_torchscript("group", model)
     segment_scores, video_scores = scripted(*models.example_inputs("group"))
     assert segment_scores.shape[1] == video_scores.shape[0] == len(config.GROUP_LABELS)
+
+
+def test_end_to_end_weights_round_trip_through_their_folder(tmp_path):
+    """What the end-to-end fine-tuning saves is what it trained: the served modules loaded back from
+    the folder give the fused scores of the modules it saved (the visual encoder still in training form)."""
+    from fv2es_build.export import trained_models
+    from fv2es_build.training.end_to_end import EndToEnd, save
+
+    source = ROOT / settings.WEIGHTS_DIR
+    model = EndToEnd(trained_models(source))
+    torch.manual_seed(0)
+    with torch.no_grad():  # as if trained: every trainable tensor of the encoders and the fusion moved
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save(model.eval(), source, tmp_path, {"command": "test", "metrics": {"accuracy": 0.5}})
+    loaded = EndToEnd(trained_models(tmp_path)).eval()
+    audio, visual, text = (modalities.by_name(m) for m in ("audio", "visual", "text"))
+    batch = {"FACES": torch.randn(6, 1, config.FACE_SIZE, config.FACE_SIZE), visual.index: torch.tensor([0, 0, 0, 1, 1, 1]),
+             "AUDIO_ROWS": torch.randn(5, 2 * config.SPEECH_STATE_DIM), audio.index: torch.tensor([0, 0, 1, 1, 1]),
+             text.features: torch.zeros(2, text.feature_dim), text.index: torch.zeros(2, dtype=torch.bool)}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model(batch), atol=1e-5, rtol=0)
+    assert torch.load(tmp_path / "visual.pt", weights_only=False)["command"] == "test"
+
+
+@pytest.mark.slow
+def test_end_to_end_fine_tuning_runs_and_exports_with_a_single_branch_repvgg(tmp_path):
+    weights, repo = tmp_path / "weights", tmp_path / "repo"
+    out = run("-m", "fv2es_build.train", "end_to_end", "--quick", "--weights", str(weights))
+    assert "the two-phase model on" in out.stdout and "fine-tuned" in out.stdout
+    record = torch.load(weights / "visual.pt", weights_only=False)
+    assert {"accuracy", "macro_f1"} <= set(record["metrics"]) and {"accuracy", "macro_f1"} <= set(record["two_phase_metrics"])
+    run("-m", "fv2es_build.repository", "--repository", str(repo), "--weights", str(weights))
+    served = torch.jit.load(str(repo / "visual_encoder" / "1" / "model.pt"))
+    assert "batch_norm" not in str(served.inlined_graph)  # re-parameterised for serving

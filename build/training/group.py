@@ -35,6 +35,7 @@ from fv2es.faces import normalise_faces
 from .. import settings
 from ..export import trained_models
 from . import data, speech
+from .loop import fit_steps
 from .metrics import classification_metrics
 from .weights import save_weights, weights_path
 
@@ -76,22 +77,29 @@ def face_pool(data_dir: Path, *, validation: bool, per_valence: int, encoder: to
     return Pool(list(features[:, None]), valence, images)
 
 
-def speech_pool(data_dir: Path, *, validation: bool, per_valence: int, quick: bool, encoder: torch.nn.Module) -> Pool:
-    """Clips with speech of each training corpus, up to `per_valence` per valence and corpus."""
-    features, valence = [], []
+def speech_clips(data_dir: Path, *, validation: bool, per_valence: int, quick: bool) -> list[tuple[torch.Tensor, str]]:
+    """(audio-encoder rows, RAVDESS class) of clips with speech of each training corpus, up to
+    `per_valence` per valence and corpus (the same clips, and so the same cached encodings, for the
+    group model and the end-to-end fine-tuning)."""
+    clips = []
     asr = speech.recognizer() if config.AUDIO_INPUT == "whisper" else None
     for corpus in speech.SPEECH_TRAINING_CORPORA:
         split = data.load_speech(data_dir, corpus, validation=validation, quick=quick)
-        valences = np.array([config.GROUP_LABELS.index(group.valence_of(split.classes[t])) for t in split.targets.tolist()])
+        classes = [split.classes[t] for t in split.targets.tolist()]
+        valences = np.array([config.GROUP_LABELS.index(group.valence_of(c)) for c in classes])
         keep = balanced(valences, per_valence, np.random.default_rng(settings.TRAIN_SEED))
         name = f"group-{corpus}-{'val' if validation else 'train'}-{per_valence}"
         rows = speech.AudioRows(name, [split.inputs[i] for i in keep], asr=asr)
-        with torch.no_grad():
-            for k, i in enumerate(keep):
-                if rows.has_speech(k):
-                    features.append(encoder(rows(k)))
-                    valence.append(valences[i])
-    return Pool(features, np.array(valence))
+        clips += [(rows(k), classes[i]) for k, i in enumerate(keep) if rows.has_speech(k)]
+    return clips
+
+
+def speech_pool(data_dir: Path, *, validation: bool, per_valence: int, quick: bool, encoder: torch.nn.Module) -> Pool:
+    """The speech_clips, through the audio encoder, with their valences."""
+    clips = speech_clips(data_dir, validation=validation, per_valence=per_valence, quick=quick)
+    with torch.no_grad():
+        features = [encoder(rows) for rows, _ in clips]
+    return Pool(features, np.array([config.GROUP_LABELS.index(group.valence_of(c)) for _, c in clips]))
 
 
 def frame_picture(images: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -218,23 +226,12 @@ def train_group(args: argparse.Namespace) -> dict:
     audio_entry = modalities.by_name("audio")
     model = models.create("group", audio_features=audio_entry.features, audio_index=audio_entry.index)
     optimiser = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    best = {"metrics": {"accuracy": -1.0}, "step": 0}
-    best_state = None
-    for step in range(1, hp["steps"] + 1):
-        model.train()
+
+    def batch_loss() -> torch.Tensor:
         inputs, labels, _ = training_scenes.batch(hp["batch_size"])
-        loss = torch.nn.functional.cross_entropy(model.logits(inputs), labels, label_smoothing=hp["label_smoothing"])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if step % hp["evaluate_every"] == 0 or step == hp["steps"]:
-            metrics = evaluate(model, held_out)
-            print(f"group: step {step}, loss {loss.item():.3f}, validation accuracy {metrics['accuracy']:.3f}, "
-                  f"macro-F1 {metrics['macro_f1']:.3f}", flush=True)
-            if metrics["accuracy"] > best["metrics"]["accuracy"]:
-                best = {"metrics": metrics, "step": step}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
+        return torch.nn.functional.cross_entropy(model.logits(inputs), labels, label_smoothing=hp["label_smoothing"])
+
+    best = fit_steps(model, optimiser, hp["steps"], hp["evaluate_every"], batch_loss, lambda: evaluate(model, held_out), "group")
     truth = np.concatenate([labels.numpy() for _, labels, _ in held_out])
     baseline = np.concatenate([baseline_scores(fusion, inputs, rows) for inputs, _, rows in held_out]).argmax(1)
     best["baseline"] = classification_metrics(truth, baseline, config.GROUP_LABELS)

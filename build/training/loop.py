@@ -153,3 +153,29 @@ def fit(task: Task, hp: dict, run_dir: Path, *, seed: int, resume: bool = False,
     model.load_state_dict(best["model"], strict=False)
     print(f"{task.name}: best epoch {best['epoch']} by validation {task.select_by} {best['metrics'][task.select_by]:.4f}")
     return best
+
+
+def fit_steps(model: nn.Module, optimiser: torch.optim.Optimizer, steps: int, evaluate_every: int,
+              batch_loss: Callable[[], torch.Tensor], validate: Callable[[], dict], name: str,
+              start: dict | None = None) -> dict:
+    """`steps` optimiser steps on `batch_loss()` (the model in training mode), validated every
+    `evaluate_every` steps and at the last; the weights of the best validation accuracy are kept and
+    put back (`start`: the metrics of the weights as they came, which a step must beat; step 0).
+    The loop of the models trained on composed data (the group model, end-to-end fine-tuning)."""
+    best = {"metrics": start or {"accuracy": -1.0}, "step": 0}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for step in range(1, steps + 1):
+        model.train()
+        loss = batch_loss()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % evaluate_every == 0 or step == steps:
+            metrics = validate()
+            print(f"{name}: step {step}, loss {loss.item():.3f}, validation accuracy {metrics['accuracy']:.3f}, "
+                  f"macro-F1 {metrics['macro_f1']:.3f}", flush=True)
+            if metrics["accuracy"] > best["metrics"]["accuracy"]:
+                best = {"metrics": metrics, "step": step}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return best
