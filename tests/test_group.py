@@ -77,8 +77,8 @@ def test_a_segments_group_answer_depends_on_its_own_rows_only():
         for k in range(4):
             alone, _ = model(only_segment(inputs, k))
             torch.testing.assert_close(alone[0], scores[k], atol=1e-5, rtol=0)
-    expected = aggregate_scores(scores.numpy(), inputs["SEGMENT_TIMES"].numpy())
-    np.testing.assert_allclose(video.numpy(), expected, atol=1e-6)
+    expected = aggregate_scores(scores.detach().numpy(), inputs["SEGMENT_TIMES"].numpy())
+    np.testing.assert_allclose(video.detach().numpy(), expected, atol=1e-6)
 
 
 def test_faces_and_frames_fall_in_segments_as_frame_segments_places_them():
