@@ -37,7 +37,6 @@ from .metrics import classification_metrics
 from .weights import load_branch, load_weights, save_weights, weights_path
 
 CLIP_FACES = 4
-VALIDATION_CLIPS = 1200
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "out" / "end_to_end" / "weights"  # the default: the shipped weights stay as they are
 
