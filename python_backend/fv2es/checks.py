@@ -220,13 +220,22 @@ def segment_times(times: np.ndarray, limits: Limits, name: str = "SEGMENT_TIMES"
     return times
 
 
-def face_times(times: np.ndarray, limits: Limits, name: str = "FACE_TIMES", what: str = "faces") -> np.ndarray:
-    """FACE_TIMES [N]: seconds of each face (or frame), -1 for a placeholder row, finite, within the limit."""
+def face_times(times: np.ndarray, limits: Limits, name: str = "FACE_TIMES") -> np.ndarray:
+    """FACE_TIMES [N]: seconds of each face, -1 for a placeholder row, finite, within the limit."""
+    return _row_times(times, name, limits, limits.max_faces, "faces")
+
+
+def frame_times(times: np.ndarray, limits: Limits, name: str = "SCENE_TIMES") -> np.ndarray:
+    """SCENE_TIMES [N]: seconds of each sampled frame, -1 for a placeholder row, finite, within the limit."""
+    return _row_times(times, name, limits, limits.max_frames, "frames")
+
+
+def _row_times(times: np.ndarray, name: str, limits: Limits, at_most: int, what: str) -> np.ndarray:
     times = finite(shape(times, name, (None,)), name)
-    rows(times, name, at_most=limits.max_faces if what == "faces" else limits.max_frames, what=what)
+    rows(times, name, at_most=at_most, what=what)
     if times.size:
         if times.min() < -1:
-            raise InputError(f"{name} holds {_fmt(times.min())}; times are >= 0 (-1: no face)")
+            raise InputError(f"{name} holds {_fmt(times.min())}; times are >= 0 (-1: no {what[:-1]})")
         if times.max() > limits.max_time_s:
             raise InputError(f"{name} holds {_fmt(times.max())} s, over the server's limit of {limits.max_duration_s:.0f} s")
     return times
@@ -343,7 +352,7 @@ def group_inputs(inputs: dict[str, np.ndarray], audio: Modality, visual: Modalit
     same_rows(features, visual.features, face_times(inputs["FACE_TIMES"], limits), "FACE_TIMES")
     scene = finite(shape(inputs["SCENE"], "SCENE", (None, 1, config.SCENE_SIZE, config.SCENE_SIZE)), "SCENE", max_abs=FACE_MAX_ABS)
     rows(scene, "SCENE", at_least=1, at_most=limits.max_frames, what="frames")
-    same_rows(scene, "SCENE", face_times(inputs["SCENE_TIMES"], limits, "SCENE_TIMES", "frames"), "SCENE_TIMES")
+    same_rows(scene, "SCENE", frame_times(inputs["SCENE_TIMES"], limits), "SCENE_TIMES")
     sounds = finite(shape(inputs[audio.features], audio.features, (None, audio.feature_dim)), audio.features)
     rows(sounds, audio.features, at_least=1, at_most=getattr(limits, audio.max_rows))
     same_rows(sounds, audio.features, inputs[audio.index], audio.index)
