@@ -522,6 +522,8 @@ def same_result(result: VideoResult, whole: VideoResult) -> None:
     assert result.emotion == whole.emotion and sorted(result.people) == sorted(whole.people)
     for mine, theirs in zip(result.segments, whole.segments):
         assert mine.scores == pytest.approx(theirs.scores, abs=1e-4)
+        assert mine.group == pytest.approx(theirs.group, abs=1e-4)  # each stream's own faces, frames and voices
+    assert result.group == pytest.approx(whole.group, abs=1e-4)
 
 
 def test_the_stream_gives_the_whole_files_result_with_the_servers_labels(server, client, two_people_ts, whole):
