@@ -7,7 +7,7 @@ BENCH_CONCURRENCY = (1, 2, 3, 4)  # perf_analyzer's concurrency levels
 BENCH_PERF_REQUESTS = 16  # requests per perf_analyzer measurement window
 # make bench runs the 60 s clip through this version's server and this earlier one's, in turns
 # (benchmarks/earlier.py): a commit and what it was.
-BENCH_EARLIER_VERSION = ("d58f508", "the code before issue 24 (settings, libraries, docs, tests)")
+BENCH_EARLIER_VERSION = ("8568d89", "the code before issue 25 (group emotion, sparse face selection)")
 BENCH_EARLIER_ROUNDS = 7  # rounds of one request to each server, after one warm-up each
 BENCH_NO_REGRESSION = 1.05  # this code's median / the earlier version's: at most this (noise between rounds)
 # The newest tritonclient wheel whose perf_analyzer runs on glibc 2.36 (2.55+ need 2.38); the same

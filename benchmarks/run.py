@@ -14,7 +14,8 @@
 4. perf_analyzer against the ensemble at concurrency 1..4, with the 10 s clip and the sample video
    as input data; (a)'s throughput on the same two videos is measured in step 2.
 5. The 60 s clip through this version's server and an earlier version's (bench_settings.BENCH_EARLIER_VERSION,
-   built from its commit in a git worktree), both served at once, in turns (benchmarks/earlier.py).
+   built from its commit in a git worktree), both served at once, in turns (benchmarks/earlier.py); and
+   through the repository with and without the sparse face selection, the same way (benchmarks/sparse.py).
 6. Writes BENCHMARKS.md (the numbers and the ratios the targets are stated in) and
    benchmarks/out/results.json.
 """
@@ -41,6 +42,7 @@ import baselines  # noqa: E402
 import bench_settings  # noqa: E402
 import earlier  # noqa: E402
 import perf  # noqa: E402
+import sparse  # noqa: E402
 import stream  # noqa: E402
 from fv2es_build.machine import cpu_name  # noqa: E402
 from fv2es import config, pipeline, stages  # noqa: E402
@@ -316,6 +318,8 @@ def markdown(results: dict) -> str:
             for model in sorted(set(models.get("earlier", {})) | set(models.get("current", {}))):
                 e, c = models["earlier"].get(model), models["current"].get(model)
                 lines.append(f"| {model} | {'-' if e is None else f'{e:.3f}'} | {'-' if c is None else f'{c:.3f}'} |")
+    if results.get("sparse"):
+        lines += sparse.markdown(results["sparse"])
     if 60 in served:
         total = served[60]["median_s"]
         lines += ["", "## Where the time goes (60 s clip)", "",
@@ -357,6 +361,10 @@ def main() -> None:
         results["earlier"] = earlier.measure(*bench_settings.BENCH_EARLIER_VERSION, REPOSITORY, videos[60], bench_settings.BENCH_EARLIER_ROUNDS, OUT)
         print(f"against {bench_settings.BENCH_EARLIER_VERSION[0]}: " + (results["earlier"].get("skipped") or
               f"{results['earlier']['ratio_of_medians']:.2f}x its median on the 60 s clip"), flush=True)
+        results["sparse"] = sparse.measure(REPOSITORY, videos[60], bench_settings.BENCH_EARLIER_ROUNDS, OUT)
+        r = results["sparse"]
+        print(f"sparse face selection: {r['faces_kept']} of {r['faces']} faces encoded, "
+              f"{r['medians_s']['sparse'] / r['medians_s']['every face']:.2f}x the median on the 60 s clip", flush=True)
     if reference is not None and results["server"]["scores_60"] is not None:
         results["max_score_difference"] = float(np.abs(reference["VIDEO_SCORES"] - results["server"]["scores_60"]).max())
     (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))

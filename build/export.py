@@ -53,6 +53,17 @@ def trained_group(weights_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def trained_sparse(weights_dir: Path) -> torch.nn.Module:
+    """The sparse face selection (training form, eval mode) from its weights file (build/training/sparse.py),
+    its nucleus mass from config.SPARSE_VISUAL_MASS."""
+    path = weights_path(weights_dir, settings.SPARSE_PART)
+    if not path.exists():
+        raise SystemExit(f"the sparse visual attention is on but {path} is missing: `fv2es-train sparse` makes it")
+    model = models.create(models.SPARSE_MODEL)
+    model.load_state_dict(load_weights(path)["state_dict"])
+    return model.eval()
+
+
 def check_asr_model(audio_record: dict, weights_dir: Path) -> None:
     """Whisper-state audio weights are for the ASR model they were trained on (the served asr model
     checks the same when it loads)."""
@@ -90,12 +101,15 @@ def weight_file_record(path: Path) -> dict:
     }
 
 
-def export_all(repository: Path, weights_dir: Path, backend: str = "python") -> None:
+def export_all(repository: Path, weights_dir: Path, backend: str = "python", sparse_visual: bool | None = None) -> None:
     """Every TorchScript file of the repository, checked against eager. For Triton's PyTorch backend
     ("libtorch") the text encoder and the fusion carry their input checks inside (models/checked.py)."""
     sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(settings.WEIGHT_PARTS),
-               "group": [settings.GROUP_PART]}
-    for name, module in {**trained_models(weights_dir), "group": trained_group(weights_dir)}.items():
+               "group": [settings.GROUP_PART], models.SPARSE_MODEL: [settings.SPARSE_PART]}
+    served = {**trained_models(weights_dir), "group": trained_group(weights_dir)}
+    if config.SPARSE_VISUAL if sparse_visual is None else sparse_visual:
+        served[models.SPARSE_MODEL] = trained_sparse(weights_dir)
+    for name, module in served.items():
         scripted = models.to_torchscript(name, module)
         difference = export_difference(name, module, scripted)
         if difference > MAX_EXPORT_DIFFERENCE:

@@ -206,9 +206,11 @@ def file_arguments(model_file: Path) -> list[tuple[str, str]]:
     return forward_arguments(torch.jit.load(str(model_file), map_location="cpu"))
 
 
-def served_steps(weights: str, repository: Path, backend: str = "python", modalities: tuple[Modality, ...] | None = None) -> list[Step]:
-    """The pipeline's steps as this repository serves them (`modalities`: default fv2es.modalities)."""
-    steps = pipeline.steps(weights, modalities=modalities)
+def served_steps(weights: str, repository: Path, backend: str = "python", modalities: tuple[Modality, ...] | None = None,
+                 sparse_visual: bool | None = None) -> list[Step]:
+    """The pipeline's steps as this repository serves them (`modalities`: default fv2es.modalities;
+    `sparse_visual`: default config.SPARSE_VISUAL)."""
+    steps = pipeline.steps(weights, modalities=modalities, sparse_visual=sparse_visual)
     if backend == "libtorch":
         steps = [libtorch_step(s, file_arguments(repository / s.model_name / "1" / "model.pt")) if s.torchscript else s for s in steps]
     return steps
@@ -233,9 +235,9 @@ def copy_runtime_package(version_dir: Path) -> None:
 
 
 def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "python",
-                  modalities: tuple[Modality, ...] | None = None) -> None:
+                  modalities: tuple[Modality, ...] | None = None, sparse_visual: bool | None = None) -> None:
     """Every config.pbtxt, model.py, labels file and code copy; the TorchScript files are export's."""
-    steps = served_steps(weights, repository, backend, modalities)
+    steps = served_steps(weights, repository, backend, modalities, sparse_visual)
     # The live stream calls the steps by their Python-backend tensor names: not in the libtorch variant.
     models = served_models(steps) + ([pipeline.stream_step(steps)] if backend == "python" else [])
     for s in models:
@@ -258,6 +260,25 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
     (ensemble / "config.pbtxt").write_text(model_configs.to_text(ensemble_config(steps), HEADER))
     for file in pipeline.LABEL_FILES:
         write_labels(ensemble / file)
+
+
+def sparse_variant(target: Path, sparse_visual: bool, repository: Path = REPOSITORY, weights_dir: Path = ROOT / settings.WEIGHTS_DIR) -> Path:
+    """A repository at `target` that serves the built one's exported models with the sparse face
+    selection on or off (its configs written for that setting; the selection exported if it serves
+    it): what the tests and `make bench` compare the two settings on, without another full export."""
+    import torch  # noqa: PLC0415 - the export of the selection
+    from fv2es import models  # noqa: PLC0415
+
+    from .export import trained_sparse  # noqa: PLC0415
+
+    write_configs(weights_description(weights_dir), target, sparse_visual=sparse_visual)
+    for step in pipeline.served_models(pipeline.steps(sparse_visual=sparse_visual)):
+        if step.torchscript and step.name != models.SPARSE_MODEL:
+            shutil.copy(repository / step.name / "1" / "model.pt", target / step.name / "1" / "model.pt")
+    if sparse_visual:
+        with torch.no_grad():
+            models.to_torchscript(models.SPARSE_MODEL, trained_sparse(weights_dir)).save(str(target / models.SPARSE_MODEL / "1" / "model.pt"))
+    return target
 
 
 def write_labels(path: Path) -> None:
@@ -293,17 +314,21 @@ def main() -> None:
                              "backend (pytorch_libtorch: the NGC image has it; needs the export)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     parser.add_argument("--weights", type=Path, default=ROOT / settings.WEIGHTS_DIR, help="trained weights to export")
+    parser.add_argument("--sparse-visual", choices=("on", "off"), default="on" if config.SPARSE_VISUAL else "off",
+                        help="FE2E's sparse attention over the face rows before the visual encoder (default: "
+                             "config.SPARSE_VISUAL, %(default)s)")
     args = parser.parse_args()
+    sparse_visual = args.sparse_visual == "on"
     if args.torchscript_backend == "libtorch" and args.configs:
         parser.error("--torchscript-backend libtorch names the tensors after the exported modules: it needs the export")
     description = weights_description(args.weights)
-    write_configs(description, args.repository)
+    write_configs(description, args.repository, sparse_visual=sparse_visual)
     if not args.configs:
         from .export import export_all  # noqa: PLC0415 - torch is only needed for export
 
-        export_all(args.repository, args.weights, args.torchscript_backend)
+        export_all(args.repository, args.weights, args.torchscript_backend, sparse_visual)
         if args.torchscript_backend == "libtorch":
-            write_configs(description, args.repository, "libtorch")
+            write_configs(description, args.repository, "libtorch", sparse_visual=sparse_visual)
     print(f"model repository ready: {args.repository} (TorchScript steps on the {args.torchscript_backend} backend)")
 
 

@@ -10,6 +10,7 @@ WEIGHTS_DIR = "weights"  # the shipped trained weights, read by the export: <par
 BRANCHES = modalities.names()  # one trained branch per modality, in the order of the fusion's modality weights
 WEIGHT_PARTS = (*BRANCHES, "fusion")
 GROUP_PART = "group"  # the group model's weights (build/training/group.py), trained after the fusion from its encoders
+SPARSE_PART = "sparse"  # the sparse face selection's weights (build/training/sparse.py; served with config.SPARSE_VISUAL)
 AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
 
 
@@ -39,6 +40,9 @@ TRAINING = {
     # build/training/end_to_end.py: steps of `batch_size` composed clips, from the shipped weights
     "end_to_end": {"steps": 300, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.01, "evaluate_every": 50,
                    "validation_clips": 1200, "faces_per_label": 1000, "clips_per_valence": 80},
+    # build/training/sparse.py: the face selection's attention, fitted on composed clips (the encoders and fusion frozen)
+    "sparse": {"steps": 1500, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.01, "evaluate_every": 250, "validation_clips": 1200,
+               "faces_per_label": 1000, "clips_per_valence": 80, "texts_per_label": 200, "target_temperature": 0.5},
     "multimodal": {"epochs": 20, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.0},
 }
 TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)

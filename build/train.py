@@ -149,7 +149,7 @@ def train_multimodal(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "group", "end_to_end", "multimodal"))
+    parser.add_argument("part", choices=("all", "audio", "visual", "text", "fusion", "loco", "group", "sparse", "end_to_end", "multimodal"))
     parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR, help="the corpora (default: %(default)s)")
     parser.add_argument("--runs", type=Path, help="checkpoints, to resume from (default: build/out/runs)")
     parser.add_argument("--weights", type=Path, help=f"where the trained weights go (default: {settings.WEIGHTS_DIR}/, "
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "multimodal":
         train_multimodal(args)
         return
-    parts = ("audio", "visual", "text", "fusion", "loco", "group") if args.part == "all" else (args.part,)
+    parts = ("audio", "visual", "text", "fusion", "loco", "group", "sparse") if args.part == "all" else (args.part,)
     for part in parts:
         if part == "loco":
             train_leave_one_corpus_out(args)
@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
             from .training.group import train_group  # noqa: PLC0415
 
             train_group(args)
+        elif part == "sparse":
+            from .training.sparse import train_sparse  # noqa: PLC0415
+
+            train_sparse(args)
         else:
             train_branch(part, args)
             if part == "visual" and args.part == "all" and not args.quick:  # the shipped visual branch is fine-tuned once

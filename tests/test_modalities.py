@@ -43,8 +43,11 @@ def by_name(steps) -> dict[str, pipeline.Step]:
 
 def test_the_served_modalities_are_the_three_of_the_paper():
     assert modalities.names() == ("audio", "visual", "text")
-    assert [s.name for s in pipeline.steps() if s.torchscript and s.serves_model] == [
+    assert [s.name for s in pipeline.steps(sparse_visual=False) if s.torchscript and s.serves_model] == [
         "audio_encoder", "visual_encoder", "text_encoder", "fusion", "group"]
+    # with the sparse face selection, the face rows' encoder runs after it, after the others
+    assert [s.name for s in pipeline.steps(sparse_visual=True) if s.torchscript and s.serves_model] == [
+        "audio_encoder", "text_encoder", "face_select", "visual_encoder", "fusion", "group"]
 
 
 def test_a_new_entry_adds_its_steps_and_tensors_to_the_pipeline():
@@ -63,6 +66,10 @@ def test_a_new_entry_adds_its_steps_and_tensors_to_the_pipeline():
     assert "PERSON_PROSODY_SEGMENT" in [o.name for o in people.outputs]
     assert person_fusion.source("PROSODY_SEGMENT") == "PERSON_PROSODY_SEGMENT"
     assert person_fusion.source("PROSODY_FEATURES") == "PROSODY_FEATURES"
+    # the sparse face selection's query reads it too (its rows' mean in each segment)
+    select = by_name(pipeline.steps(audio_input="whisper", modalities=ENTRIES, sparse_visual=True))[pipeline.SPARSE_STEP]
+    assert {"PROSODY_FEATURES", "PROSODY_SEGMENT"} <= {i.name for i in select.inputs}
+    assert select.source("PROSODY_SEGMENT") == "MEL_SEGMENT"
 
 
 def toy_fusion() -> Fv2esFusion:
@@ -152,6 +159,9 @@ def toy_repository(tmp_path_factory):
     toy_encoder = torch.jit.script(HierarchicalSpectrumEncoder().eval())
     toy_encoder.save(str(repository / "prosody_encoder" / "1" / "model.pt"))
     torch.jit.script(toy_fusion()).save(str(repository / "fusion" / "1" / "model.pt"))
+    if config.SPARSE_VISUAL:  # an untrained face selection whose query has the toy entry's features too
+        select = models.create(models.SPARSE_MODEL, modalities=ENTRIES)
+        models.to_torchscript(models.SPARSE_MODEL, select).save(str(repository / models.SPARSE_MODEL / "1" / "model.pt"))
     return repository
 
 

@@ -119,11 +119,17 @@ def test_quick_training_evaluation_and_export(tmp_path):
     assert fusion["branch_temperature"].shape == (3,) and (fusion["branch_temperature"] > 0).all()
     assert "RepVGG, batch of 64 faces" in result.stdout
 
-    run("-m", "fv2es_build.repository", "--repository", str(repo), "--weights", str(weights))
+    sparse = torch.load(weights / f"{settings.SPARSE_PART}.pt", weights_only=False)  # the face selection, with its comparison
+    assert {"every face", "sparse", "random, as many", "faces kept"} <= set(sparse["comparison"]["mixed"])
+
+    # exported with the sparse face selection (config.SPARSE_VISUAL's other setting)
+    run("-m", "fv2es_build.repository", "--repository", str(repo), "--weights", str(weights), "--sparse-visual", "on")
     provenance = json.loads((repo / "fusion" / "1" / "provenance.json").read_text())
     assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{p}.pt") for p in settings.WEIGHT_PARTS]
     served = torch.jit.load(str(repo / "visual_encoder" / "1" / "model.pt"))
     assert "batch_norm" not in str(served.inlined_graph)
+    provenance = json.loads((repo / "face_select" / "1" / "provenance.json").read_text())
+    assert [w["file"] for w in provenance["weights"]] == [str(weights / f"{settings.SPARSE_PART}.pt")]
 
     # An audio branch trained on another ASR model's states is not exported beside this one.
     audio = torch.load(weights / "audio.pt", weights_only=False)

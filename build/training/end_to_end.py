@@ -122,10 +122,11 @@ def visual_alone(encoder: torch.nn.Module, fusion: torch.nn.Module, data_dir: Pa
 
 def save(model: EndToEnd, source: Path, out: Path, record: dict) -> None:
     """A complete weights folder: the fine-tuned visual and audio branches (encoder, sequence encoder
-    and head) and fusion weights, and the source's text branch and group model."""
+    and head) and fusion weights, and the source's text branch, group model and face selection."""
     out.mkdir(parents=True, exist_ok=True)
-    for part in ("text", settings.GROUP_PART):
-        shutil.copy(weights_path(source, part), weights_path(out, part))
+    for part in ("text", settings.GROUP_PART, settings.SPARSE_PART):
+        if weights_path(source, part).exists():
+            shutil.copy(weights_path(source, part), weights_path(out, part))
     for name in ("visual", "audio"):
         branch = load_branch(name, source)
         branch.encoder = getattr(model, f"{name}_encoder")

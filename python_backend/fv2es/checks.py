@@ -339,6 +339,25 @@ def fusion_inputs(inputs: dict[str, np.ndarray], entries: tuple[Modality, ...], 
                     raise InputError(f"{name} has {len(value)} rows but there are {n_segments} segments ({counted} rows)")
 
 
+def face_select_inputs(inputs: dict[str, np.ndarray], entries: tuple[Modality, ...], limits: Limits) -> None:
+    """The sparse face selection's inputs (fv2es.models.sparse): the other modalities' fusion inputs,
+    the face rows (FACES, FACE_TIMES, FACE_PERSON and the face modality's segment ids, one row each
+    per face) and SEGMENT_TIMES (a row per segment)."""
+    face = modalities.face_modality(entries)
+    queries = tuple(m for m in entries if m is not face)
+    fusion_inputs(inputs, queries, limits)
+    counted = modalities.segment_count_input(queries)
+    n_segments = len(inputs[counted])
+    same_rows(segment_times(inputs["SEGMENT_TIMES"], limits), "SEGMENT_TIMES", inputs[counted], counted)
+    crops = inputs["FACES"]
+    faces(crops)
+    n_faces = rows(crops, "FACES", at_most=limits.max_faces, what="faces")
+    same_rows(crops, "FACES", face_times(inputs["FACE_TIMES"], limits), "FACE_TIMES")
+    person_ids(inputs["FACE_PERSON"], "FACE_PERSON", n_faces, "FACES", limits)
+    same_rows(crops, "FACES", shape(inputs[face.index], face.index, (None,)), face.index)
+    segment_ids(inputs[face.index], face.index, n_segments, f"{modalities.segment_count_input(queries)} rows")
+
+
 def group_inputs(inputs: dict[str, np.ndarray], audio: Modality, visual: Modality, limits: Limits) -> None:
     """The group model's inputs (fv2es.models.group): SEGMENT_TIMES; the faces' features with their
     FACE_TIMES; the frames (SCENE) with their SCENE_TIMES; the audio modality's features with their

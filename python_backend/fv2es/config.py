@@ -213,6 +213,13 @@ TEXT_FEATURE_DIM = 384  # hidden size of TEXT_MODEL (all-MiniLM-L6-v2: 384; ALBE
 TEXT_TRAINABLE_LAYERS = 2
 TEXT_POOLING = "mean"  # "mean" for sentence-transformer models (MiniLM), "cls" for ALBERT (the paper's)
 FEATURE_DIM = 64  # per-frame / per-chunk feature size of the audio and visual encoders
+# FE2E's sparse cross-modal attention (Dai et al. 2021; fv2es.models.sparse): the segment's audio and
+# text features score its face rows, and only the rows holding SPARSE_VISUAL_MASS of the attention
+# (FE2E's nucleus rule; 0.9 is its --sparse-threshold default), and every person's best row, go
+# through the visual encoder and on (speakers are still found from every face). On: on composed
+# validation segments the fused accuracy held (MODEL_CARD.md); BENCHMARKS.md has what it saves.
+SPARSE_VISUAL = True
+SPARSE_VISUAL_MASS = 0.9
 
 # A segment (or video) whose top score is below this is marked unsure by the client, the web page and
 # their JSON/CSV: the scores are calibrated (temperature scaling, MODEL_CARD.md), so a top score of p is

@@ -22,9 +22,9 @@ Arrays = dict[str, np.ndarray]
 
 
 class InProcessPipeline:
-    def __init__(self, repository: Path, entries: tuple[modalities.Modality, ...] | None = None):
+    def __init__(self, repository: Path, entries: tuple[modalities.Modality, ...] | None = None, sparse_visual: bool | None = None):
         self.modalities = entries or modalities.modalities()
-        self.steps = pipeline.steps(modalities=self.modalities)
+        self.steps = pipeline.steps(modalities=self.modalities, sparse_visual=sparse_visual)
         self.limits = checks.Limits()  # config's limits (a server reads its models' parameters)
         self.detector = make_face_detector()
         self.recognizer = SpeechRecognizer()

@@ -198,6 +198,14 @@ def check(entries: tuple[Modality, ...]) -> None:
         raise ValueError("only one modality's rows can be the face rows")
 
 
+def face_modality(entries: tuple[Modality, ...]) -> Modality:
+    """The entry whose rows are the face rows (the one the sparse visual attention thins out)."""
+    found = [m for m in entries if m.person_rows == FACES]
+    if len(found) != 1:
+        raise ValueError(f"no modality of {', '.join(names(entries))} has the face rows (person_rows {FACES!r})")
+    return found[0]
+
+
 def segment_count_input(entries: tuple[Modality, ...]) -> str:
     """The fusion input whose rows are the segments: the first per-segment modality's features."""
     return next(m.features for m in entries if not m.sequence)

@@ -7,12 +7,12 @@ This one description drives everything that knows the graph:
 - the benchmarks and tests read stage names, batched models and tensor names from it.
 
 Values come from `fv2es.config`; `steps()` depends on config.AUDIO_INPUT (the Whisper states from
-asr, or the mel step's chunks).
+asr, or the mel step's chunks) and config.SPARSE_VISUAL (the face selection before the visual encoder).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from . import config, modalities as modality_registry
 from .graph import Step, Tensor, boolean, fp32, int64, string
@@ -41,10 +41,13 @@ RESULT_PARAMETERS = {"unsure_below": str(config.UNSURE_BELOW)}
 DURATION_LIMIT = {"max_duration_s": str(config.MAX_DURATION_S)}
 
 
-def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[Modality, ...] | None = None) -> list[Step]:
+def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[Modality, ...] | None = None,
+          sparse_visual: bool | None = None) -> list[Step]:
     """The steps of the ensemble, in an order where every input is produced before it is read.
     `weights` describes the served weights (MODEL_INFO carries it; `fv2es_build.repository`);
-    `modalities` (default: fv2es.modalities for `audio_input`) gives the encoders and the fusion's inputs."""
+    `modalities` (default: fv2es.modalities for `audio_input`) gives the encoders and the fusion's inputs;
+    `sparse_visual` (default config.SPARSE_VISUAL) adds FE2E's sparse attention over the face rows."""
+    sparse_visual = config.SPARSE_VISUAL if sparse_visual is None else sparse_visual
     audio_input = audio_input or config.AUDIO_INPUT
     if audio_input not in config.AUDIO_INPUTS:
         raise ValueError(f"AUDIO_INPUT {audio_input!r} is not one of {config.AUDIO_INPUTS}")
@@ -72,7 +75,12 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
     preprocessing = [step for m in entries for step in m.preprocess]
     # The models that read modality tensors by their entries run the entries the repository was built with.
     served_modalities = {modality_registry.PARAMETER: modality_registry.to_parameter(entries)}
-    return [
+    encoders = [encoder(m) for m in entries]
+    if sparse_visual:  # the face rows' encoder runs after the others, on the rows they select
+        face = modality_registry.face_modality(entries)
+        encoders = [e for e in encoders if e.name != face.encoder] + [sparse_step(entries, weights)] + \
+                   [e for e in encoders if e.name == face.encoder]
+    wired = [
         Step("demux", "demux", (ENSEMBLE_INPUT,), (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)),
              parameters=INPUT_LIMITS),
         Step("face_crop", "face_crop", (ENSEMBLE_INPUT, fp32("DURATION", 1)),
@@ -90,7 +98,7 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
         *preprocessing,
         Step("assign_faces", "assign_faces", (fp32("FACE_TIMES", -1), boolean("FACE_MAIN", -1), fp32("SEGMENT_TIMES", -1, 2)),
              (int64("FACE_SEGMENT", -1), boolean("SEGMENT_HAS_FACE", -1)), parameters=DURATION_LIMIT),
-        *(encoder(m) for m in entries),
+        *encoders,
         Step("fusion", "torchscript", fusion_inputs, fusion_outputs, sources=fusion_sources,
              kind="KIND_AUTO", parameters={"weights": weights, **DURATION_LIMIT, **served_modalities}),
         # One timeline per person: each (person, segment) pair is a segment of its own for the same
@@ -115,6 +123,48 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
               Tensor("PERSON_SCORES", "FP32", (-1, C), labels=LABELS_FILE)),
              parameters=DURATION_LIMIT),
     ]
+    return with_kept_faces(wired) if sparse_visual else wired
+
+
+# FE2E's sparse cross-modal attention (fv2es.models.sparse, config.SPARSE_VISUAL): a step after the
+# other encoders keeps some of the face rows; every step after it reads the kept rows of the tensors
+# that have one row per face (FACE_ROWS and FACE_SEGMENT, the face modality's index source) instead.
+# `people` also reads every face: each segment's speaker is found from all of them (FACE_MOUTH).
+SPARSE_STEP = "face_select"
+FACE_ROWS = ("FACES", "FACE_TIMES", "FACE_PERSON")
+KEPT_PREFIX = "KEPT_"
+SPARSE_PARAMETER = "sparse_visual"  # the stream model's: "true" where its repository has the face selection
+
+
+def sparse_step(entries: tuple[Modality, ...], weights: str) -> Step:
+    """The face selection: the face rows (with the face modality's index), the segments' times and
+    the other modalities' fusion inputs -> the kept face rows."""
+    face = modality_registry.face_modality(entries)
+    s = config.FACE_SIZE
+    rows = (fp32("FACES", -1, 1, s, s), fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), int64(face.index, -1))
+    queries = tuple(t for m in entries if m is not face for t in m.fusion_inputs())
+    sources = {m.index: m.index_source for m in entries if m.index != m.index_source}
+    return Step(SPARSE_STEP, "torchscript", rows + queries + (fp32("SEGMENT_TIMES", -1, 2),),
+                tuple(Tensor(KEPT_PREFIX + sources.get(t.name, t.name), t.dtype, t.dims) for t in rows),
+                sources=sources, kind="KIND_AUTO",
+                parameters={"weights": weights, **DURATION_LIMIT, modality_registry.PARAMETER: modality_registry.to_parameter(entries)})
+
+
+def with_kept_faces(wired: list[Step]) -> list[Step]:
+    """The steps after the face selection read its kept rows instead of all face rows; but the people
+    step finds each segment's speaker from every face (their mouth motion) and reads the kept rows'
+    times and persons beside them (FACE_ROW_TIMES, FACE_ROW_PERSON) for the rows of the face modality."""
+    at = next(i for i, step in enumerate(wired) if step.name == SPARSE_STEP)
+    kept = {step_output.name.removeprefix(KEPT_PREFIX): step_output.name for step_output in wired[at].outputs}
+
+    def reads_kept(step: Step) -> Step:
+        if step.runner == "people":
+            rows = (Tensor("FACE_ROW_TIMES", "FP32", (-1,), optional=True), Tensor("FACE_ROW_PERSON", "INT64", (-1,), optional=True))
+            return replace(step, inputs=(*step.inputs, *rows),
+                           sources={**step.sources, "FACE_ROW_TIMES": kept["FACE_TIMES"], "FACE_ROW_PERSON": kept["FACE_PERSON"]})
+        return replace(step, sources={**step.sources, **{i.name: kept[step.source(i.name)] for i in step.inputs if step.source(i.name) in kept}})
+
+    return wired[: at + 1] + [reads_kept(step) for step in wired[at + 1 :]]
 
 
 def group_steps(entries: tuple[Modality, ...], weights: str) -> list[Step]:
@@ -157,7 +207,8 @@ def stream_step(pipeline: list[Step]) -> Step:
                 kind="KIND_AUTO", decoupled=True,
                 parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
                             **{k: str(v) for k, v in asdict(StreamLimits()).items()}, "labels": ",".join(config.LABELS),
-                            **RESULT_PARAMETERS, modality_registry.PARAMETER: served_modalities})
+                            **RESULT_PARAMETERS, modality_registry.PARAMETER: served_modalities,
+                            SPARSE_PARAMETER: str(any(s.name == SPARSE_STEP for s in pipeline)).lower()})
 
 
 def served_models(pipeline: list[Step]) -> list[Step]:
@@ -194,7 +245,8 @@ def plan(pipeline: list[Step], available: set[str], wanted=ENSEMBLE_OUTPUTS) -> 
 
 
 def check_wiring(pipeline: list[Step]) -> None:
-    """Every input is produced by an earlier step (or is the ensemble's input), once."""
+    """Every input is produced by an earlier step (or is the ensemble's input), once; every output is
+    read by a step or is an ensemble output (Triton refuses an ensemble with a tensor nobody uses)."""
     available = {ENSEMBLE_INPUT.name}
     for s in pipeline:
         missing = [s.source(i.name) for i in s.inputs if s.source(i.name) not in available]
@@ -205,6 +257,10 @@ def check_wiring(pipeline: list[Step]) -> None:
         if twice:
             raise ValueError(f"step {s.name} produces {', '.join(twice)} again")
         available |= set(produced)
+    read = {s.source(i.name) for s in pipeline for i in s.inputs}
+    unused = sorted(available - read - set(ENSEMBLE_OUTPUTS) - {ENSEMBLE_INPUT.name})
+    if unused:
+        raise ValueError(f"no step reads {', '.join(unused)} and the ensemble does not return it")
 
 
 def check_outputs_unread(pipeline: list[Step]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import checks, config, stretches
 from .faces import FaceDetector, normalise_faces, video_faces
+from .errors import InputError
 from .modalities import FACES, Modality
 from .people import person_rows, person_scores, segment_speakers
 from .media import decode_audio, sample_frames
@@ -185,7 +186,9 @@ def people(inputs: Arrays, entries: tuple[Modality, ...], *, limits: checks.Limi
     once more on (person, segment) pairs (fv2es.people.person_rows), by name: FACE_TIMES,
     FACE_PERSON, FACE_MOUTH, SEGMENT_TIMES, SEGMENT_HAS_SPEECH and each modality's
     `Modality.person_inputs`. SEGMENT_SCORES, if given, is not used: the ensemble passes it so that
-    this step follows the fusion (fv2es.pipeline)."""
+    this step follows the fusion (fv2es.pipeline). FACE_ROW_TIMES and FACE_ROW_PERSON, if given, are
+    the face modality's rows when they are not every face (the sparse face selection's): the
+    speakers come from every face, the face rows' pairs from those."""
     face_times = checks.face_times(inputs["FACE_TIMES"], limits)
     n_faces = len(face_times)
     face_person = checks.person_ids(inputs["FACE_PERSON"], "FACE_PERSON", n_faces, "FACE_TIMES", limits)
@@ -207,7 +210,13 @@ def people(inputs: Arrays, entries: tuple[Modality, ...], *, limits: checks.Limi
     if "SEGMENT_SCORES" in inputs:
         checks.shape(inputs["SEGMENT_SCORES"], "SEGMENT_SCORES", (n_segments, None))
     speakers = segment_speakers(face_times, face_person, face_mouth, segment_times, segment_has_speech)
-    out = person_rows(face_times, face_person, segment_times, speakers, rows, entries)
+    row_times, row_person = face_times, face_person
+    if "FACE_ROW_TIMES" in inputs or "FACE_ROW_PERSON" in inputs:
+        if not ("FACE_ROW_TIMES" in inputs and "FACE_ROW_PERSON" in inputs):
+            raise InputError("FACE_ROW_TIMES and FACE_ROW_PERSON come together (the face modality's rows), or neither")
+        row_times = checks.face_times(inputs["FACE_ROW_TIMES"], limits, "FACE_ROW_TIMES")
+        row_person = checks.person_ids(inputs["FACE_ROW_PERSON"], "FACE_ROW_PERSON", len(row_times), "FACE_ROW_TIMES", limits)
+    out = person_rows(row_times, row_person, segment_times, speakers, rows, entries)
     return {"SEGMENT_SPEAKER": speakers, "PERSON_PAIRS": out.pop("PERSON_SEGMENTS"), **out}
 
 

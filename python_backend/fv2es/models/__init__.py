@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import config, modalities
+from .. import config, modalities, pipeline
 
 # Names are the Triton model names the exported files serve under: each modality's encoder, and the fusion.
 ENCODER_NAMES = (*(m.encoder for m in modalities.modalities()), "fusion")
+SPARSE_MODEL = pipeline.SPARSE_STEP  # FE2E's sparse cross-modal attention over the face rows (config.SPARSE_VISUAL)
 
 
 def create(name: str, **kwargs) -> torch.nn.Module:
@@ -32,7 +33,11 @@ def create(name: str, **kwargs) -> torch.nn.Module:
         from .group import GroupEmotion
 
         return GroupEmotion(**kwargs)
-    raise KeyError(f"unknown model {name!r}; known: {', '.join(ENCODER_NAMES)}, group")
+    if name == SPARSE_MODEL:
+        from .sparse import SparseFaceSelect
+
+        return SparseFaceSelect(**kwargs)
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(ENCODER_NAMES)}, group, {SPARSE_MODEL}")
 
 
 def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
@@ -52,6 +57,8 @@ def example_inputs(name: str, batch: int = 3) -> tuple[torch.Tensor, ...]:
         return (fusion_example(batch),)
     if name == "group":
         return (group_example(batch),)
+    if name == SPARSE_MODEL:
+        return (sparse_example(batch),)
     raise KeyError(name)
 
 
@@ -72,6 +79,23 @@ def group_example(batch: int = 3) -> dict[str, torch.Tensor]:
         audio.features: torch.randn(segments * 3, audio.feature_dim),
         audio.index: speech_owner,
     }
+
+
+def sparse_example(batch: int = 3) -> dict[str, torch.Tensor]:
+    """The face selection's inputs: the fusion's (the face modality's features aside) and five face
+    rows per segment of two persons (the last row of the video a placeholder outside every segment)."""
+    example = fusion_example(batch)
+    segments = example[modalities.segment_count_input(modalities.modalities())].shape[0]
+    face = next(m for m in modalities.modalities() if m.person_rows == modalities.FACES)
+    del example[face.features]
+    rows = segments * 5
+    owner = torch.arange(rows) // 5
+    owner[-1] = -1
+    person = torch.arange(rows) % 2
+    person[-1] = -1
+    starts = torch.arange(segments) * 2.5  # five faces 0.5 s apart per segment
+    return {**example, face.index: owner, "FACES": torch.randn(rows, 1, config.FACE_SIZE, config.FACE_SIZE),
+            "FACE_TIMES": torch.arange(rows) * 0.5, "FACE_PERSON": person, "SEGMENT_TIMES": torch.stack([starts, starts + 2.5], 1)}
 
 
 def fusion_example(batch: int = 3, entries: tuple[modalities.Modality, ...] | None = None) -> dict[str, torch.Tensor]:

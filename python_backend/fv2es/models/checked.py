@@ -51,18 +51,53 @@ class CheckedFusion(nn.Module):
         self.sequence: List[bool] = [m.sequence for m in entries]
 
     def forward(self, inputs: Dict[str, Tensor]) -> Tensor:
-        for name in self.features + self.index:
-            if name not in inputs:
-                raise ValueError("the fusion needs input " + name)
-        segments = inputs[self.segment_count_input].shape[0]
-        for i in range(len(self.features)):
-            features, index = inputs[self.features[i]], inputs[self.index[i]]
-            check_rows(features, self.features[i], index, self.index[i])
-            if self.sequence[i]:
-                check_index(index, segments, self.index[i], -1)
-            elif features.shape[0] != segments:
-                raise ValueError(self.features[i] + " and " + self.segment_count_input + " have different row counts")
+        check_modalities(inputs, self.features, self.index, self.sequence, self.segment_count_input, "the fusion")
         return self.fusion(inputs)
+
+
+def check_modalities(inputs: Dict[str, Tensor], features: List[str], index: List[str], sequence: List[bool],
+                     segment_count_input: str, model: str) -> int:
+    """Modalities' features and indices (as CheckedFusion describes); returns the segment count."""
+    for name in features + index:
+        if name not in inputs:
+            raise ValueError(model + " needs input " + name)
+    segments = inputs[segment_count_input].shape[0]
+    for i in range(len(features)):
+        rows, ids = inputs[features[i]], inputs[index[i]]
+        check_rows(rows, features[i], ids, index[i])
+        if sequence[i]:
+            check_index(ids, segments, index[i], -1)
+        elif rows.shape[0] != segments:
+            raise ValueError(features[i] + " and " + segment_count_input + " have different row counts")
+    return segments
+
+
+class CheckedFaceSelect(nn.Module):
+    """The sparse face selection (models/sparse.py): the other modalities as for the fusion; the face
+    rows agree in count and their segment ids are in [-1, S)."""
+
+    def __init__(self, select: torch.jit.ScriptModule, entries: tuple[modalities.Modality, ...]):
+        super().__init__()
+        self.select = select
+        face = modalities.face_modality(entries)
+        queries = tuple(m for m in entries if m is not face)
+        self.segment_count_input = modalities.segment_count_input(queries)
+        self.features: List[str] = [m.features for m in queries]
+        self.index: List[str] = [m.index for m in queries]
+        self.sequence: List[bool] = [m.sequence for m in queries]
+        self.face_index = face.index
+
+    def forward(self, inputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        segments = check_modalities(inputs, self.features, self.index, self.sequence, self.segment_count_input, "the face selection")
+        for name in ["FACES", "FACE_TIMES", "FACE_PERSON", self.face_index, "SEGMENT_TIMES"]:
+            if name not in inputs:
+                raise ValueError("the face selection needs input " + name)
+            if name != "SEGMENT_TIMES":
+                check_rows(inputs["FACES"], "FACES", inputs[name], name)
+        if inputs["SEGMENT_TIMES"].shape[0] != segments:
+            raise ValueError("SEGMENT_TIMES and " + self.segment_count_input + " have different row counts")
+        check_index(inputs[self.face_index], segments, self.face_index, -1)
+        return self.select(inputs)
 
 
 class CheckedGroup(nn.Module):
@@ -104,6 +139,8 @@ def checked(name: str, scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModu
         return torch.jit.script(CheckedTextEncoder(scripted, vocab_size))
     if name == "fusion":
         return torch.jit.script(CheckedFusion(scripted, modalities.modalities()))
+    if name == "face_select":
+        return torch.jit.script(CheckedFaceSelect(scripted, modalities.modalities()))
     if name == "group":
         return torch.jit.script(CheckedGroup(scripted, modalities.by_name("audio"), modalities.by_name("visual")))
     return scripted

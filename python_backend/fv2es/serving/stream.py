@@ -184,7 +184,8 @@ class TritonPythonModel:
                                            self.parameter("cascade", config.FACE_CASCADE))
         self.limits = input_limits(self)
         self.table: StreamTable[Stream] = StreamTable(StreamLimits.from_parameters(self.parameter))
-        self.steps = pipeline.steps(modalities=modalities.from_model(self.parameter))
+        self.steps = pipeline.steps(modalities=modalities.from_model(self.parameter),
+                                    sparse_visual=self.parameter(pipeline.SPARSE_PARAMETER, "false") == "true")
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]}
         self.shm_region = own_shm_region()
         self.metrics = StreamMetrics(self.name)

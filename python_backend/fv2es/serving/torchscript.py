@@ -31,6 +31,10 @@ def input_check(model: "TritonPythonModel", loaded: torch.jit.ScriptModule) -> C
         audio, visual = modalities.by_name("audio", entries), modalities.by_name("visual", entries)
         limits = checks.limits_from(model.parameter)
         return lambda x: checks.group_inputs(x, audio, visual, limits)
+    if "FACE_PERSON" in names:  # the sparse face selection: the face rows and the other modalities' fusion inputs
+        entries = modalities.from_model(model.parameter)
+        limits = checks.limits_from(model.parameter)
+        return lambda x: checks.face_select_inputs(x, entries, limits)
     if takes_dictionary(forward_arguments(loaded)):  # the fusion: its inputs are its modalities' features and indices
         entries = modalities.in_fusion_inputs(names, modalities.from_model(model.parameter))
         limits = checks.limits_from(model.parameter)
