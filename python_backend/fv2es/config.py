@@ -216,8 +216,9 @@ FEATURE_DIM = 64  # per-frame / per-chunk feature size of the audio and visual e
 # FE2E's sparse cross-modal attention (Dai et al. 2021; fv2es.models.sparse): the segment's audio and
 # text features score its face rows, and only the rows holding SPARSE_VISUAL_MASS of the attention
 # (FE2E's nucleus rule; 0.9 is its --sparse-threshold default), and every person's best row, go
-# through the visual encoder and on (speakers are still found from every face). On: on composed
-# validation segments the fused accuracy held (MODEL_CARD.md); BENCHMARKS.md has what it saves.
+# through the visual encoder and on (speakers are still found from every face). On, because on
+# composed validation segments the fused accuracy held (0.616 -> 0.645, MODEL_CARD.md); on CPU it
+# saves little (the benchmark clip keeps 95 % of its faces; BENCHMARKS.md).
 SPARSE_VISUAL = True
 SPARSE_VISUAL_MASS = 0.9
 
