@@ -70,7 +70,7 @@ class Tally:
 
 def stream_client(url: str, clip: bytes, reference, stop_at: float, tally: Tally) -> None:
     while time.monotonic() < stop_at:
-        stream = RequestStream(url, 1, config.STREAM_MODEL_NAME, timeout_s=600)
+        stream = RequestStream(url, 1, config.STREAM_MODEL_NAME, timeout_s=600, mode="exact")
         started = time.monotonic()
         try:
             stream.open(clip[:CHUNK])
@@ -100,7 +100,7 @@ def file_client(client: Fv2esClient, video: bytes, reference, stop_at: float, ta
 
 def hostile_client(url: str, clip: bytes, stop_at: float, tally: Tally) -> None:
     def attempt(what: str, action, expected: str) -> None:
-        stream = RequestStream(url, 1, config.STREAM_MODEL_NAME, max_send_bytes=512 * 2**20, timeout_s=600)
+        stream = RequestStream(url, 1, config.STREAM_MODEL_NAME, max_send_bytes=512 * 2**20, timeout_s=600, mode="exact")
         try:
             action(stream)
             tally.add(f"hostile {what}: ACCEPTED")

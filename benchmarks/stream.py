@@ -1,7 +1,7 @@
 """Live-stream latency: a clip sent to fv2es_stream at the pace it plays, and how long after each
 segment's end (the moment the stream's bytes up to that time were sent) its answer arrives.
 
-    .venv/bin/python benchmarks/stream.py [--seconds 60]   (run.py calls `measure` for BENCHMARKS.md)
+    .venv/bin/python benchmarks/stream.py [--seconds 60] [--mode low_latency|exact]   (run.py calls `measure`, both modes)
 
 The clip is the benchmark's talking head remuxed to MPEG-TS (what a camera or an encoder sends
 live); its bytes go out every STEP_S of media time, in real time.
@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import av
+import numpy as np
 from fv2es_client.sources import byte_clock
 
 STEP_S = 0.5  # media time per chunk
@@ -57,9 +58,9 @@ def paced_chunks(data: bytes, sent_at: dict[float, float], step_s: float = STEP_
         t += step_s
 
 
-def measure(url: str, video: bytes) -> dict:
-    """Streams `video` (remuxed to MPEG-TS) at its own pace; each segment's latency from the moment
-    its end was sent to its answer, and whether the stream gave the whole file's segments."""
+def measure(url: str, video: bytes, mode: str = "exact") -> dict:
+    """Streams `video` (remuxed to MPEG-TS) at its own pace in `mode`; each segment's latency from the
+    moment its end was sent to its answer, and how its segments compare with the whole file's."""
     from fv2es_client import Fv2esClient
     from fv2es_client.client import Segment
 
@@ -68,7 +69,7 @@ def measure(url: str, video: bytes) -> dict:
     latencies, segments = [], []
     with Fv2esClient(url, timeout_s=3600) as client:
         whole = client.analyze(data)
-        for event in client.stream(paced_chunks(data, sent_at)):
+        for event in client.stream(paced_chunks(data, sent_at), mode=mode):
             arrived = time.monotonic()
             if not isinstance(event, Segment):
                 result = event
@@ -80,11 +81,41 @@ def measure(url: str, video: bytes) -> dict:
     same = len(whole.segments) == len(segments) and all(
         abs(a.start - b.start) < 1e-4 and abs(a.end - b.end) < 1e-4 and a.transcript == b.transcript
         and max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4 for a, b in zip(whole.segments, segments))
+    ranked = sorted(latencies)
     return {
-        "clip_s": result.segments[-1].end if result.segments else 0.0, "mb": len(data) / 1e6, "segments": len(segments),
-        "latency_median_s": statistics.median(latencies), "latency_max_s": max(latencies), "latency_min_s": min(latencies),
-        "latencies_s": latencies, "same_as_whole_file": same, "step_s": STEP_S,
+        "mode": mode, "clip_s": result.segments[-1].end if result.segments else 0.0, "mb": len(data) / 1e6, "segments": len(segments),
+        "latency_median_s": statistics.median(latencies), "latency_p95_s": ranked[min(len(ranked) - 1, round(0.95 * (len(ranked) - 1)))],
+        "latency_max_s": max(latencies), "latency_min_s": min(latencies),
+        "latencies_s": latencies, "same_as_whole_file": same, "step_s": STEP_S, **agreement(segments, whole.segments),
     }
+
+
+def agreement(streamed: list, whole: list) -> dict:
+    """How a stream's segments compare with the whole file's on the same media: each streamed segment
+    against the whole file's scores over the same time (its overlapping segments' scores, weighted by
+    the overlap): the share of segments (and of their time) whose top label is the same, the largest
+    score difference; and the word error rate of the stream's transcript (all segments' words in
+    order) against the whole file's (jiwer)."""
+    import jiwer
+
+    labels = list(whole[0].scores) if whole else []
+    same = same_time = total_time = 0.0
+    largest = 0.0
+    for s in streamed:
+        weights = np.array([max(0.0, min(s.end, w.end) - max(s.start, w.start)) for w in whole])
+        if weights.sum() <= 0:
+            continue
+        reference = (weights[:, None] * np.array([[w.scores[k] for k in labels] for w in whole])).sum(0) / weights.sum()
+        mine = np.array([s.scores[k] for k in labels])
+        largest = max(largest, float(np.abs(mine - reference).max()))
+        agrees = int(mine.argmax() == reference.argmax())
+        same += agrees
+        same_time += agrees * (s.end - s.start)
+        total_time += s.end - s.start
+    words = [" ".join(x.transcript for x in segments if x.transcript).lower().strip() for segments in (whole, streamed)]
+    return {"same_label_share": same / max(len(streamed), 1), "same_label_time_share": same_time / max(total_time, 1e-9),
+            "largest_score_difference": largest,
+            "word_error_rate": float(jiwer.wer(words[0], words[1])) if words[0] else float(bool(words[1]))}
 
 
 def main() -> None:
@@ -93,10 +124,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=60, help="clip length (one of the benchmark clips)")
+    parser.add_argument("--mode", choices=("low_latency", "exact"), nargs="+", default=["low_latency", "exact"])
     args = parser.parse_args()
     with EmbeddedServer(REPOSITORY) as server:
-        numbers = measure(server.grpc_url, run.clip(args.seconds))
-    print({k: v for k, v in numbers.items() if k != "latencies_s"})
+        for mode in args.mode:
+            numbers = measure(server.grpc_url, run.clip(args.seconds), mode)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in numbers.items() if k != "latencies_s"}, flush=True)
 
 
 if __name__ == "__main__":

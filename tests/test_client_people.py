@@ -527,7 +527,7 @@ def same_result(result: VideoResult, whole: VideoResult) -> None:
 
 
 def test_the_stream_gives_the_whole_files_result_with_the_servers_labels(server, client, two_people_ts, whole):
-    events = list(client.stream(chunks_of(two_people_ts.read_bytes(), 8192)))
+    events = list(client.stream(chunks_of(two_people_ts.read_bytes(), 8192), mode="exact"))
     assert [type(e) for e in events] == [Segment] * len(whole.segments) + [VideoResult]
     same_result(events[-1], whole)
     assert sorted(e.index for e in events[:-1]) == list(range(len(whole.segments)))
@@ -546,7 +546,7 @@ def test_concurrent_streams_get_their_own_results(server, two_people_ts, whole, 
 
     def run(name: str, data: bytes) -> None:
         with Fv2esClient(server.grpc_url, timeout_s=120) as c:
-            results[name] = list(c.stream(chunks_of(data, 4096)))[-1]
+            results[name] = list(c.stream(chunks_of(data, 4096), mode="exact"))[-1]
 
     threads = [threading.Thread(target=run, args=("two", two_people_ts.read_bytes())),
                threading.Thread(target=run, args=("one", one_face))]
@@ -563,7 +563,7 @@ def test_a_slow_consumer_does_not_stall_the_stream(client, two_people_ts, whole)
     n = -(-len(data) // 1024)
     assert n > 3 * STREAM_WINDOW  # more requests than the client keeps in flight
     seen = []
-    for event in client.stream(chunks_of(data, 1024)):
+    for event in client.stream(chunks_of(data, 1024), mode="exact"):
         time.sleep(0.2)
         seen.append(event)
     same_result(seen[-1], whole)
@@ -687,7 +687,7 @@ def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def test_cli_stream_prints_rows_then_the_summary(server, two_people_ts, whole):
-    done = run_cli("--stream", str(two_people_ts), "--chunk-kib", "8", "--url", server.grpc_url)
+    done = run_cli("--stream", str(two_people_ts), "--stream-mode", "exact", "--chunk-kib", "8", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     n = len(whole.segments)
     lines = done.stdout.splitlines()
@@ -701,14 +701,14 @@ def test_cli_stream_prints_rows_then_the_summary(server, two_people_ts, whole):
 
 
 def test_cli_stream_json_lines_and_csv(server, two_people_ts, whole):
-    done = run_cli("--stream", str(two_people_ts), "--json", "--url", server.grpc_url)
+    done = run_cli("--stream", str(two_people_ts), "--stream-mode", "exact", "--json", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert [e["event"] for e in events] == ["segment"] * len(whole.segments) + ["end"]
     assert events[0]["source"] == str(two_people_ts) and "people" in events[0]
     assert sorted(e["index"] for e in events[:-1]) == list(range(len(whole.segments)))
     assert [p["person"] for p in events[-1]["people"]] == sorted(whole.people)
-    done = run_cli("--stream", str(two_people_ts), "--csv", "--url", server.grpc_url)
+    done = run_cli("--stream", str(two_people_ts), "--stream-mode", "exact", "--csv", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert [r["speaker"] for r in rows] == [str(s.speaker) for s in whole.segments]  # -1: nobody or unknown
@@ -719,7 +719,7 @@ def test_cli_stream_follows_a_growing_file(server, two_people_ts, whole, tmp_pat
     path = tmp_path / "recording.ts"
     data = two_people_ts.read_bytes()
     write_slowly(path, [data[i : i + 32768] for i in range(0, len(data), 32768)], 0.1, marker=True)
-    done = run_cli("--stream", str(path), "--follow", "--idle-timeout", "30", "--json", "--url", server.grpc_url)
+    done = run_cli("--stream", str(path), "--stream-mode", "exact", "--follow", "--idle-timeout", "30", "--json", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     end = json.loads(done.stdout.splitlines()[-1])
     assert end["event"] == "end" and len(end["segments"]) == len(whole.segments)

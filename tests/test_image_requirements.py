@@ -34,11 +34,12 @@ CUDA_BUILDS = ("torch", "torchaudio", "torchvision")  # installed by the Dockerf
 # Pinned in requirements.txt for development and tests only, kept out of the image: the embedded
 # tritonserver (the image has its own), the test runner and the client's plots, and the tools of the
 # deployment tests (a local S3 endpoint, the Kubernetes schemas), the web page (fv2es-web runs next
-# to the server, not in its image) with its browser test, and this test's Dockerfile parser. A new pin
-# in requirements.txt goes into docker/requirements.txt or here (test_every_pin_of_requirements_txt_is_...).
+# to the server, not in its image) with its browser test, this test's Dockerfile parser, and the
+# stream benchmark's word error rate. A new pin in requirements.txt goes into docker/requirements.txt
+# or here (test_every_pin_of_requirements_txt_is_...).
 NOT_IN_IMAGE = ("nvidia-pytriton", "pytest", "matplotlib", "moto", "boto3", "kubernetes-validate",
                 "fastapi", "starlette", "uvicorn", "python-multipart", "opentelemetry-api", "playwright",
-                "dockerfile-parse")
+                "dockerfile-parse", "jiwer")
 
 # The code that runs in the image: the models' package, the client (fv2es-probe is the image's health
 # check) and the models' entry points.

@@ -42,6 +42,20 @@ def streamed(client, two_people):
             sent[0] += 1
             yield chunk
 
+    events = [(event, sent[0]) for event in client.stream(chunks(), mode="exact")]
+    return events, sent[0]
+
+
+@pytest.fixture(scope="module")
+def low_latency(client, two_people):
+    """The same in the server's default mode (low latency; `streamed` asks for the exact one)."""
+    sent = [0]
+
+    def chunks():
+        for chunk in file_chunks_of(two_people[0], 16 * 1024):
+            sent[0] += 1
+            yield chunk
+
     events = [(event, sent[0]) for event in client.stream(chunks())]
     return events, sent[0]
 
@@ -108,6 +122,49 @@ def test_segments_arrive_while_the_stream_is_still_coming(streamed):
     first_segment_at = next(sent for e, sent in events if isinstance(e, Segment))
     assert first_segment_at < total_chunks, (first_segment_at, total_chunks)
     assert sum(isinstance(e, Segment) for e, sent in events if sent < total_chunks) >= 1
+
+
+def test_low_latency_is_the_default_and_answers_a_stretch_sooner(streamed, low_latency, whole, two_people):
+    """Low latency (the default) answers each segment once the pause after it is long enough, not
+    when the stretch of up to a Whisper window of speech is over: its first answer comes long before
+    the exact mode's and before the stream ends; its segments tile the same timeline in order."""
+    events, total_chunks = low_latency
+    first_low = next(sent for e, sent in events if isinstance(e, Segment))
+    first_exact = next(sent for e, sent in streamed[0] if isinstance(e, Segment))
+    first_cut_s = stretches.cuts(demux(two_people[0]).audio)[0] / config.SAMPLE_RATE
+    assert first_low < first_exact and first_low < total_chunks, (first_low, first_exact, total_chunks)
+    segments = [e for e, _ in events if isinstance(e, Segment)]
+    assert segments[0].end < first_cut_s < segments[-1].start  # the exact mode's first stretch in several answers
+    assert [s.index for s in segments] == list(range(len(segments)))
+    assert all(a.end <= b.start + 1e-4 for a, b in zip(segments, segments[1:]))
+    assert segments[-1].end == pytest.approx(whole.segments[-1].end, abs=0.05)
+    final = events[-1][0]
+    assert isinstance(final, VideoResult) and len(final.segments) == len(segments)
+    assert sorted(final.people) == sorted(whole.people) == [0, 1]  # both persons, each speaker found
+    assert {s.speaker for s in segments if s.has_speech} == {0, 1}
+
+
+def test_a_stream_mode_is_chosen_on_the_first_request_only(server, two_people):
+    from fv2es_client.stream import RequestStream, bytes_tensor
+
+    data = two_people[0]
+    bogus = RequestStream(server.grpc_url, 31, config.STREAM_MODEL_NAME, timeout_s=60, mode="fastest")
+    try:
+        with pytest.raises(Fv2esError) as info:
+            bogus.open(data[: 64 * 1024])
+        assert info.value.code == "INVALID_ARGUMENT" and "STREAM_MODE 'fastest' is not one of low_latency, exact" in info.value.message()
+    finally:
+        bogus.close()
+    stream = RequestStream(server.grpc_url, 32, config.STREAM_MODEL_NAME, timeout_s=60, mode="exact")
+    try:
+        key = stream.open(data[: 64 * 1024])
+        inputs = [bytes_tensor("CHUNK", data[64 * 1024 : 128 * 1024]), bytes_tensor("STREAM_KEY", key.encode()),
+                  bytes_tensor("STREAM_MODE", b"low_latency")]  # on a later request: refused
+        stream.grpc.async_stream_infer(config.STREAM_MODEL_NAME, inputs, sequence_id=32, enable_empty_final_response=True)
+        _, error = stream.answers.get(timeout=60)
+        assert error is not None and "STREAM_MODE is chosen on a stream's first request only" in error.message()
+    finally:
+        stream.close()
 
 
 def test_a_url_is_not_opened(client):

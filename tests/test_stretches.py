@@ -26,10 +26,13 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SR), np.float32)
 
 
+PAUSES_S = [2.5, 1.5, 4.0, 2.0, 3.0, 2.5, 1.5, 3.5, 2.0, 2.5, 3.0]
+
+
 @pytest.fixture(scope="module")
 def paused(sample_speech):
     """~125 s: the sample's sentence 12 times, with pauses of 1.5 to 4 s (each one a VAD chunk)."""
-    return talk(sample_speech, [2.5, 1.5, 4.0, 2.0, 3.0, 2.5, 1.5, 3.5, 2.0, 2.5, 3.0])
+    return talk(sample_speech, PAUSES_S)
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +166,39 @@ def test_speech_detection_needs_no_torch():
         "vad.speech_chunks(audio); stretches.cuts(audio); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- The low-latency rule (a live stream's default mode) --------------------------------------------
+
+
+def low_latency_cuts(audio: np.ndarray) -> list[int]:
+    return stretches.Cutter(stretches.LOW_LATENCY).cuts(audio)
+
+
+def test_low_latency_cuts_at_every_pause_soon_after_it_begins(paused):
+    cuts = low_latency_cuts(paused)
+    for cut in cuts:  # after silence (the sentence's own pauses too, where they are long enough; a
+        # window of WINDOW_S without speech may end just as speech begins, before Silero sees it)
+        assert not np.any(paused[cut - SR // 10 : cut]), cut / SR
+    sounding = np.flatnonzero(paused)
+    gaps = np.flatnonzero(np.diff(sounding) > SR)  # the silences of more than a second: between the sentences
+    assert len(gaps) >= len(PAUSES_S)
+    for g in gaps:  # each holds a cut
+        assert any(sounding[g] < cut <= sounding[g + 1] for cut in cuts), sounding[g] / SR
+    # decided once the pause is LOW_LATENCY_SILENCE_MS long, whatever pieces the audio comes in
+    for piece in (7_777, SR // 2):
+        cutter, decided = stretches.Cutter(stretches.LOW_LATENCY), []
+        for end in range(piece, len(paused) + piece, piece):
+            new = cutter.cuts(paused[:end])
+            for cut in new:
+                speech_end = cut - config.VAD_SPEECH_PAD_MS * SR // 1000
+                assert end <= speech_end + (config.LOW_LATENCY_SILENCE_MS / 1000 + 0.2) * SR + piece, (cut / SR, end / SR)
+            decided += new
+        assert decided == cuts
+
+
+def test_low_latency_cuts_silence_into_windows_and_unbroken_speech_at_the_segment_limit(unbroken):
+    assert [c / SR for c in low_latency_cuts(silence(13))] == [config.WINDOW_S, 2 * config.WINDOW_S, 3 * config.WINDOW_S]
+    speech = low_latency_cuts(unbroken)
+    assert speech and max(np.diff([0, *speech])) <= config.MAX_SEGMENT_S * SR
+    assert stretches.cuts(unbroken) != speech  # the exact rule waits for a whole window of speech

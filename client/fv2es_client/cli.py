@@ -93,12 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--transcode", action="store_true",
                       help="re-encode to H.264/AAC even when the codecs could be copied into MPEG-TS as they are")
     live.add_argument("--realtime", action="store_true", help="send a finished file at the speed it plays")
+    live.add_argument("--stream-mode", choices=("low_latency", "exact"),
+                      help="low_latency: each segment within seconds of its end (the server's default); exact: the "
+                           "whole file's segments and scores, each up to a stretch (~30 s of speech) late")
     live.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK_BYTES // 1024, metavar="KIB",
                       help=f"most bytes per request, in KiB (default {DEFAULT_CHUNK_BYTES // 1024})")
     return parser
 
 
-STREAM_ONLY = ("follow", "seconds", "input_format", "input_option", "transcode", "realtime")
+STREAM_ONLY = ("follow", "seconds", "input_format", "input_option", "transcode", "realtime", "stream_mode")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -296,7 +299,7 @@ def stream_main(args: argparse.Namespace, options: dict) -> int:
                 args.stream, follow=args.follow, seconds=args.seconds, realtime=args.realtime, transcode=args.transcode or None,
                 input_format=args.input_format, options=dict(o.split("=", 1) for o in args.input_option),
                 chunk_bytes=args.chunk_kib * 1024, idle_timeout_s=args.idle_timeout or None, stop=stop)
-            for event in client.stream(chunks, timeout_s=args.timeout, stop=stop):
+            for event in client.stream(chunks, timeout_s=args.timeout, stop=stop, mode=args.stream_mode):
                 if isinstance(event, VideoResult):
                     result = event
                 else:

@@ -588,7 +588,7 @@ class Fv2esClient:
         return {name: result.as_numpy(name) for name in names}
 
     def stream(self, chunks: Iterable[bytes], *, timeout_s: float | None = None,
-               stop: threading.Event | None = None) -> Iterator[Segment | VideoResult]:
+               stop: threading.Event | None = None, mode: str | None = None) -> Iterator[Segment | VideoResult]:
         """Sends a growing container stream (MPEG-TS, Matroska/WebM, fragmented MP4), chunk after chunk,
         to the `fv2es_stream` model on one gRPC stream; yields each Segment as soon as the server has it,
         then the whole VideoResult last.
@@ -598,13 +598,15 @@ class Fv2esClient:
         chunk to be taken, and for the end once every chunk is sent. Setting `stop` ends the stream
         early: no more chunks are read, and the server still sends the rest and the result. A server
         error raises Fv2esError with its gRPC status name and message. The stream model's readiness is
-        checked here, before anything is sent (ModelNotReadyError otherwise).
+        checked here, before anything is sent (ModelNotReadyError otherwise). `mode`: "low_latency"
+        (each segment as soon as its pause ends it) or "exact" (the whole file's segments and scores,
+        each up to a stretch late); None: the server's default (low_latency).
         """
         from .stream import run_stream  # noqa: PLC0415 - one module per feature
 
         config = self.connect_stream()
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        return run_stream(self, config, chunks, timeout_s=timeout, stop=stop)
+        return run_stream(self, config, chunks, timeout_s=timeout, stop=stop, mode=mode)
 
     def close(self) -> None:
         if self.client is not None:

@@ -167,6 +167,7 @@ class _Stream:
         self.key: str | None = None  # the stream's key, from the "open" response
         self.opened = threading.Event()
         self.keyed = True  # the server issues keys (a server before them has no STREAM_KEY input)
+        self.mode: str | None = None  # the stream's mode, sent on its first request (None: the server's default)
 
     def callback(self, result, error) -> None:
         self.last_answer = time.monotonic()
@@ -208,6 +209,8 @@ def _send(client: Fv2esClient, grpc: grpcclient.InferenceServerClient, state: _S
         inputs = [bytes_tensor("CHUNK", data)]
         if not first and state.keyed:
             inputs.append(bytes_tensor("STREAM_KEY", state.key.encode()))
+        if first and state.mode is not None:
+            inputs.append(bytes_tensor("STREAM_MODE", state.mode.encode()))
         grpc.async_stream_infer(client.stream_model, inputs, sequence_id=sequence_id, sequence_start=first,
                                 sequence_end=last, enable_empty_final_response=True)
 
@@ -255,7 +258,7 @@ def stream_error(exc: InferenceServerException) -> Fv2esError:
 
 
 def run_stream(client: Fv2esClient, config: dict, chunks: Iterable[bytes], *, timeout_s: float | None,
-               stop: threading.Event | None = None) -> Iterator[Segment | VideoResult]:
+               stop: threading.Event | None = None, mode: str | None = None) -> Iterator[Segment | VideoResult]:
     """The generator behind Fv2esClient.stream (the stream model is known to be ready)."""
     tls = {k: (str(v) if v is not None else None) for k, v in client.tls_files.items()}
     grpc = grpcclient.InferenceServerClient(client.url, ssl=client.ssl, channel_args=[
@@ -263,6 +266,10 @@ def run_stream(client: Fv2esClient, config: dict, chunks: Iterable[bytes], *, ti
         ("grpc.max_receive_message_length", STREAM_CHANNEL_BYTES)], **tls)
     state = _Stream(timeout_s, stop)
     state.keyed = uses_keys(config)
+    if mode is not None:
+        if not any(i.get("name") == "STREAM_MODE" for i in config.get("input", [])):
+            raise Fv2esError("INVALID_ARGUMENT", "this server's stream model has one mode only (no STREAM_MODE input)")
+        state.mode = mode
     return _events(client, grpc, state, config, chunks)
 
 
@@ -333,15 +340,17 @@ class RequestStream:
     """One gRPC stream to the stream model, a request at a time, with the sequence id it is given: the
     protocol as a hand-written client sees it (tests, the load test, clients that pace themselves).
     `request()` sends one chunk and returns the events it brought; the key from "open" is kept and
-    sent on every later chunk unless `key` is given. `finish()`'s result carries the server's unsure marks."""
+    sent on every later chunk unless `key` is given; `mode` (STREAM_MODE) goes with the first chunk.
+    `finish()`'s result carries the server's unsure marks."""
 
     def __init__(self, url: str, sequence_id: int = 1, model: str = "fv2es_stream", *,
-                 max_send_bytes: int = STREAM_CHANNEL_BYTES, timeout_s: float = 600.0):
+                 max_send_bytes: int = STREAM_CHANNEL_BYTES, timeout_s: float = 600.0, mode: str | None = None):
         self.grpc = grpcclient.InferenceServerClient(url, channel_args=[("grpc.max_send_message_length", max_send_bytes)])
         self.answers: queue.Queue = queue.Queue()
         self.grpc.start_stream(callback=lambda result, error: self.answers.put((result, error)))
         self.sequence_id, self.model, self.timeout_s = sequence_id, model, timeout_s
         self.key: str | None = None
+        self.mode = mode
         self.segments: list[dict[str, np.ndarray]] = []
 
     def request(self, data: bytes, *, start: bool = False, end: bool = False, key: str | None = None) -> list[dict]:
@@ -350,6 +359,8 @@ class RequestStream:
         key = key or (None if start else self.key)
         if key:
             inputs.append(bytes_tensor("STREAM_KEY", key.encode()))
+        if start and self.mode:
+            inputs.append(bytes_tensor("STREAM_MODE", self.mode.encode()))
         self.grpc.async_stream_infer(self.model, inputs, sequence_id=self.sequence_id, sequence_start=start,
                                      sequence_end=end, enable_empty_final_response=True)
         events = []

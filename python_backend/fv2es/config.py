@@ -108,6 +108,15 @@ MAX_SEGMENT_S = 12.0  # longer speech segments are split into equal parts
 # segments come out the same, as soon as the stretch is over.
 STRETCH_SPEECH_S = ASR_BLOCK_S - 0.5  # speech per stretch; the margin: VAD's own run on the stretch
 STRETCH_MAX_S = 60.0  # a stretch with less speech ends here: a live stream's longest wait for a cut
+# A live stream's modes (fv2es_stream; a stream picks one with STREAM_MODE on its first request):
+# "exact" cuts by the rule above, so it gives the whole file's segments and scores, each up to a
+# stretch late; "low_latency" ends a stretch at every pause of LOW_LATENCY_SILENCE_MS, at
+# MAX_SEGMENT_S of unbroken speech, or after WINDOW_S without speech, so each segment is answered
+# within seconds of its end, from its own speech (no Whisper context before it).
+STREAM_MODES = ("low_latency", "exact")
+STREAM_MODE = "low_latency"
+# At least twice VAD_SPEECH_PAD_MS, so that a chunk's padded end is final once it is closed.
+LOW_LATENCY_SILENCE_MS = 800
 
 # --- Audio branch input ------------------------------------------------------------------------
 # "whisper": the Whisper encoder states of the speech, which the ASR step computes anyway (a

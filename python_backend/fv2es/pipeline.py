@@ -190,6 +190,8 @@ def group_steps(entries: tuple[Modality, ...], weights: str) -> list[Step]:
 # the whole stream's scores ("end"). Every chunk after the first carries the key (fv2es/streams.py).
 STREAM_EVENTS = ("open", "segment", "end")
 STREAM_KEY = Tensor("STREAM_KEY", "STRING", (1,), optional=True)
+# A stream's mode (config.STREAM_MODES), on its first request; without it the model's stream_mode.
+STREAM_MODE = Tensor("STREAM_MODE", "STRING", (1,), optional=True)
 STREAM_SEGMENT_OUTPUTS = ("SEGMENT_INDEX", "SEGMENT_TIMES", "TRANSCRIPTS", "SEGMENT_SCORES", "SEGMENT_HAS_SPEECH",
                           "SEGMENT_HAS_FACE", "SEGMENT_SPEAKER", "PERSON_SEGMENTS", "PERSON_SEGMENT_SCORES", "GROUP_SEGMENT_SCORES")
 STREAM_END_OUTPUTS = ("VIDEO_SCORES", "PERSON_SCORES", "LABELS", "MODEL_INFO", "DURATION", "GROUP_SCORES")
@@ -203,11 +205,11 @@ def stream_step(pipeline: list[Step]) -> Step:
     by_name["STREAM_KEY"] = string("STREAM_KEY", 1)
     names = ("EVENT", "STREAM_KEY", *STREAM_SEGMENT_OUTPUTS, *STREAM_END_OUTPUTS)
     served_modalities = next(s.parameters for s in pipeline if s.name == "fusion")[modality_registry.PARAMETER]
-    return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1), STREAM_KEY), tuple(by_name[n] for n in names),
+    return Step(config.STREAM_MODEL_NAME, "stream", (string("CHUNK", 1), STREAM_KEY, STREAM_MODE), tuple(by_name[n] for n in names),
                 kind="KIND_AUTO", decoupled=True,
                 parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS,
                             **{k: str(v) for k, v in asdict(StreamLimits()).items()}, "labels": ",".join(config.LABELS),
-                            **RESULT_PARAMETERS, modality_registry.PARAMETER: served_modalities,
+                            **RESULT_PARAMETERS, modality_registry.PARAMETER: served_modalities, "stream_mode": config.STREAM_MODE,
                             SPARSE_PARAMETER: str(any(s.name == SPARSE_STEP for s in pipeline)).lower()})
 
 

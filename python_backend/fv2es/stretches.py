@@ -19,28 +19,60 @@ from the stretch's start):
 A decision uses only chunks that nothing later can change, so the cuts of a growing audio are the
 first cuts of the whole; applied to one stretch's audio alone the rule finds no cut (its last
 chunk is still open there, and its speech fits).
+
+That is the EXACT rule, the whole file's. A live stream in low-latency mode (config.STREAM_MODE)
+cuts by LOW_LATENCY instead: at the padded end of every speech chunk as soon as it is closed (by
+config.LOW_LATENCY_SILENCE_MS of silence), at config.MAX_SEGMENT_S of speech going on (the same
+maximum rule, shorter), and after config.WINDOW_S without any speech.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import config, vad
 
-MAX_WINDOWS = round(config.STRETCH_MAX_S * config.SAMPLE_RATE) // vad.WINDOW
-SPEECH_SAMPLES = round(config.STRETCH_SPEECH_S * config.SAMPLE_RATE)
 STEP_WINDOWS = 4 * config.SAMPLE_RATE // vad.WINDOW  # how far a file's audio is searched at a time (4 s)
 
 
-def decide(chunks: list[vad.Chunk], n_windows: int, past_max: bool) -> int | None:
+@dataclass(frozen=True)
+class StretchRule:
+    speech_s: float  # speech per stretch at most
+    max_s: float  # the longest stretch (then cut before the speech going on, else there)
+    each_chunk: bool = False  # end at every closed speech chunk
+    quiet_s: float = 0.0  # each_chunk: a stretch without speech ends here
+    min_silence_ms: int = config.VAD_MIN_SILENCE_MS  # the silence that closes a chunk
+
+    @property
+    def speech_samples(self) -> int:
+        return round(self.speech_s * config.SAMPLE_RATE)
+
+    @property
+    def max_windows(self) -> int:
+        return round(self.max_s * config.SAMPLE_RATE) // vad.WINDOW
+
+
+EXACT = StretchRule(config.STRETCH_SPEECH_S, config.STRETCH_MAX_S)
+LOW_LATENCY = StretchRule(config.STRETCH_SPEECH_S, config.MAX_SEGMENT_S, each_chunk=True, quiet_s=config.WINDOW_S,
+                          min_silence_ms=config.LOW_LATENCY_SILENCE_MS)
+RULES = dict(zip(config.STREAM_MODES, (LOW_LATENCY, EXACT)))
+
+
+def decide(chunks: list[vad.Chunk], n_windows: int, past_max: bool, rule: StretchRule = EXACT) -> int | None:
     """The cut (samples from the stretch's start) that these chunks decide, or None (not yet)."""
     speech = 0
     for k, chunk in enumerate(chunks):
         speech += chunk.end - chunk.start  # an open chunk's speech so far: it can only grow
-        if speech > SPEECH_SAMPLES and k > 0:
+        if speech > rule.speech_samples and k > 0:
             return chunks[k - 1].end
         if not chunk.closed:
             break
+        if rule.each_chunk:
+            return chunk.end
+    if rule.each_chunk and not chunks and n_windows * vad.WINDOW >= rule.quiet_s * config.SAMPLE_RATE:
+        return round(rule.quiet_s * config.SAMPLE_RATE)  # no speech yet: one window's answer
     if not past_max:
         return None
     if chunks and not chunks[-1].closed and chunks[-1].start > 0:
@@ -50,9 +82,10 @@ def decide(chunks: list[vad.Chunk], n_windows: int, past_max: bool) -> int | Non
 
 class Cutter:
     """The cuts of one timeline, its audio given whole (a file) or growing (a live stream: the
-    speech probabilities of the open stretch are kept between calls)."""
+    speech probabilities of the open stretch are kept between calls), by `rule`."""
 
-    def __init__(self):
+    def __init__(self, rule: StretchRule = EXACT):
+        self.rule = rule
         self.start = 0  # sample where the open stretch starts
         self._reset()
 
@@ -70,11 +103,16 @@ class Cutter:
 
     def _next(self, audio: np.ndarray) -> int | None:
         stretch = audio[self.start :]
-        past_max = len(stretch) > MAX_WINDOWS * vad.WINDOW
-        n = MAX_WINDOWS if past_max else len(stretch) // vad.WINDOW
-        # A few seconds at a time: a file's cut is usually decided long before the maximum.
-        for upto in [*range(len(self.detector.probs) + STEP_WINDOWS, n, STEP_WINDOWS), n]:
-            cut = decide(vad.chunks(self.detector.extend(stretch, upto)), upto, past_max and upto == n)
+        max_windows = self.rule.max_windows
+        past_max = len(stretch) > max_windows * vad.WINDOW
+        n = max_windows if past_max else len(stretch) // vad.WINDOW
+        # A few seconds at a time: a file's cut is usually decided long before the maximum. Cuts at
+        # each chunk: window by window, so that they fall where they would with the audio arriving
+        # in any pieces (the first decision, not one of a later look).
+        step = 1 if self.rule.each_chunk else STEP_WINDOWS
+        for upto in [*range(len(self.detector.probs) + step, n, step), n]:
+            probs = self.detector.extend(stretch, upto)
+            cut = decide(vad.chunks(probs, min_silence_ms=self.rule.min_silence_ms), upto, past_max and upto == n, self.rule)
             if cut is not None:
                 return self.start + cut
         return None

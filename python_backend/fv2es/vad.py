@@ -89,14 +89,15 @@ class Chunk:
     closed: bool
 
 
-def chunks(probs: np.ndarray, audio_length: int | None = None) -> list[Chunk]:
+def chunks(probs: np.ndarray, audio_length: int | None = None, min_silence_ms: int = config.VAD_MIN_SILENCE_MS) -> list[Chunk]:
     """Silero's speech chunks from its window probabilities, padded, by the rules of silero-vad's
     `get_speech_timestamps_from_probs` with `use_max_poss_sil_at_max_speech=False` (those of
     faster-whisper too), step by step: so that an audio still growing (`audio_length` None) can say
     which chunks are final. Its last chunk may be open: its end is then the least it can end at.
-    With `audio_length` the audio is whole and its end closes the last chunk, as Silero's does."""
+    With `audio_length` the audio is whole and its end closes the last chunk, as Silero's does.
+    `min_silence_ms`: the silence that ends a chunk (a live stream's low-latency cuts use less)."""
     neg = max(config.VAD_THRESHOLD - 0.15, 0.01)
-    min_silence = config.VAD_MIN_SILENCE_MS * config.SAMPLE_RATE // 1000
+    min_silence = min_silence_ms * config.SAMPLE_RATE // 1000
     split_silence = 98 * config.SAMPLE_RATE // 1000  # a pause long enough to split too-long speech at
     pad = config.VAD_SPEECH_PAD_MS * config.SAMPLE_RATE // 1000
     max_speech = config.VAD_MAX_SPEECH_S * config.SAMPLE_RATE - WINDOW - 2 * pad

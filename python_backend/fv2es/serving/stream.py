@@ -6,11 +6,14 @@ sequence id, start and end flags), CHUNK = the next bytes. Only bytes: the serve
 
 For each stream the model decodes audio and sampled frames as they arrive (fv2es.livemedia), finds
 the faces frame by frame with the ensemble's own code (fv2es.faces.FaceRows: same batches, same
-tracking, same persons), and cuts the timeline into stretches with the ensemble's own rule
-(fv2es.stretches). When a stretch's cut is known and its frames are searched, the steps of the
-ensemble after demux and face detection run on it, model by model (BLS, `pipeline.plan`): the
-stretch's segments are those the whole file gets, with the same scores. Each segment goes out as a
-"segment" response; after the last request, one "end" response has the whole stream's scores.
+tracking, same persons), and cuts the timeline into stretches (fv2es.stretches): in "exact" mode
+with the ensemble's own rule, in "low_latency" mode (the default, config.STREAM_MODE; a stream picks
+its mode with STREAM_MODE on its first request) at every pause. When a stretch's cut is known and
+its frames are searched, the steps of the ensemble after demux and face detection run on it, model
+by model (BLS, `pipeline.plan`): in exact mode the stretch's segments are those the whole file gets,
+with the same scores; in low-latency mode each segment is answered within seconds of its end, from
+its own speech. Each segment goes out as a "segment" response; after the last request, one "end"
+response has the whole stream's scores.
 
 Who owns a stream is the key the first response ("open") gives, not the client's sequence id; the
 slots, limits and key checks are fv2es.streams.StreamTable's. Any error ends the stream whose key the
@@ -120,13 +123,13 @@ STRETCH_OUTPUTS = (*pipeline.STREAM_SEGMENT_OUTPUTS[1:], "LABELS", "MODEL_INFO")
 class Stream:
     """One live stream: its decoder, its faces, and the stretches not yet answered."""
 
-    def __init__(self, detector, limits: checks.Limits):
+    def __init__(self, detector, limits: checks.Limits, rule: stretches.StretchRule):
         self.live = LiveMedia(limits=limits)
         self.faces = FaceRows(detector)
         self.scenes = SceneRows()  # the frames at low resolution not yet given to a stretch
         self.rows: list[dict[str, np.ndarray]] = []  # face rows not yet given to a stretch
         self.cut = 0  # sample where the first stretch not yet answered starts
-        self.cutter = stretches.Cutter()  # keeps the open stretch's speech probabilities between chunks
+        self.cutter = stretches.Cutter(rule)  # keeps the open stretch's speech probabilities between chunks
         self.cuts: list[int] = []  # cuts decided, their stretches not yet answered
         self.segment_times: list[np.ndarray] = []
         self.segment_scores: list[np.ndarray] = []
@@ -231,8 +234,11 @@ class TritonPythonModel:
     def _stream_of(self, request, sender) -> tuple[str, Stream]:
         """The stream a request's chunk belongs to: a new one (sequence_start), else the one its
         STREAM_KEY names."""
+        mode = tensor_text(request, "STREAM_MODE")
         if request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
-            return self._open(sender)
+            return self._open(sender, mode or self.parameter("stream_mode", config.STREAM_MODE))
+        if mode is not None:
+            raise InputError("STREAM_MODE is chosen on a stream's first request only")
         key = tensor_text(request, "STREAM_KEY")
         return key, self.table.get(key)
 
@@ -254,8 +260,10 @@ class TritonPythonModel:
         self._advance(stream, sender, last)
         return last
 
-    def _open(self, sender) -> tuple[str, Stream]:
-        stream = Stream(self.detector, self.limits)
+    def _open(self, sender, mode: str) -> tuple[str, Stream]:
+        if mode not in stretches.RULES:
+            raise InputError(f"STREAM_MODE {mode[:40]!r} is not one of {', '.join(config.STREAM_MODES)}")
+        stream = Stream(self.detector, self.limits, stretches.RULES[mode])
         try:
             key, evicted = self.table.open(stream, lambda: stream.live.media_s)
         except BaseException:
