@@ -174,6 +174,12 @@ def with_server(videos: dict[int, bytes], throughput_set: list[bytes], use_perf:
     return results
 
 
+def stream_runs(results: dict) -> dict[str, dict]:
+    """The live-stream runs of the 60 s clip by mode (a run before the two modes had one, exact)."""
+    live = results["server"].get("stream_60") or {}
+    return {"exact": live} if "latency_median_s" in live else live
+
+
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) for each target of the issue that this run measures."""
     rows = []
@@ -197,7 +203,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         ratio = versus["ratio_of_medians"]
         rows.append((f"60 s clip, this code / {versus['ref']} ({versus['description']}), in turns",
                      f"{ratio:.2f}x (target <= {bench_settings.BENCH_NO_REGRESSION:.2f}x)", ratio <= bench_settings.BENCH_NO_REGRESSION))
-    low = results["server"].get("stream_60", {}).get("low_latency")
+    low = stream_runs(results).get("low_latency")
     if low:
         rows.append(("live stream, low latency, 60 s clip at its pace: segment end -> answer",
                      f"median {low['latency_median_s']:.2f} s, p95 {low['latency_p95_s']:.2f} s (target <= 3 s, <= 6 s)",
@@ -292,9 +298,7 @@ def markdown(results: dict) -> str:
             continue
         w, one, by = r["whisper_windows"], r["asr_one_piece"]["median_s"], r["asr_by_stretch"]["median_s"]
         lines.append(f"| {seconds} s | {w['stretches']} | {w['one_piece']} | {w['by_stretch']} | {one:.2f} | {by:.2f} | {by / one:.2f}x |")
-    live = results["server"].get("stream_60")
-    if live and "mode" not in live:  # a results.json of a run before the two modes
-        live = {"exact": {**live, "mode": "exact"}}
+    live = stream_runs(results)
     if live:
         any_run = next(iter(live.values()))
         lines += ["", "## Live stream: latency from a segment's end to its answer (60 s clip)", "",
@@ -314,120 +318,9 @@ def markdown(results: dict) -> str:
         for mode, r in live.items():
             extra = (f"{r['same_label_share']:.0%} | {r['largest_score_difference']:.2f} | {r['word_error_rate']:.3f}"
                      if "same_label_share" in r else "- | - | -")
-            lines.append(f"| {mode} | {r['segments']} | {r['latency_median_s']:.2f} | {r.get('latency_p95_s', float('nan')):.2f} | "
+            p95 = f"{r['latency_p95_s']:.2f}" if "latency_p95_s" in r else "-"
+            lines.append(f"| {mode} | {r['segments']} | {r['latency_median_s']:.2f} | {p95} | "
                          f"{r['latency_min_s']:.2f} | {r['latency_max_s']:.2f} | {extra} | {'yes' if r['same_as_whole_file'] else 'no'} |")
-    versus = results.get("earlier", {})
-    if "ratio_of_medians" in versus:
-        ratio = versus["ratio_of_medians"]
-        rows.append((f"60 s clip, this code / {versus['ref']} ({versus['description']}), in turns",
-                     f"{ratio:.2f}x (target <= {bench_settings.BENCH_NO_REGRESSION:.2f}x)", ratio <= bench_settings.BENCH_NO_REGRESSION))
-    low = results["server"].get("stream_60", {}).get("low_latency")
-    if low:
-        rows.append(("live stream, low latency, 60 s clip at its pace: segment end -> answer",
-                     f"median {low['latency_median_s']:.2f} s, p95 {low['latency_p95_s']:.2f} s (target <= 3 s, <= 6 s)",
-                     low["latency_median_s"] <= 3 and low["latency_p95_s"] <= 6))
-        rows.append(("live stream, low latency: segments with the whole file's label", f"{low['same_label_share']:.0%} (target >= 95 %)",
-                     low["same_label_share"] >= 0.95))
-    gpu = results["machine"]["gpu"]
-    rows.append(("real-time factor on a GPU (<= 0.01)", "not measured: no GPU on this machine" if gpu == "none" else "see GPU run", None))
-    return rows
-
-
-def markdown(results: dict) -> str:
-    m, served, local = results["machine"], results["server"]["clips"], results["without_server"]
-    width, height, fps = bench_settings.BENCH_CLIP_FORMAT
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `make bench` (`benchmarks/run.py`) on {results['date']}; every number on this page comes",
-        "from that one run. Re-run it to refresh the page; `benchmarks/out/results.json` holds the raw numbers.",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory_gib']} GiB; GPU: {m['gpu']}",
-        f"- {m['os']}; Python {m['python']}; torch {m['torch']} ({m['torch_threads']} threads); "
-        f"tritonserver {results['server']['triton_version']} (the nvidia-pytriton wheel's binary)",
-        f"- clips: generated talking heads, {width}x{height} {fps} fps H.264 + AAC, speech with pauses (fv2es_build.synth)",
-        "",
-        "## Targets",
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-    ]
-    for name, value, met in targets(results):
-        lines.append(f"| {name} | {value} | {'yes' if met else 'no' if met is not None else 'n/a'} |")
-    lines += [
-        "",
-        "## Whole videos through the server, one request at a time",
-        "",
-        "Median of the runs after one warm-up. Memory: the server's proportional set size (tritonserver and",
-        "every Python-backend stub, shared pages counted once), sampled every 0.2 s during one more request",
-        f"(not during the timed ones: the sampling costs CPU); idle after start-up: {results['server']['idle_pss_mib']:.0f} MiB.",
-        "",
-        "| clip | file MB | runs | median s | min s | max s | real-time factor | s per minute of video | peak memory MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for seconds, r in served.items():
-        lines.append(f"| {seconds} s | {r['mb']:.1f} | {r['runs']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | "
-                     f"{r['median_s'] / seconds:.3f} | {r['median_s'] / seconds * 60:.2f} | {r['peak_pss_mib']:.0f} |")
-    lines += ["", "Where the memory is: each process's own peak during that run (MiB; a model's instances added up).", "",
-              "| process | " + " | ".join(f"{s} s" for s in served) + " |", "|---|" + "---|" * len(served)]
-    for label in next(iter(served.values()))["peak_pss_by_model_mib"]:
-        lines.append(f"| {label} | " + " | ".join(f"{r['peak_pss_by_model_mib'].get(label, 0):.0f}" for r in served.values()) + " |")
-    lines += ["", "## The alternatives, same clips, same run", "",
-              "(a) the same steps and models called one after another in one process; (b) the paper's two-phase",
-              "pipeline, each modality preprocessed to files (WAV, JPEG frames, JSON, .npy) and read back for",
-              "inference; (c) the floors: decoding every frame of the file alone, and the ASR model alone on its",
-              "audio with every core. `benchmarks/baselines.py` has the exact code. Medians in seconds.", "",
-              "| clip | server | (a) in-process | (b) two-phase | (c) decode | (c) ASR | decode + ASR | server / floors | (b) / server | (a) / server |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for seconds in (s for s in served if s in local):
-        r, s = local[seconds], served[seconds]["median_s"]
-        floors = r["decode_floor"]["median_s"] + r["asr_floor"]["median_s"]
-        lines.append(f"| {seconds} s | {s:.2f} | {r['in_process']['median_s']:.2f} | {r['two_phase']['median_s']:.2f} | "
-                     f"{r['decode_floor']['median_s']:.2f} | {r['asr_floor']['median_s']:.2f} | {floors:.2f} | {s / floors:.2f}x | "
-                     f"{r['two_phase']['median_s'] / s:.2f}x | {r['in_process']['median_s'] / s:.2f}x |")
-    if results.get("max_score_difference") is not None:
-        lines += ["", f"The server and (a) agree on the 60 s clip: largest difference of the whole-video scores "
-                  f"{results['max_score_difference']:.1e}."]
-    if results["server"].get("perf"):
-        a = local["in_process_throughput"]
-        lines += ["", "## perf_analyzer: throughput and latency under concurrency", "",
-                  "Input data: the 10 s clip and `samples/talking_head.mp4` (8.5 s, 320x240), alternately. "
-                  f"(a) on the same two videos, one after another: {a:.3f} videos/s.", "",
-                  "| concurrency | videos/s | vs (a) | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
-        for r in results["server"]["perf"]:
-            lines.append(f"| {r['concurrency']} | {r['throughput']:.3f} | {r['throughput'] / a:.2f}x | {r['p50_ms']:.0f} | "
-                         f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")
-        lines += ["", "```", results["server"]["perf_command"].replace(str(ROOT) + "/", ""), "```"]
-    lines += ["", "## What stretches cost the whole file (speech recognition, in-process)", "",
-              "The whole file is transcribed stretch by stretch, as a live stream is (`fv2es.stretches`: a stretch",
-              f"holds at most {config.STRETCH_SPEECH_S:g} s of speech, cut in the pause where speech recognition in one "
-              f"piece ends a Whisper window; at most {config.STRETCH_MAX_S:.0f} s),",
-              "so that both give the same segments and scores. The rule runs Silero VAD over each stretch once more (its",
-              "own recognition runs it again); the table shows what that costs and whether the stretches need more",
-              "Whisper windows (30 s encoder passes) than the audio in one piece. Same recognizer, same audio, same run;",
-              "medians in seconds.", "",
-              "| clip | stretches | windows in one piece | windows by stretch | ASR in one piece | ASR by stretch | by stretch / one piece |",
-              "|---|---|---|---|---|---|---|"]
-    for seconds in local:
-        r = local[seconds]
-        if not isinstance(r, dict) or "asr_by_stretch" not in r:
-            continue
-        w, one, by = r["whisper_windows"], r["asr_one_piece"]["median_s"], r["asr_by_stretch"]["median_s"]
-        lines.append(f"| {seconds} s | {w['stretches']} | {w['one_piece']} | {w['by_stretch']} | {one:.2f} | {by:.2f} | {by / one:.2f}x |")
-    live = results["server"].get("stream_60")
-    if live:
-        lines += ["", "## Live stream: latency from a segment's end to its answer (60 s clip)", "",
-                  f"The 60 s clip remuxed to MPEG-TS ({live['mb']:.1f} MB) and sent to `fv2es_stream` at the pace it plays, "
-                  f"{live['step_s']} s of media per chunk",
-                  "(`benchmarks/stream.py`). Latency: from the moment the bytes up to a segment's end were sent to the moment",
-                  "that segment's answer arrived. A segment is answered when its stretch is cut (once the next speech",
-                  f"overflows the stretch's {config.STRETCH_SPEECH_S:g} s of speech, at most {config.STRETCH_MAX_S:.0f} s: "
-                  "the rule the whole file is cut by), so a stretch's", "early segments wait for its end.", "",
-                  "| segments | median s | min s | max s | same segments and scores as the whole file |", "|---|---|---|---|---|",
-                  f"| {live['segments']} | {live['latency_median_s']:.2f} | {live['latency_min_s']:.2f} | {live['latency_max_s']:.2f} | "
-                  f"{'yes' if live['same_as_whole_file'] else 'no'} |"]
     versus = results.get("earlier", {})
     if versus:
         lines += ["", f"## Against an earlier version: {versus['ref']}, {versus['description']}", ""]
