@@ -221,6 +221,22 @@ def test_frames_fed_one_at_a_time_give_the_whole_files_rows(frames, rows, detect
     assert faces.finish() is None
 
 
+def test_a_low_latency_cut_searches_the_frames_before_it_at_once(frames, detector):
+    """flush_until (a live stream's low-latency cut): the pending frames before the time are searched
+    now, the later ones stay pending; every frame still gets rows once."""
+    faces = FaceRows(detector)
+    for t, g in frames[:5]:
+        assert faces.add(t, g) is None  # a batch is not full yet
+    cut = frames[3][0]
+    early = faces.flush_until(cut)
+    assert early is not None and (early["FACE_TIMES"] < cut).all() and faces.done_until == np.float32(cut)
+    assert faces.flush_until(cut) is None
+    parts = [early, *[r for r in [faces.add(t, g) for t, g in frames[5:]] + [faces.finish()] if r is not None]]
+    main = np.concatenate([p["FACE_TIMES"][p["FACE_MAIN"]] for p in parts])
+    assert np.all(np.diff(main) > 0)  # in time order, no frame twice
+    assert set(main.tolist()) <= {float(np.float32(t)) for t, _ in frames}
+
+
 class SingleFaceTracker:
     """The tracker as it was before persons (the largest face only), kept as the reference: the main
     faces of every video must stay exactly what it finds."""

@@ -541,6 +541,17 @@ class FaceRows:
     def finish(self) -> Rows | None:
         return self._search() if self.pending else None
 
+    def flush_until(self, t: float) -> Rows | None:
+        """The rows of the pending frames before `t`, searched now as a batch of their own (a live
+        stream's low-latency cut, which must not wait for the batch to fill); later frames stay pending."""
+        before = [frame for frame in self.pending if np.float32(frame[0]) < np.float32(t)]
+        if not before:
+            return None
+        later, self.pending = self.pending[len(before) :], before
+        rows = self._search()
+        self.pending = later
+        return rows
+
     def _search(self) -> Rows:
         batch, self.pending = self.pending, []
         crops, times, persons, main, mouths, found = [], [], [], [], [], []

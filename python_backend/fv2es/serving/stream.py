@@ -130,6 +130,7 @@ class Stream:
         self.rows: list[dict[str, np.ndarray]] = []  # face rows not yet given to a stretch
         self.cut = 0  # sample where the first stretch not yet answered starts
         self.cutter = stretches.Cutter(rule)  # keeps the open stretch's speech probabilities between chunks
+        self.low_latency = rule.each_chunk  # a cut does not wait for the face search's batch to fill
         self.cuts: list[int] = []  # cuts decided, their stretches not yet answered
         self.segment_times: list[np.ndarray] = []
         self.segment_scores: list[np.ndarray] = []
@@ -319,6 +320,8 @@ class TritonPythonModel:
             cut = stream.cuts[0]
             end_s = cut / config.SAMPLE_RATE
             # every frame before the cut decoded (frames_until) and searched (done_until)
+            if not last and stream.low_latency and stream.live.frames_until >= end_s > stream.faces.done_until:
+                stream.add_rows(stream.faces.flush_until(end_s))
             if not last and min(stream.live.frames_until, stream.faces.done_until) < end_s:
                 return
             self._stretch(stream, sender, audio[stream.cut : cut], end_s, faces=stream.faces_until(end_s))
