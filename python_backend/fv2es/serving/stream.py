@@ -72,7 +72,8 @@ def tensor_text(request, name: str) -> str | None:
     try:
         return value.decode("ascii")
     except UnicodeDecodeError:
-        raise InputError(f"{name} must be the text the stream's first response gave") from None
+        expected = "the text the stream's first response gave" if name == "STREAM_KEY" else "ASCII text"
+        raise InputError(f"{name} must be {expected}") from None
 
 
 class StreamMetrics:
