@@ -271,7 +271,7 @@ def sparse_variant(target: Path, sparse_visual: bool, repository: Path = REPOSIT
 
     from .export import trained_sparse  # noqa: PLC0415
 
-    write_configs(weights_description(weights_dir), target, sparse_visual=sparse_visual)
+    write_configs(weights_description(weights_dir, sparse_visual), target, sparse_visual=sparse_visual)
     for step in pipeline.served_models(pipeline.steps(sparse_visual=sparse_visual)):
         if step.torchscript and step.name != models.SPARSE_MODEL:
             shutil.copy(repository / step.name / "1" / "model.pt", target / step.name / "1" / "model.pt")
@@ -296,9 +296,13 @@ def remove_stale_models(repository: Path, keep: set[str]) -> None:
             shutil.rmtree(pbtxt.parent)
 
 
-def weights_description(weights_dir: Path) -> str:
-    """Names the exact weight files the repository serves (their joint hash); MODEL_INFO carries it."""
-    files = [weights_dir / settings.weight_file(part) for part in settings.WEIGHT_PARTS]
+def weights_description(weights_dir: Path, sparse_visual: bool | None = None) -> str:
+    """Names the exact weight files the repository serves (their joint hash): the branches', the
+    fusion's, the group model's, and the face selection's where it is served (`sparse_visual`,
+    default config.SPARSE_VISUAL). MODEL_INFO carries it."""
+    sparse_visual = config.SPARSE_VISUAL if sparse_visual is None else sparse_visual
+    parts = (*settings.WEIGHT_PARTS, settings.GROUP_PART, *((settings.SPARSE_PART,) if sparse_visual else ()))
+    files = [weights_dir / settings.weight_file(part) for part in parts]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise SystemExit(f"no trained weights: {', '.join(missing)} missing; `fv2es-train all` makes them")
@@ -321,7 +325,7 @@ def main() -> None:
     sparse_visual = args.sparse_visual == "on"
     if args.torchscript_backend == "libtorch" and args.configs:
         parser.error("--torchscript-backend libtorch names the tensors after the exported modules: it needs the export")
-    description = weights_description(args.weights)
+    description = weights_description(args.weights, sparse_visual)
     write_configs(description, args.repository, sparse_visual=sparse_visual)
     if not args.configs:
         from .export import export_all  # noqa: PLC0415 - torch is only needed for export
