@@ -297,15 +297,16 @@ def remove_stale_models(repository: Path, keep: set[str]) -> None:
 
 
 def weights_description(weights_dir: Path, sparse_visual: bool | None = None) -> str:
-    """Names the exact weight files the repository serves (their joint hash): the branches', the
-    fusion's, the group model's, and the face selection's where it is served (`sparse_visual`,
-    default config.SPARSE_VISUAL). MODEL_INFO carries it."""
+    """Names the exact weight files the repository serves (their joint hash): the branches' and the
+    fusion's, which every repository needs, and the group model's and the face selection's where
+    the folder has them (the export refuses a folder without what it serves). MODEL_INFO carries it."""
     sparse_visual = config.SPARSE_VISUAL if sparse_visual is None else sparse_visual
-    parts = (*settings.WEIGHT_PARTS, settings.GROUP_PART, *((settings.SPARSE_PART,) if sparse_visual else ()))
-    files = [weights_dir / settings.weight_file(part) for part in parts]
+    files = [weights_dir / settings.weight_file(part) for part in settings.WEIGHT_PARTS]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise SystemExit(f"no trained weights: {', '.join(missing)} missing; `fv2es-train all` makes them")
+    served = (settings.GROUP_PART, *((settings.SPARSE_PART,) if sparse_visual else ()))
+    files += [f for f in (weights_dir / settings.weight_file(part) for part in served) if f.exists()]
     digest = hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()[:12]
     return f"V2EM trained by build/train.py ({weights_dir.name}/ sha256 {digest}; see MODEL_CARD.md)"
 
