@@ -60,9 +60,9 @@ class Pool:
         return [np.flatnonzero(self.valence == v) for v in range(G)]
 
 
-def balanced(valence: np.ndarray, per_valence: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to `per_valence` examples of each valence, sorted."""
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(valence == v))[:per_valence] for v in range(G)]))
+def balanced(classes: np.ndarray, per_class: int, rng: np.random.Generator, n_classes: int = G) -> np.ndarray:
+    """Up to `per_class` examples of each class (default: each valence), sorted."""
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:per_class] for c in range(n_classes)]))
 
 
 def face_pool(data_dir: Path, *, validation: bool, per_valence: int, encoder: torch.nn.Module) -> Pool:

@@ -35,7 +35,7 @@ from .. import settings
 from ..export import trained_models
 from . import data
 from .end_to_end import served_label
-from .group import speech_clips
+from .group import balanced, speech_clips
 from .loop import fit_steps
 from .metrics import classification_metrics
 from .weights import save_weights, weights_path
@@ -56,7 +56,7 @@ class Pools:
         with np.load(path) as npz:
             images, labels = npz["images"], np.array([served_label(config.FER2013_CLASSES[c]) for c in npz["labels"]])
         per_label = max(4, int(hp["faces_per_label"] * scale))
-        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == y))[:per_label] for y in range(len(config.LABELS))]))
+        keep = balanced(labels, per_label, rng, len(config.LABELS))
         self.faces = torch.from_numpy(normalise_faces(images[keep]))
         face_labels = labels[keep]
         fusion = served["fusion"]
@@ -74,7 +74,7 @@ class Pools:
         meld = data.load_meld(data_dir, validation=validation, quick=quick)
         meld_labels = np.array([served_label(config.MELD_CLASSES[t]) for t in meld.targets.tolist()])
         per_label = max(2, int(hp["texts_per_label"] * scale))
-        chosen = np.sort(np.concatenate([rng.permutation(np.flatnonzero(meld_labels == y))[:per_label] for y in range(len(config.LABELS))]))
+        chosen = balanced(meld_labels, per_label, rng, len(config.LABELS))
         ids, mask = tokenize(load_tokenizer(), [meld.inputs[i] for i in chosen])
         with torch.no_grad():
             self.words = torch.cat([served["text_encoder"](torch.from_numpy(ids[i : i + 64]), torch.from_numpy(mask[i : i + 64]))

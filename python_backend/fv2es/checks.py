@@ -355,7 +355,7 @@ def face_select_inputs(inputs: dict[str, np.ndarray], entries: tuple[Modality, .
     same_rows(crops, "FACES", face_times(inputs["FACE_TIMES"], limits), "FACE_TIMES")
     person_ids(inputs["FACE_PERSON"], "FACE_PERSON", n_faces, "FACES", limits)
     same_rows(crops, "FACES", shape(inputs[face.index], face.index, (None,)), face.index)
-    segment_ids(inputs[face.index], face.index, n_segments, f"{modalities.segment_count_input(queries)} rows")
+    segment_ids(inputs[face.index], face.index, n_segments, f"{counted} rows")
 
 
 def group_inputs(inputs: dict[str, np.ndarray], audio: Modality, visual: Modality, limits: Limits) -> None:

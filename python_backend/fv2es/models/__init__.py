@@ -86,7 +86,7 @@ def sparse_example(batch: int = 3) -> dict[str, torch.Tensor]:
     rows per segment of two persons (the last row of the video a placeholder outside every segment)."""
     example = fusion_example(batch)
     segments = example[modalities.segment_count_input(modalities.modalities())].shape[0]
-    face = next(m for m in modalities.modalities() if m.person_rows == modalities.FACES)
+    face = modalities.face_modality(modalities.modalities())
     del example[face.features]
     rows = segments * 5
     owner = torch.arange(rows) // 5
