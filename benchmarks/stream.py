@@ -1,7 +1,8 @@
 """Live-stream latency: a clip sent to fv2es_stream at the pace it plays, and how long after each
 segment's end (the moment the stream's bytes up to that time were sent) its answer arrives.
 
-    .venv/bin/python benchmarks/stream.py [--seconds 60] [--mode low_latency|exact]   (run.py calls `measure`, both modes)
+    .venv/bin/python benchmarks/stream.py [--seconds 60] [--mode low_latency|exact] [--concurrent 8]
+    (run.py calls `measure`, both modes, and `measure_concurrent`)
 
 The clip is the benchmark's talking head remuxed to MPEG-TS (what a camera or an encoder sends
 live); its bytes go out every STEP_S of media time, in real time.
@@ -58,36 +59,75 @@ def paced_chunks(data: bytes, sent_at: dict[float, float], step_s: float = STEP_
         t += step_s
 
 
+def paced_stream(client, data: bytes, mode: str) -> tuple[list, list[float], object]:
+    """`data` (MPEG-TS) streamed at its own pace in `mode`: its segments, each one's latency from the
+    moment the bytes up to its end were sent to its answer, and the whole stream's result."""
+    from fv2es_client.client import Segment
+
+    sent_at: dict[float, float] = {}
+    latencies, segments, result = [], [], None
+    for event in client.stream(paced_chunks(data, sent_at), mode=mode):
+        arrived = time.monotonic()
+        if not isinstance(event, Segment):
+            result = event
+            continue
+        segments.append(event)
+        # the first chunk boundary at or after the segment's end
+        boundary = min((t for t in sent_at if t >= event.end - 1e-6), default=max(sent_at))
+        latencies.append(arrived - sent_at[boundary])
+    return segments, latencies, result
+
+
+def percentiles(latencies: list[float]) -> dict:
+    ranked = sorted(latencies)
+    return {"latency_median_s": statistics.median(ranked), "latency_p95_s": ranked[min(len(ranked) - 1, round(0.95 * (len(ranked) - 1)))],
+            "latency_max_s": ranked[-1], "latency_min_s": ranked[0]}
+
+
 def measure(url: str, video: bytes, mode: str = "exact") -> dict:
     """Streams `video` (remuxed to MPEG-TS) at its own pace in `mode`; each segment's latency from the
     moment its end was sent to its answer, and how its segments compare with the whole file's."""
     from fv2es_client import Fv2esClient
-    from fv2es_client.client import Segment
 
     data = to_mpegts(video)
-    sent_at: dict[float, float] = {}
-    latencies, segments = [], []
     with Fv2esClient(url, timeout_s=3600) as client:
         whole = client.analyze(data)
-        for event in client.stream(paced_chunks(data, sent_at), mode=mode):
-            arrived = time.monotonic()
-            if not isinstance(event, Segment):
-                result = event
-                continue
-            segments.append(event)
-            # the first chunk boundary at or after the segment's end
-            boundary = min((t for t in sent_at if t >= event.end - 1e-6), default=max(sent_at))
-            latencies.append(arrived - sent_at[boundary])
+        segments, latencies, result = paced_stream(client, data, mode)
     same = len(whole.segments) == len(segments) and all(
         abs(a.start - b.start) < 1e-4 and abs(a.end - b.end) < 1e-4 and a.transcript == b.transcript
         and max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4 for a, b in zip(whole.segments, segments))
-    ranked = sorted(latencies)
     return {
         "mode": mode, "clip_s": result.segments[-1].end if result.segments else 0.0, "mb": len(data) / 1e6, "segments": len(segments),
-        "latency_median_s": statistics.median(latencies), "latency_p95_s": ranked[min(len(ranked) - 1, round(0.95 * (len(ranked) - 1)))],
-        "latency_max_s": max(latencies), "latency_min_s": min(latencies),
-        "latencies_s": latencies, "same_as_whole_file": same, "step_s": STEP_S, **agreement(segments, whole.segments),
+        **percentiles(latencies), "latencies_s": latencies, "same_as_whole_file": same, "step_s": STEP_S,
+        **agreement(segments, whole.segments),
     }
+
+
+def measure_concurrent(url: str, video: bytes, streams: int = 8, mode: str = "low_latency", stagger_s: float = 1.0) -> dict:
+    """`streams` clients each stream `video` at its own pace at once (each starting `stagger_s` after
+    the one before, as cameras do not start together): every segment's latency, and whether any stream
+    falls behind: the slope of a stream's latency over its media time (s of delay gained per s of
+    media; about 0 when it keeps up), the largest over the streams."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fv2es_client import Fv2esClient
+
+    data = to_mpegts(video)
+
+    def one(i: int):
+        time.sleep(i * stagger_s)
+        with Fv2esClient(url, timeout_s=3600) as client:
+            return paced_stream(client, data, mode)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(streams) as pool:
+        runs = list(pool.map(one, range(streams)))
+    wall = time.monotonic() - started
+    slopes = [float(np.polyfit([s.end for s in segments], latencies, 1)[0]) for segments, latencies, _ in runs if len(latencies) > 1]
+    every = [x for _, latencies, _ in runs for x in latencies]
+    return {"streams": streams, "mode": mode, "stagger_s": stagger_s, "segments": len(every), **percentiles(every),
+            "lag_slope_max": max(slopes), "all_ended": all(r is not None for *_, r in runs), "wall_s": wall,
+            "clip_s": max(s.end for segments, _, _ in runs for s in segments)}
 
 
 def agreement(streamed: list, whole: list) -> dict:
@@ -125,10 +165,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=60, help="clip length (one of the benchmark clips)")
     parser.add_argument("--mode", choices=("low_latency", "exact"), nargs="+", default=["low_latency", "exact"])
+    parser.add_argument("--concurrent", type=int, default=0, help="also this many paced streams at once (low latency)")
     args = parser.parse_args()
     with EmbeddedServer(REPOSITORY) as server:
-        for mode in args.mode:
-            numbers = measure(server.grpc_url, run.clip(args.seconds), mode)
+        runs = [measure(server.grpc_url, run.clip(args.seconds), mode) for mode in args.mode]
+        if args.concurrent:
+            runs.append(measure_concurrent(server.grpc_url, run.clip(args.seconds), args.concurrent))
+        for numbers in runs:
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in numbers.items() if k != "latencies_s"}, flush=True)
 
 

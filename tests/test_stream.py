@@ -144,6 +144,49 @@ def test_low_latency_is_the_default_and_answers_a_stretch_sooner(streamed, low_l
     assert {s.speaker for s in segments if s.has_speech} == {0, 1}
 
 
+def test_streams_run_side_by_side_each_with_its_own_results(server, client, two_people, whole):
+    """Each stream has a worker of its own: a short stream is answered in full while a long one's
+    whole clip, sent as one chunk, is still being analysed (with one worker for all streams, as
+    before, the short one's first request would wait for that chunk). Each gets its own results:
+    the short one those it gets alone, the long one (exact mode) the whole file's."""
+    import threading
+    import time
+
+    from fv2es_client.stream import RequestStream
+
+    short = synth.two_person_video(synth.TWO_PERSON_TURNS[:1], container_format="mpegts")[0]
+    alone = list(client.stream(file_chunks_of(short, 64 * 1024)))
+    data, head = two_people[0], 64 * 1024
+    long_stream = RequestStream(server.grpc_url, 41, config.STREAM_MODEL_NAME, timeout_s=300, mode="exact")
+    finished = {}
+
+    def send_long():
+        finished["result"] = long_stream.finish(data[head:])  # the rest in one chunk, then the end
+        finished["at"] = time.monotonic()
+
+    try:
+        long_stream.open(data[:head])
+        sender = threading.Thread(target=send_long)
+        sender.start()
+        time.sleep(0.5)  # the long chunk is being analysed
+        side_by_side = list(client.stream(file_chunks_of(short, 64 * 1024)))
+        short_done = time.monotonic()
+        sender.join(300)
+    finally:
+        long_stream.close()
+    assert short_done < finished["at"], "the short stream waited for the long one"
+    assert len(side_by_side) == len(alone) and isinstance(side_by_side[-1], VideoResult)
+    for mine, theirs in zip(side_by_side[:-1], alone[:-1]):
+        assert (mine.index, mine.start, mine.end, mine.transcript) == (theirs.index, theirs.start, theirs.end, theirs.transcript)
+        assert max(abs(mine.scores[k] - theirs.scores[k]) for k in theirs.scores) < SCORE_TOLERANCE
+    long_result = finished["result"]
+    assert len(long_result.segments) == len(whole.segments)
+    for mine, theirs in zip(long_result.segments, whole.segments):
+        assert mine.transcript == theirs.transcript
+        assert max(abs(mine.scores[k] - theirs.scores[k]) for k in theirs.scores) < SCORE_TOLERANCE
+    assert max(abs(long_result.scores[k] - whole.scores[k]) for k in whole.scores) < SCORE_TOLERANCE
+
+
 def test_a_stream_mode_is_chosen_on_the_first_request_only(server, two_people):
     from fv2es_client.stream import RequestStream, bytes_tensor
 

@@ -3,7 +3,8 @@ tritonclient streams written the way a hand-made client (or an attacker) would w
 - a chunk reaches the stream whose server-issued key it carries, whatever its sequence id;
 - a chunk over the size limit is refused before it is kept, and the memory it took is returned by
   reloading the model only once no stream is open (no stream lost, the replaced stub gone);
-- slots come back from streams that drip, stall, go away or run past the wall-time limit."""
+- slots come back from streams that drip, stall, go away or run past the wall-time limit;
+- a client that sends without waiting for answers is stopped before its chunks fill the memory."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ from fv2es.tritonserver import REPOSITORY, EmbeddedServer, limited_repository
 from fv2es.watchdog import live_stubs, metric_values, process_state
 from fv2es_build import synth
 from fv2es_client import Fv2esError
-from fv2es_client.stream import RequestStream
+from fv2es_client.stream import RequestStream, bytes_tensor, is_final
 
 pytestmark = pytest.mark.slow  # a server of its own, with short stream limits
 
 TS_PACKET = 188
 SCORE_TOLERANCE = 1e-4
 # A server whose stream limits are short enough to reach in a test.
-LIMITS = {"max_open": "2", "idle_s": "4", "stalled_s": "2", "pace_grace_s": "2", "min_pace": "0.5", "max_wall_s": "12"}
+LIMITS = {"max_open": "2", "idle_s": "4", "stalled_s": "2", "pace_grace_s": "2", "min_pace": "0.5", "max_wall_s": "12",
+          "max_pending_bytes": str(64 * 1024)}
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,39 @@ def test_a_huge_chunk_is_refused_and_no_open_stream_is_lost_to_the_memory_it_too
     streamed = list(client.stream([clip_a], mode="exact"))
     assert_same_result(streamed[-1], whole)
     assert client.analyze(sample_bytes).segments
+
+
+def test_a_client_that_does_not_wait_for_answers_is_stopped_at_the_pending_limit(limits_server, no_stream_open, clip_a):
+    """Chunks wait for their stream's worker; one that would make more than max_pending_bytes wait
+    ends the stream with a message that says so, the later ones get that reason, and the server
+    keeps serving."""
+    stream = raw_stream(limits_server.grpc_url, 600)
+    piece = 8 * 1024
+    try:
+        stream.open(clip_a[:piece])
+        sent = 0
+        for offset in range(piece, len(clip_a), piece):  # all at once, no answer awaited
+            inputs = [bytes_tensor("CHUNK", clip_a[offset : offset + piece]), bytes_tensor("STREAM_KEY", stream.key.encode())]
+            stream.grpc.async_stream_infer(config.STREAM_MODEL_NAME, inputs, sequence_id=600, enable_empty_final_response=True)
+            sent += 1
+        errors, done = [], 0
+        while done < sent:
+            result, error = stream.answers.get(timeout=120)
+            if error is not None:
+                errors.append(error.message())
+            done += error is not None or is_final(result)
+    finally:
+        stream.close()
+    limit = LIMITS["max_pending_bytes"]
+    assert sent * piece > 2 * int(limit) and errors, (sent, errors)
+    assert f"over {limit} bytes of the stream's chunks are waiting to be analysed" in errors[0], errors[0]
+    assert all("the stream was ended by the server: it failed" in e and "waiting to be analysed" in e for e in errors[1:])
+    retry = raw_stream(limits_server.grpc_url, 601)
+    try:
+        retry.open(clip_a[: 64 * 1024])
+        assert retry.finish(clip_a[64 * 1024 :]).segments
+    finally:
+        retry.close()
 
 
 # --- Slots (item 3) -------------------------------------------------------------------------------

@@ -6,9 +6,12 @@ from __future__ import annotations
 import pytest
 
 from fv2es import config
-from fv2es.streams import StreamError, StreamLimits, StreamTable
+import threading
+import time
 
-LIMITS = StreamLimits(max_open=2, idle_s=30.0, max_wall_s=600.0, max_chunk_bytes=1024, min_pace=0.5,
+from fv2es.streams import StreamError, StreamLimits, StreamTable, Worker
+
+LIMITS = StreamLimits(max_open=2, idle_s=30.0, max_wall_s=600.0, max_chunk_bytes=1024, max_pending_bytes=4096, min_pace=0.5,
                       pace_grace_s=20.0, stalled_s=10.0)
 
 
@@ -91,11 +94,12 @@ def test_a_stalled_stream_gives_its_slot_even_before_the_grace_period(table, clo
     assert [s for s, _ in evicted] == ["b"] and "sent nothing for 14 s" in evicted[0][1]
 
 
-def test_time_the_model_spends_executing_is_not_a_streams_idle_time(table, clock):
+def test_time_a_streams_worker_spends_on_its_chunks_is_not_its_idle_time(table, clock):
     key, _ = table.open("a", media([0.0]))
-    with table.executing():  # the model is busy for 100 s with other streams: a's chunks wait in the queue
+    other, _ = table.open("b", media([0.0]))
+    with table.working(key):  # a's worker is on a long stretch for 100 s: its client waits for the answers
         clock.now += 100
-    assert table.expired() == []
+    assert [s for s, _ in table.expired()] == ["b"]  # another stream's work is not b's
     clock.now += 31
     assert [(s, r.split(" (")[0]) for s, r in table.expired()] == [("a", "no chunk for 31 s")]
     with pytest.raises(StreamError, match="no chunk for 31 s"):
@@ -135,6 +139,42 @@ def test_limits_are_read_from_config_parameters():
     limits = StreamLimits.from_parameters(lambda name, default: given.get(name, default))
     assert limits.max_open == 3 and isinstance(limits.max_open, int) and limits.idle_s == 4.5
     assert limits.max_chunk_bytes == StreamLimits().max_chunk_bytes
+
+
+def test_a_worker_runs_its_streams_chunks_in_order_and_the_waiting_ones_after_close():
+    ran, exited = [], threading.Event()
+    release = threading.Event()
+
+    def run(chunk):
+        release.wait(5)
+        ran.append(chunk)
+
+    worker = Worker("test-worker", run, exited.set)
+    for i in range(5):
+        assert worker.submit(i, n_bytes=10)
+    assert worker.waiting_bytes >= 40  # the first may be running; the others wait
+    worker.close()
+    release.set()
+    assert worker.join(5) and exited.is_set()
+    assert ran == [0, 1, 2, 3, 4] and worker.waiting_bytes == 0
+    assert not worker.submit(5)  # ended: the model answers such a chunk itself
+
+
+def test_workers_of_two_streams_run_at_once():
+    started = {name: threading.Event() for name in "ab"}
+
+    def run(name):
+        started[name].set()
+        other = "b" if name == "a" else "a"
+        assert started[other].wait(5)  # each waits for the other: only possible side by side
+
+    results = []
+    workers = [Worker(f"w-{n}", lambda c, n=n: results.append(run(c)), lambda: None) for n in "ab"]
+    t0 = time.monotonic()
+    for worker, name in zip(workers, "ab"):
+        worker.submit(name)
+        worker.close()
+    assert all(w.join(5) for w in workers) and len(results) == 2 and time.monotonic() - t0 < 5
 
 
 def test_the_watchdog_kills_a_replaced_stub_still_alive_past_its_grace():

@@ -321,9 +321,12 @@ STREAM_MODEL_NAME = "fv2es_stream"
 # are fv2es/streams.py's (its docstring says how each is measured). A stream that loses its slot is
 # ended, its memory freed; its later chunks get the reason.
 STREAM_MAX_OPEN = 8  # slots: streams open at once
-STREAM_IDLE_S = 30.0  # no chunk for this long (while the model was free to take one): a client gone away
+STREAM_IDLE_S = 30.0  # no chunk for this long (while the stream's worker was free to take one): a client gone away
 STREAM_MAX_WALL_S = 2 * MAX_DURATION_S  # open this long, whatever it sends (it carries MAX_DURATION_S of media at most)
 STREAM_MAX_CHUNK_BYTES = 16 * 2**20  # one request's CHUNK (the client sends 4 MiB at most)
+# Each stream runs on a thread of its own (streams no longer wait for each other); the chunks that
+# have come and wait for it may hold this much (the client keeps 8 chunks of at most 4 MiB in flight).
+STREAM_MAX_PENDING_BYTES = 4 * STREAM_MAX_CHUNK_BYTES
 # When a new stream finds every slot taken, a stream that sends less than this many seconds of media
 # per second (judged after the grace period), or nothing for STREAM_STALLED_S, is ended for it.
 STREAM_MIN_PACE = 0.5
@@ -332,6 +335,7 @@ STREAM_STALLED_S = 10.0
 STREAM_KEY_BYTES = 24  # the secret each stream gets on its first response (32 URL-safe characters)
 STREAM_ENDED_KEPT = 1024  # ended streams whose reason a late chunk still gets
 STREAM_REAP_INTERVAL_S = 1.0  # how often the model looks for streams over a limit
+STREAM_WORKER_JOIN_S = 30.0  # at unload, how long a stream's worker may take to finish its chunk
 # Draining for a reload (fv2es/streams.py) ends after this long if no watchdog reloaded the model
 # (a Triton of your own), and starts again only this much later.
 STREAM_DRAIN_TIMEOUT_S = 30.0

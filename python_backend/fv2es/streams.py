@@ -7,14 +7,16 @@ chunk must carry it (STREAM_KEY): a chunk reaches the stream whose key it carrie
 table keeps only a hash of each key.
 
 A stream holds one of `max_open` slots until it ends, fails, or loses it to a limit:
-- idle: the model was free to take the stream's next chunk for `idle_s` and none came (time the
-  model spent executing requests does not count: a chunk may have waited in Triton's queue then;
-  this is how the slot of a client that went away comes back);
+- idle: the stream's worker was free to take its next chunk for `idle_s` and none came (time it
+  spent on the stream's chunks does not count: a client that waits for its answers sends nothing
+  then; this is how the slot of a client that went away comes back);
 - wall: open for `max_wall_s`, whatever it sends;
 - pace, when a new stream finds every slot taken: a stream that sends less than `min_pace` seconds
   of media per second (after `pace_grace_s`), or nothing for `stalled_s`, is ended to make room
   (the slowest first), so a client cannot hold slots with a byte now and then;
-- chunk size: a chunk over `max_chunk_bytes` ends its stream (the model checks it before keeping it).
+- chunk size: a chunk over `max_chunk_bytes` ends its stream (the model checks it before keeping it),
+  and so does a chunk that would make the stream's chunks waiting for its worker more than
+  `max_pending_bytes` (a client that does not wait for answers).
 The stream's later chunks get the reason. Limits come from config.STREAM_* through the model's
 config parameters.
 
@@ -32,13 +34,14 @@ import hashlib
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
 from . import config
 
 S = TypeVar("S")  # what the table holds for a stream (fv2es.serving.stream.Stream)
+T = TypeVar("T")  # a chunk as the stream model hands it to a worker
 
 
 class StreamError(Exception):
@@ -56,6 +59,7 @@ class StreamLimits:
     idle_s: float = config.STREAM_IDLE_S
     max_wall_s: float = config.STREAM_MAX_WALL_S
     max_chunk_bytes: int = config.STREAM_MAX_CHUNK_BYTES
+    max_pending_bytes: int = config.STREAM_MAX_PENDING_BYTES
     min_pace: float = config.STREAM_MIN_PACE
     pace_grace_s: float = config.STREAM_PACE_GRACE_S
     stalled_s: float = config.STREAM_STALLED_S
@@ -83,14 +87,23 @@ class _Entry(Generic[S]):
     stream: S
     media_s: Callable[[], float]  # seconds of media the stream has delivered so far
     opened: float  # clock at open
-    opened_busy: float  # the table's busy time at open
-    touched: float = 0.0  # clock at the last chunk
-    touched_busy: float = 0.0
+    touched: float  # clock at the last chunk
+    busy_s: float = 0.0  # time its worker spent on its chunks, ...
+    busy_since: float | None = None  # ... plus the chunk it is on now
+    opened_busy: float = 0.0  # busy time at open
+    touched_busy: float = 0.0  # busy time at the last chunk
+
+    def busy(self, now: float) -> float:
+        return self.busy_s + (now - self.busy_since if self.busy_since is not None else 0.0)
+
+    def free_since(self, at: float, busy_at: float, now: float) -> float:
+        """Wall time since `at` that the stream's worker spent waiting for chunks."""
+        return max(0.0, (now - at) - (self.busy(now) - busy_at))
 
 
 class StreamTable(Generic[S]):
-    """The open streams by key, their limits, and the model's busy time; thread-safe (the model's
-    execute and its reaper thread both use it)."""
+    """The open streams by key, their limits, and each stream's busy time; thread-safe (the model's
+    execute, the streams' workers and its reaper thread all use it)."""
 
     def __init__(self, limits: StreamLimits, clock: Callable[[], float] = time.monotonic):
         self.limits = limits
@@ -101,33 +114,26 @@ class StreamTable(Generic[S]):
         self._lock = threading.Lock()
         self._open: dict[bytes, _Entry[S]] = {}
         self._ended: OrderedDict[bytes, str] = OrderedDict()  # why a recent stream ended, for its next chunk
-        self._busy_s = 0.0  # time spent in execute, ...
-        self._busy_since: float | None = None  # ... plus the execute going on now
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._open)
 
-    # --- Busy time ------------------------------------------------------------------------------
-
     @contextlib.contextmanager
-    def executing(self):
-        """Wraps the model's execute: time inside it is not idle time of any stream."""
+    def working(self, key: str):
+        """Wraps the stream's worker on one of its chunks: that time is not the stream's idle time."""
+        digest = _digest(key)
         with self._lock:
-            self._busy_since = self.clock()
+            entry = self._open.get(digest)
+            if entry is not None:
+                entry.busy_since = self.clock()
         try:
             yield
         finally:
             with self._lock:
-                self._busy_s += self.clock() - self._busy_since
-                self._busy_since = None
-
-    def _busy(self, now: float) -> float:
-        return self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
-
-    def _free_since(self, at: float, busy_at: float, now: float) -> float:
-        """Wall time since `at` that the model spent outside execute."""
-        return max(0.0, (now - at) - (self._busy(now) - busy_at))
+                if entry is not None and entry.busy_since is not None:
+                    entry.busy_s += self.clock() - entry.busy_since
+                    entry.busy_since = None
 
     # --- Streams --------------------------------------------------------------------------------
 
@@ -150,16 +156,15 @@ class StreamTable(Generic[S]):
                 digest, reason = slowest
                 evicted.append((self._end(digest, reason), reason))
             key = new_key()
-            busy = self._busy(now)
-            self._open[_digest(key)] = _Entry(stream, media_s, now, busy, now, busy)
+            self._open[_digest(key)] = _Entry(stream, media_s, opened=now, touched=now)
             return key, evicted
 
     def _slowest_lagging(self, now: float) -> tuple[bytes, str] | None:
         """The stream that lags most (see the module's docstring): the longest stalled, else the slowest."""
         lagging = []
         for digest, entry in self._open.items():
-            age = self._free_since(entry.opened, entry.opened_busy, now)
-            silent = self._free_since(entry.touched, entry.touched_busy, now)
+            age = entry.free_since(entry.opened, entry.opened_busy, now)
+            silent = entry.free_since(entry.touched, entry.touched_busy, now)
             pace = entry.media_s() / age if age > 0 else float("inf")
             if silent >= self.limits.stalled_s:
                 lagging.append(((0, -silent), digest, f"sent nothing for {silent:.0f} s while every stream slot was taken"))
@@ -171,8 +176,9 @@ class StreamTable(Generic[S]):
         _, digest, reason = min(lagging)
         return digest, reason
 
-    def get(self, key: str | None) -> S:
-        """The stream `key` opened; StreamError (saying why, for a stream that was ended) otherwise."""
+    def get(self, key: str | None, touch: bool = True) -> S:
+        """The stream `key` opened; StreamError (saying why, for a stream that was ended) otherwise.
+        `touch`: a chunk of the stream arrived now (not idle)."""
         if not key:
             raise StreamError("STREAM_KEY is missing: a stream's first chunk carries sequence_start, and every "
                               "later chunk the key that its first response (EVENT \"open\") gave")
@@ -183,8 +189,9 @@ class StreamTable(Generic[S]):
                 reason = self._ended.get(digest)
                 raise StreamError(f"the stream was ended by the server: {reason}" if reason else
                                   "no open stream has this STREAM_KEY (never opened, ended, or failed)")
-            now = self.clock()
-            entry.touched, entry.touched_busy = now, self._busy(now)
+            if touch:
+                now = self.clock()
+                entry.touched, entry.touched_busy = now, entry.busy(now)
             return entry.stream
 
     def close(self, key: str, reason: str = "") -> S | None:
@@ -206,7 +213,7 @@ class StreamTable(Generic[S]):
             now = self.clock()
             over = []
             for digest, entry in self._open.items():
-                idle = self._free_since(entry.touched, entry.touched_busy, now)
+                idle = entry.free_since(entry.touched, entry.touched_busy, now)
                 if idle > self.limits.idle_s:
                     over.append((digest, f"no chunk for {idle:.0f} s (limit {self.limits.idle_s:g} s)"))
                 elif now - entry.opened > self.limits.max_wall_s:
@@ -228,8 +235,65 @@ class StreamTable(Generic[S]):
             self.draining = False
             self._no_drain_until = now + config.STREAM_DRAIN_RETRY_S
 
-    def remove_all(self) -> list[S]:
+    def remove_all(self, reason: str) -> list[S]:
         with self._lock:
-            streams = [e.stream for e in self._open.values()]
-            self._open.clear()
-            return streams
+            return [self._end(digest, reason) for digest in list(self._open)]
+
+
+class Worker(Generic[T]):
+    """One stream's thread: it runs the stream's chunks one at a time in the order they came, while
+    other streams' workers run theirs; only it touches the stream's state. `close()` (the stream
+    ended, failed or lost its slot): the chunks still waiting are run (they find the stream ended
+    and get the reason), then `on_exit` runs on the thread and the thread ends."""
+
+    def __init__(self, name: str, run: Callable[[T], None], on_exit: Callable[[], None]):
+        self._run, self._on_exit = run, on_exit
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[T, int]] = deque()
+        self._waiting_bytes = 0
+        self._closing = False
+        self._ended = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting_bytes(self) -> int:
+        """The bytes of the chunks handed to the worker and not yet run."""
+        with self._cond:
+            return self._waiting_bytes
+
+    def submit(self, chunk: T, n_bytes: int = 0) -> bool:
+        """Queues `chunk` (holding `n_bytes`) after the others; False once the worker has ended."""
+        with self._cond:
+            if self._ended:
+                return False
+            self._waiting.append((chunk, n_bytes))
+            self._waiting_bytes += n_bytes
+            self._cond.notify()
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits for the thread to end; whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closing:
+                    self._cond.wait()
+                if not self._waiting:
+                    self._ended = True
+                    break
+                chunk, n_bytes = self._waiting.popleft()
+            try:
+                self._run(chunk)  # answers the chunk whatever happens (the model's _chunk)
+            finally:
+                with self._cond:
+                    self._waiting_bytes -= n_bytes
+        self._on_exit()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import traceback
+from dataclasses import dataclass
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -37,7 +38,7 @@ from ..people import person_scores
 from ..scene import SceneRows
 from ..segments import aggregate_scores
 from ..stages import face_rows
-from ..streams import StreamError, StreamLimits, StreamTable
+from ..streams import StreamError, StreamLimits, StreamTable, Worker
 from ..watchdog import own_shm_region, shm_bytes
 from .base import _error, bytes_input, input_limits, short
 
@@ -117,6 +118,41 @@ class StreamMetrics:
         self._families = {}
 
 
+@dataclass
+class Chunk:
+    """A request of a stream as its worker gets it: the bytes, or the error it is answered with."""
+    sender: object  # the request's response sender
+    data: bytes = b""
+    last: bool = False
+    error: "pb_utils.TritonError | None" = None
+
+
+class ChunkRefused(Exception):
+    """A chunk refused when it came (too large, too much waiting): its error ends the stream in turn."""
+
+    def __init__(self, error):
+        super().__init__(error.message())
+        self.error = error
+
+
+class SharedDetector:
+    """The model's one face detector, used by every stream's worker in turn: OpenCV's cascade is not
+    documented as safe to call from several threads at once, and MTCNN runs on one CPU thread."""
+
+    def __init__(self, detector):
+        self._detector = detector
+        self._lock = threading.Lock()
+        self.batch_size = detector.batch_size
+
+    def all_faces(self, *args, **kwargs):
+        with self._lock:
+            return self._detector.all_faces(*args, **kwargs)
+
+    def largest_face(self, *args, **kwargs):
+        with self._lock:
+            return self._detector.largest_face(*args, **kwargs)
+
+
 FACE_KEYS = ("FACES", "FACE_TIMES", "FACE_PERSON", "FACE_MAIN", "FACE_MOUTH")
 STRETCH_OUTPUTS = (*pipeline.STREAM_SEGMENT_OUTPUTS[1:], "LABELS", "MODEL_INFO")
 
@@ -139,6 +175,8 @@ class Stream:
         self.pairs: list[np.ndarray] = []
         self.pair_scores: list[np.ndarray] = []
         self.labels = self.model_info = None
+        self.worker: Worker[Chunk] | None = None  # runs the stream's chunks (fv2es.streams.Worker)
+        self.key = ""  # the key the table gave it
 
     @property
     def n_segments(self) -> int:
@@ -185,8 +223,9 @@ class TritonPythonModel:
             import torch
 
             torch.set_num_threads(config.MTCNN_CPU_THREADS)
-        self.detector = make_face_detector(self.parameter("detector", config.FACE_DETECTOR), device,
-                                           self.parameter("cascade", config.FACE_CASCADE))
+        self.detector = SharedDetector(make_face_detector(self.parameter("detector", config.FACE_DETECTOR), device,
+                                                          self.parameter("cascade", config.FACE_CASCADE)))
+        self.opened = 0  # streams opened (names the workers' threads)
         self.limits = input_limits(self)
         self.table: StreamTable[Stream] = StreamTable(StreamLimits.from_parameters(self.parameter))
         self.steps = pipeline.steps(modalities=modalities.from_model(self.parameter),
@@ -204,36 +243,45 @@ class TritonPythonModel:
     # --- Requests -------------------------------------------------------------------------------
 
     def execute(self, requests):
-        with self.table.executing():
-            for request in requests:
-                self._request(request)
+        """Hands each request to its stream's worker and returns: streams do not wait for each other
+        (a decoupled model answers from any thread). Only what names the stream is read here."""
+        for request in requests:
+            self._hand_over(request)
         self._after_requests()
         return None
 
-    def _request(self, request) -> None:
+    def _hand_over(self, request) -> None:
         sender = request.get_response_sender()
-        key = None  # the stream this request proved it owns: an error ends that stream, no other
+        key = None
         try:
             key, stream = self._stream_of(request, sender)
-            if self._take(request, stream, sender):
-                self._close(key, "it ended", "ended")
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            return
+            chunk = self._chunk_of(request, stream, sender)
         except (InputError, StreamError) as exc:
             error = stream_error(f"{self.name}: {exc}", getattr(exc, "code_name", "INVALID_ARG"))
-        except StepError as exc:
-            pb_utils.Logger.log_error(f"{self.name}: {exc}")
-            error = stream_error(f"{self.name}: {exc}", exc.code_name)
-        except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
-            pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
-            error = stream_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")
-        if key is not None:
-            self._close(key, "it failed: " + error.message(), "failed")
-        # The error and the final flag in one response (a final flag after an error response is a
-        # use-after-free in tritonserver 2.51 on a stream opened with triton_grpc_error; server PR 8708).
-        sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            if key is None:  # no stream proven: nothing to end, nothing to keep in order
+                sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
+            chunk = Chunk(sender, error=error)  # after the stream's earlier chunks, and it ends the stream
+        if not stream.worker.submit(chunk, len(chunk.data)):
+            self._answer_ended(key, sender)
 
-    def _stream_of(self, request, sender) -> tuple[str, Stream]:
+    def _chunk_of(self, request, stream: "Stream", sender) -> "Chunk":
+        last = bool(request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+        tensor = pb_utils.get_input_tensor_by_name(request, "CHUNK")
+        if tensor is None:
+            raise InputError("CHUNK is missing: send the stream's next bytes")
+        data = bytes_input(tensor.as_numpy(), "CHUNK")
+        limits = self.table.limits
+        if len(data) > limits.max_chunk_bytes:  # before the stream keeps any of it
+            raise InputError(f"a chunk of {len(data)} bytes is over the limit of {limits.max_chunk_bytes} bytes "
+                             "per chunk: send the stream in smaller chunks")
+        waiting = stream.worker.waiting_bytes
+        if waiting and waiting + len(data) > limits.max_pending_bytes:  # one chunk alone is bounded above
+            raise InputError(f"over {limits.max_pending_bytes} bytes of the stream's chunks are waiting to be "
+                             "analysed: wait for the answers to earlier chunks before sending more")
+        return Chunk(sender, data=data, last=last)
+
+    def _stream_of(self, request, sender) -> tuple[str, "Stream"]:
         """The stream a request's chunk belongs to: a new one (sequence_start), else the one its
         STREAM_KEY names."""
         mode = tensor_text(request, "STREAM_MODE")
@@ -244,45 +292,81 @@ class TritonPythonModel:
         key = tensor_text(request, "STREAM_KEY")
         return key, self.table.get(key)
 
-    def _take(self, request, stream: Stream, sender) -> bool:
-        """Feeds the request's chunk to its stream and answers what became final; True at the end."""
-        last = bool(request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
-        chunk = pb_utils.get_input_tensor_by_name(request, "CHUNK")
-        if chunk is None:
-            raise InputError("CHUNK is missing: send the stream's next bytes")
-        data = bytes_input(chunk.as_numpy(), "CHUNK")
-        limit = self.table.limits.max_chunk_bytes
-        if len(data) > limit:  # before the stream keeps any of it
-            raise InputError(f"a chunk of {len(data)} bytes is over the limit of {limit} bytes per chunk: "
-                             "send the stream in smaller chunks")
-        if data:
-            stream.live.feed(data)
-        if last:
-            stream.live.close()
-        self._advance(stream, sender, last)
-        return last
+    def _answer_ended(self, key: str, sender) -> None:
+        """A chunk for a stream whose worker has already ended: the reason the stream ended."""
+        try:
+            self.table.get(key, touch=False)
+            message = "the stream has ended"  # not reached: a worker ends after its stream is closed
+        except StreamError as exc:
+            message = str(exc)
+        sender.send(pb_utils.InferenceResponse(error=stream_error(f"{self.name}: {message}", "INVALID_ARG")),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _open(self, sender, mode: str) -> tuple[str, Stream]:
+    def _run_chunk(self, stream: "Stream", chunk: "Chunk") -> None:
+        """On the stream's worker: feeds the chunk and answers what became final; any error ends the
+        stream (and no other). The chunk's request always gets its final response."""
+        key = stream.key
+        try:
+            self.table.get(key, touch=False)  # still open (not failed, expired or evicted meanwhile)
+            if chunk.error is not None:
+                raise ChunkRefused(chunk.error)
+            with self.table.working(key):
+                if self._take(chunk, stream):
+                    self._close(key, "it ended", "ended")
+            chunk.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        except ChunkRefused as exc:
+            error = exc.error
+        except StreamError as exc:  # the stream had already ended: say why, end nothing
+            chunk.sender.send(pb_utils.InferenceResponse(error=stream_error(f"{self.name}: {exc}", exc.code_name)),
+                              flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        except InputError as exc:
+            error = stream_error(f"{self.name}: {exc}", "INVALID_ARG")
+        except StepError as exc:
+            pb_utils.Logger.log_error(f"{self.name}: {exc}")
+            error = stream_error(f"{self.name}: {exc}", exc.code_name)
+        except Exception:  # noqa: BLE001 - logged; a short reply; the server keeps serving
+            pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
+            error = stream_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")
+        self._close(key, "it failed: " + error.message(), "failed")
+        # The error and the final flag in one response (a final flag after an error response is a
+        # use-after-free in tritonserver 2.51 on a stream opened with triton_grpc_error; server PR 8708).
+        chunk.sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _take(self, chunk: "Chunk", stream: "Stream") -> bool:
+        """Feeds the chunk's bytes to its stream and answers what became final; True at the end."""
+        if chunk.data:
+            stream.live.feed(chunk.data)
+        if chunk.last:
+            stream.live.close()
+        self._advance(stream, chunk.sender, chunk.last)
+        return chunk.last
+
+    def _open(self, sender, mode: str) -> tuple[str, "Stream"]:
         if mode not in stretches.RULES:
             raise InputError(f"STREAM_MODE {mode[:40]!r} is not one of {', '.join(config.STREAM_MODES)}")
         stream = Stream(self.detector, self.limits, stretches.RULES[mode])
+        # The worker exists before the table lists the stream (the reaper may close it at once).
+        stream.worker = Worker(f"fv2es-stream-{self.opened}", lambda chunk: self._run_chunk(stream, chunk), stream.stop)
+        self.opened += 1
         try:
-            key, evicted = self.table.open(stream, lambda: stream.live.media_s)
+            stream.key, evicted = self.table.open(stream, lambda: stream.live.media_s)
         except BaseException:
-            stream.stop()
+            stream.worker.close()  # it stops the stream
             raise
         for old, reason in evicted:
-            old.stop()
+            old.worker.close()
             self.metrics.ended("evicted")
             pb_utils.Logger.log_info(f"{self.name}: a stream was ended to free a slot: it {reason}")
         self.metrics.open(len(self.table))
-        sender.send(self._response({"EVENT": np.array([b"open"], np.object_), "STREAM_KEY": np.array([key.encode()], np.object_)}))
-        return key, stream
+        sender.send(self._response({"EVENT": np.array([b"open"], np.object_), "STREAM_KEY": np.array([stream.key.encode()], np.object_)}))
+        return stream.key, stream
 
     def _close(self, key: str, reason: str, outcome: str) -> None:
         stream = self.table.close(key, reason)
         if stream is not None:
-            stream.stop()
+            stream.worker.close()  # its waiting chunks get the reason; then it stops the stream
             self.metrics.ended(outcome)
             self.metrics.open(len(self.table))
 
@@ -292,7 +376,7 @@ class TritonPythonModel:
             try:
                 expired = self.table.expired()
                 for stream, reason in expired:
-                    stream.stop()
+                    stream.worker.close()
                     self.metrics.ended("expired")
                     pb_utils.Logger.log_info(f"{self.name}: a stream was ended: {reason}")
                 if expired:
@@ -393,6 +477,11 @@ class TritonPythonModel:
         # on) while the stub tears down: the reaper ends first.
         self.closing.set()
         self.reaper.join(timeout=config.STREAM_REAP_INTERVAL_S + 5)
-        for stream in self.table.remove_all():
-            stream.stop()
+        streams = self.table.remove_all("the server is unloading the stream model")
+        for stream in streams:
+            stream.worker.close()
+        for stream in streams:
+            if not stream.worker.join(timeout=config.STREAM_WORKER_JOIN_S):
+                pb_utils.Logger.log_error(f"{self.name}: a stream's worker was still busy {config.STREAM_WORKER_JOIN_S:g} s "
+                                          "after the model began to unload")
         self.metrics.close()
