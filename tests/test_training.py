@@ -70,9 +70,32 @@ def test_text_context_is_the_utterances_before_in_the_same_dialogue_and_follows_
     assert meld_contexts(rows, texts, 2) == ["first", "", "", "first second"]
     tokenizer = load_tokenizer()
     ids, mask = tokenize(tokenizer, ["third"], ["first second"])
-    words = tokenizer.convert_ids_to_tokens(ids[0][mask[0] == 1].tolist())
+    words = [tokenizer.id_to_token(i) for i in ids[0][mask[0] == 1].tolist()]
     assert words == ["[CLS]", "third", "[SEP]", "first", "second", "[SEP]"]
     assert ids.shape == (1, config.TEXT_MAX_TOKENS)
+
+
+def test_the_tokenizer_gives_transformers_ids_without_importing_torch():
+    """fv2es.text reads the text model's tokenizer.json with the `tokenizers` library (transformers
+    would import torch into the asr stub): the same ids and masks as transformers' tokenizer, single
+    texts and pairs, padded and truncated."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from fv2es.text import load_tokenizer, resolve_text_model, tokenize
+
+    texts = ["", " ", "I'm SO happy!!!", "Héllo wörld, ça va? 你好 😀", "don't\ttab\nnewline", "word " * 300,
+             "Oh my God, he's lost it. He's totally lost it.", "[SEP] [CLS] ##ing", "1,234.5 $ % &"]
+    contexts = texts[1:] + texts[:1]
+    reference = AutoTokenizer.from_pretrained(resolve_text_model(config.TEXT_MODEL))
+    for pair in ((), (contexts,)):
+        expected = reference(texts, *pair, padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="np")
+        ids, mask = tokenize(load_tokenizer(), texts, *pair)
+        assert (ids == expected["input_ids"]).all() and (mask == expected["attention_mask"]).all()
+    probe = "import sys; from fv2es.text import load_tokenizer, tokenize; tokenize(load_tokenizer(), ['hi']); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("label_set", sorted(config.LABEL_SETS))

@@ -248,9 +248,11 @@ ENCODER_MAX_BATCH = {
     "visual_encoder": 1 << (MAX_FACES_PER_VIDEO - 1).bit_length(),
     "text_encoder": 1 << (MAX_SEGMENTS_PER_VIDEO - 1).bit_length(),
 }
-# Instances per model (1 where not named): face_crop, the longest step on CPU, gets two, so two
-# videos' frames are searched at once under concurrent load.
-INSTANCE_COUNTS = {"face_crop": 2}
+# Instances per model (1 where not named). A second face_crop instance (the longest step on CPU)
+# brought nothing on 2 cores and cost 366 MiB at idle (benchmarks/instances.py, 2026-12-06, Intel
+# Xeon 2 cores: 4 clients 1.777 vs 1.776 videos/s, 1 client 1.621 vs 1.557): name a model here
+# with the count your machine measures a gain with.
+INSTANCE_COUNTS: dict[str, int] = {}
 # Environment of the server's processes. The OpenMP pools of torch and CTranslate2 spin while they
 # wait for work; with several models busy at once on few cores, spinning threads steal the cores
 # the others need (perf_analyzer on the 2-core machine, concurrency 4: 1.12 -> 1.50 videos/s).

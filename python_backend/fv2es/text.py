@@ -17,16 +17,27 @@ def resolve_text_model(name: str) -> str:
 
 
 def load_tokenizer(name: str = config.TEXT_MODEL):
-    from transformers import AutoTokenizer
+    """The text model's fast tokenizer (its tokenizer.json, read by the `tokenizers` library; a hub
+    name is fetched by it), padded and truncated to TEXT_MAX_TOKENS. Not transformers' AutoTokenizer:
+    importing transformers imports torch, about 250 MiB more in the asr stub that tokenizes."""
+    from pathlib import Path
 
-    return AutoTokenizer.from_pretrained(resolve_text_model(name))
+    from tokenizers import Tokenizer
+
+    source = resolve_text_model(name)
+    local = Path(source) / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(local)) if local.is_file() else Tokenizer.from_pretrained(source)
+    pad_token = (tokenizer.padding or {}).get("pad_token", "[PAD]")
+    tokenizer.enable_truncation(config.TEXT_MAX_TOKENS)
+    tokenizer.enable_padding(length=config.TEXT_MAX_TOKENS, pad_id=tokenizer.token_to_id(pad_token), pad_token=pad_token)
+    return tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], contexts: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask, int64 [N, TEXT_MAX_TOKENS] (padded and truncated). With `contexts`
     (what was said before each text), each row is the pair "text [SEP] context"."""
-    pair = () if contexts is None else (list(contexts),)
-    encoded = tokenizer(
-        list(texts), *pair, padding="max_length", truncation=True, max_length=config.TEXT_MAX_TOKENS, return_tensors="np"
-    )
-    return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
+    inputs = list(texts) if contexts is None else list(zip(texts, contexts))
+    encoded = tokenizer.encode_batch(inputs)
+    ids = np.array([e.ids for e in encoded], np.int64).reshape(len(inputs), config.TEXT_MAX_TOKENS)
+    mask = np.array([e.attention_mask for e in encoded], np.int64).reshape(len(inputs), config.TEXT_MAX_TOKENS)
+    return ids, mask
