@@ -166,9 +166,10 @@ def ensemble_config(steps: list[Step]) -> model_configs.ModelConfig:
     pipeline.check_outputs_unread(steps)
     ensemble = model_configs.ModelConfig(name=config.ENSEMBLE_NAME, platform="ensemble", max_batch_size=0)
     _tensors(ensemble, [pipeline.ENSEMBLE_INPUT], pipeline.ensemble_outputs(steps))
+    produced = pipeline.tensors_of(steps)
     for s in steps:
         step = ensemble.ensemble_scheduling.step.add(model_name=s.model_name, model_version=-1)
-        step.input_map.update({i.name: s.source(i.name) for i in s.inputs})
+        step.input_map.update({i.name: s.source(i.name) for i in s.inputs_from(produced)})
         step.output_map.update({o.name: s.target(o.name) for o in s.outputs})
     # The input limits again, on the model clients address: the client reads them to refuse an
     # oversized file before sending it and to size its gRPC messages; and the unsure mark's threshold.

@@ -66,8 +66,9 @@ def from_config(model_config: model_configs.ModelConfig) -> Ensemble:
 
 def from_steps(steps: list[pipeline.Step]) -> Ensemble:
     """The ensemble `steps` would make if written as they are."""
+    produced = pipeline.tensors_of(steps)
     return Ensemble([pipeline.ENSEMBLE_INPUT.name], list(ENSEMBLE_OUTPUTS),
-                    [([s.source(i.name) for i in s.inputs], [s.target(o.name) for o in s.outputs]) for s in steps])
+                    [([s.source(i.name) for i in s.inputs_from(produced)], [s.target(o.name) for o in s.outputs]) for s in steps])
 
 
 def pruned_readers(ensemble: Ensemble, requested: set[str]) -> dict[str, set[int]]:

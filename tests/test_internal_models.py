@@ -214,6 +214,9 @@ BAD = {
         ("NaN duration", {"DURATION": np.array([NAN], np.float32)}, "DURATION holds NaN"),
         ("NaN audio", {"AUDIO": with_nan(np.zeros(SR, np.float32))}, "AUDIO holds NaN"),
         ("audio longer than the video", {"AUDIO": np.zeros(10 * SR, np.float32)}, "cannot be longer than the video"),
+        ("speech probabilities of another length", {"SPEECH_PROBS": np.zeros(5, np.float32)}, "SPEECH_PROBS has shape [5], expected [32]"),
+        ("speech probabilities above 1", {"SPEECH_PROBS": np.full(32, 2.0, np.float32)}, "SPEECH_PROBS must hold probabilities from 0 to 1"),
+        ("NaN speech probabilities", {"SPEECH_PROBS": with_nan(np.zeros(32, np.float32))}, "SPEECH_PROBS holds NaN"),
     ],
     "group": [
         ("fewer face times than faces", {"FACE_TIMES": np.array([0.5], np.float32)}, "VISUAL_FEATURES has 6 rows but FACE_TIMES has 1"),

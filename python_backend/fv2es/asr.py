@@ -95,6 +95,7 @@ class SpeechRecognizer:
         beam_size: int = config.ASR_BEAM_SIZE,
         language: str | None = config.ASR_LANGUAGE,
         temperature: float = config.ASR_TEMPERATURE,
+        without_timestamps: bool = config.ASR_WITHOUT_TIMESTAMPS,
     ):
         if compute_type == "default":
             compute_type = "float16" if device == "cuda" else "int8"
@@ -109,6 +110,7 @@ class SpeechRecognizer:
         self.beam_size = beam_size
         self.language = language or None
         self.temperature = temperature
+        self.without_timestamps = without_timestamps
 
     @property
     def state_dim(self) -> int:
@@ -119,9 +121,11 @@ class SpeechRecognizer:
         """Timestamped speech segments of 16 kHz mono float32 audio (empty list for silence)."""
         return self.listen(audio).segments
 
-    def listen(self, audio: np.ndarray, *, transcribe: bool = True) -> Speech:
+    def listen(self, audio: np.ndarray, *, transcribe: bool = True, probs: np.ndarray | None = None) -> Speech:
         """The speech of 16 kHz mono float32 audio: its transcribed segments (none when
         `transcribe` is False: training the audio branch needs only the states) and its encoder states.
+        `probs`: Silero's speech probabilities of the audio's windows when they are known already
+        (fv2es.vad.probabilities of this audio; the stretch cutter computes them).
 
         Silero VAD (fv2es.vad; no hallucinated text on silence) finds the speech, which
         is processed in blocks of at most one Whisper window (ASR_BLOCK_S) cut at pauses: memory
@@ -134,7 +138,7 @@ class SpeechRecognizer:
             return empty
         found: list[Segment] = []
         states, times = [], []
-        for block in self.blocks(audio):
+        for block in self.blocks(audio, probs):
             block_audio = np.concatenate([audio[chunk["start"] : chunk["end"]] for chunk in block])
             if transcribe:
                 self.model.first_window = None
@@ -145,6 +149,7 @@ class SpeechRecognizer:
                     vad_filter=False,  # done above, over the whole audio
                     condition_on_previous_text=False,
                     temperature=self.temperature,
+                    without_timestamps=self.without_timestamps,
                 )
                 for s in restore_speech_timestamps(segments, block, config.SAMPLE_RATE):
                     if s.text.strip():
@@ -160,10 +165,11 @@ class SpeechRecognizer:
         return Speech(found, np.concatenate(states), np.concatenate(times))
 
     @staticmethod
-    def blocks(audio: np.ndarray) -> list[list[dict]]:
-        """The speech chunks that Silero VAD finds in 16 kHz audio ({"start", "end"} in samples),
-        grouped into blocks of at most one Whisper window (ASR_BLOCK_S): one encoder pass each."""
-        return list(speech_blocks(vad.speech_chunks(audio), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
+    def blocks(audio: np.ndarray, probs: np.ndarray | None = None) -> list[list[dict]]:
+        """The speech chunks that Silero VAD finds in 16 kHz audio ({"start", "end"} in samples; from
+        `probs` when given), grouped into blocks of at most one Whisper window (ASR_BLOCK_S): one
+        encoder pass each."""
+        return list(speech_blocks(vad.speech_chunks(audio, probs), int(config.ASR_BLOCK_S * config.SAMPLE_RATE)))
 
     def encode_blocks(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
         """Encoder states [1500, d] of each block (<= 30 s of audio), exactly as a transcription

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import config, modalities
+from . import config, modalities, vad
 from .modalities import Modality
 from .errors import InputError
 from .segments import SEGMENT_RULE, frame_segments
@@ -196,6 +196,16 @@ def audio_and_duration(samples: np.ndarray, seconds: np.ndarray, limits: Limits,
     if audio_s > seconds + 1.0:
         raise InputError(f"AUDIO ends at {audio_s:.1f} s but DURATION is {_fmt(seconds)} s: it cannot be longer than the video")
     return samples, seconds
+
+
+def speech_probs(probs: np.ndarray, n_samples: int, name: str = "SPEECH_PROBS") -> np.ndarray:
+    """SPEECH_PROBS [W]: one speech probability (0 to 1) per 32 ms VAD window of the AUDIO it comes
+    with, the last window counted even when partial."""
+    windows = -(-n_samples // vad.WINDOW)
+    probs = finite(shape(probs, name, (windows,)), name)
+    if probs.size and (probs.min() < 0 or probs.max() > 1):
+        raise InputError(f"{name} must hold probabilities from 0 to 1")
+    return probs.astype(np.float32, copy=False)
 
 
 def segment_times(times: np.ndarray, limits: Limits, name: str = "SEGMENT_TIMES") -> np.ndarray:

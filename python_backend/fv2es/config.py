@@ -81,6 +81,9 @@ ASR_LANGUAGE = "en"
 # Whisper's temperature fallback re-decodes a whole 30 s window up to 5 times when the text looks
 # repetitive; on the 60 s benchmark clip ASR took 16.3 s with it, 1.9 s without. Greedy only, by default.
 ASR_TEMPERATURE = 0.0
+# Whisper's timestamp tokens split a window's speech into the sentences that become segments: kept.
+# Without them a window is one segment (benchmarks/asr_options.py measures the difference).
+ASR_WITHOUT_TIMESTAMPS = False
 # CPU threads of the ASR model. Whisper-tiny parallelises poorly (60 s benchmark clip, 2 cores: 1
 # thread 1.85 s wall / 1.94 s CPU, 2 threads 1.67 s / 2.40 s, CTranslate2's default 1.88 s / 2.68 s);
 # in the server ASR runs beside the face step, which then gets the other core.

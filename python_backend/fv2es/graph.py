@@ -77,6 +77,11 @@ class Step:
         """The ensemble tensor an output writes."""
         return self.targets.get(output_name, output_name)
 
+    def inputs_from(self, available) -> tuple["Tensor", ...]:
+        """The inputs a call of the step gives: every required one, and each optional one whose
+        source is in `available` (tensor names)."""
+        return tuple(i for i in self.inputs if not i.optional or self.source(i.name) in available)
+
     @property
     def instance_count(self) -> int:
         return config.INSTANCE_COUNTS.get(self.name, 1)

@@ -52,7 +52,8 @@ class InProcessPipeline:
         if step.runner == "face_crop":
             return stages.face_crop(x["VIDEO"], self.detector, duration=x["DURATION"], limits=self.limits)
         if step.runner == "asr":
-            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer, audio_start=x["AUDIO_START"], limits=self.limits)
+            return stages.asr(x["AUDIO"], x["DURATION"], self.recognizer, self.tokenizer, audio_start=x["AUDIO_START"],
+                              limits=self.limits, speech_probs=x.get("SPEECH_PROBS"))
         if step.runner == "mel":
             return stages.mel(x["AUDIO"], x["SEGMENT_TIMES"], self.transform, audio_start=x["AUDIO_START"], limits=self.limits)
         if step.runner == "assign_faces":
@@ -74,6 +75,6 @@ class InProcessPipeline:
         asks for a step's inputs (build/training/vgaf.py: the group model's)."""
         tensors = dict(tensors)
         for step in pipeline.plan(self.steps, set(tensors), wanted):
-            outputs = self.run_step(step, {i.name: tensors[step.source(i.name)] for i in step.inputs})
+            outputs = self.run_step(step, {i.name: tensors[step.source(i.name)] for i in step.inputs_from(tensors)})
             tensors.update({step.target(name): value for name, value in outputs.items()})
         return {name: tensors[name] for name in wanted if name in tensors}

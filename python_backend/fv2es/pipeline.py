@@ -87,7 +87,8 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
              (fp32("FACES", -1, 1, s, s), fp32("FACE_TIMES", -1), int64("FACE_PERSON", -1), boolean("FACE_MAIN", -1),
               fp32("FACE_MOUTH", -1), fp32("SCENE", -1, 1, config.SCENE_SIZE, config.SCENE_SIZE), fp32("SCENE_TIMES", -1)),
              kind="KIND_AUTO", parameters={"detector": config.FACE_DETECTOR, "cascade": config.FACE_CASCADE, **INPUT_LIMITS}),
-        Step("asr", "asr", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1)), asr_outputs, kind="KIND_AUTO",
+        # SPEECH_PROBS (optional): the VAD's probabilities of AUDIO's windows, from a stream that has them.
+        Step("asr", "asr", (fp32("AUDIO", -1), int64("AUDIO_START", 1), fp32("DURATION", 1), SPEECH_PROBS), asr_outputs, kind="KIND_AUTO",
              # audio_branch_asr_model: what the audio weights were trained on (build/export.py checks it); the
              # asr model refuses to load with another asr_model.
              parameters={"asr_model": config.ASR_MODEL, "audio_branch_asr_model": config.ASR_MODEL,
@@ -185,6 +186,10 @@ def group_steps(entries: tuple[Modality, ...], weights: str) -> list[Step]:
                                                modality_registry.PARAMETER: modality_registry.to_parameter(entries)})]
 
 
+# Silero's speech probability of each 32 ms window of a stretch's audio (fv2es.vad), from its start:
+# a live stream's cutter has computed them, and the asr step then does not run the detector again.
+SPEECH_PROBS = Tensor("SPEECH_PROBS", "FP32", (-1,), optional=True)
+
 # The live stream's model: the container stream's next bytes in; responses: the stream's key on its
 # first request ("open"), each segment as soon as it is final ("segment"), and after the last request
 # the whole stream's scores ("end"). Every chunk after the first carries the key (fv2es/streams.py).
@@ -242,8 +247,14 @@ def plan(pipeline: list[Step], available: set[str], wanted=ENSEMBLE_OUTPUTS) -> 
     for step in reversed(pipeline):
         if {step.target(o.name) for o in step.outputs} & needed:
             chosen.append(step)
-            needed |= {step.source(i.name) for i in step.inputs} - available
+            needed |= {step.source(i.name) for i in step.inputs if not i.optional} - available
     return chosen[::-1]
+
+
+def tensors_of(pipeline: list[Step]) -> set[str]:
+    """The ensemble's input and every tensor a step writes (an optional input none of them is, is left
+    out of the wiring: `Step.inputs_from`)."""
+    return {ENSEMBLE_INPUT.name} | {s.target(o.name) for s in pipeline for o in s.outputs}
 
 
 def check_wiring(pipeline: list[Step]) -> None:
@@ -251,7 +262,7 @@ def check_wiring(pipeline: list[Step]) -> None:
     read by a step or is an ensemble output (Triton refuses an ensemble with a tensor nobody uses)."""
     available = {ENSEMBLE_INPUT.name}
     for s in pipeline:
-        missing = [s.source(i.name) for i in s.inputs if s.source(i.name) not in available]
+        missing = [s.source(i.name) for i in s.inputs_from(available) if s.source(i.name) not in available]
         if missing:
             raise ValueError(f"step {s.name} reads {', '.join(missing)}, which no earlier step produces")
         produced = [s.target(t.name) for t in s.outputs]

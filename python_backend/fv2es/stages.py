@@ -94,6 +94,7 @@ def asr(
     audio_start: np.ndarray | int = 0,
     limits: checks.Limits,
     speech_rows: bool = config.AUDIO_INPUT == "whisper",
+    speech_probs: np.ndarray | None = None,
 ) -> Arrays:
     """AUDIO (from sample AUDIO_START of the timeline on), DURATION (where the timeline ends) -> the
     segments of the timeline from AUDIO_START on, their transcripts and their token ids; with
@@ -101,19 +102,26 @@ def asr(
     SPEECH_ROWS [N, 2 x SPEECH_STATE_DIM] and SPEECH_SEGMENT [N] (-1: a placeholder row).
 
     The audio is cut into stretches at pauses (fv2es.stretches), each recognised and segmented alone:
-    a live stream sends one stretch at a time, with its start, and gets the same segments."""
+    a live stream sends one stretch at a time, with its start, and gets the same segments. Silero VAD
+    runs once: the cutter's speech probabilities of each stretch are the ones its recognition uses;
+    a stream sends them (SPEECH_PROBS) with its stretch, which is then not cut again."""
     from .asr import speech_chunks
 
     start = checks.audio_start(audio_start, limits)
     audio, seconds = checks.audio_and_duration(audio, duration, limits, start=start)
-    bounds = [0, *stretches.cuts(audio), len(audio)]
+    if speech_probs is not None:
+        bounds, probs = [0, len(audio)], [checks.speech_probs(speech_probs, len(audio))]
+    else:
+        cutter = stretches.Cutter()
+        bounds = [0, *cutter.cuts(audio), len(audio)]
+        probs = [*cutter.stretch_probs, cutter.rest(audio)]
     segments, rows, owners = [], [], []
     for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
         offset = (start + a) / config.SAMPLE_RATE
         end = stretches.timeline_end((start + b) / config.SAMPLE_RATE, seconds) if k == len(bounds) - 2 else (start + b) / config.SAMPLE_RATE
         if end - offset <= 0:
             continue
-        speech = recognizer.listen(audio[a:b].astype(np.float32, copy=False))
+        speech = recognizer.listen(audio[a:b].astype(np.float32, copy=False), probs=probs[k])
         local = segment_timeline(speech.segments, end - offset)
         if speech_rows:
             local_times = np.array([[s.start, s.end] for s in local], np.float32)

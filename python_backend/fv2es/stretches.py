@@ -87,6 +87,7 @@ class Cutter:
     def __init__(self, rule: StretchRule = EXACT):
         self.rule = rule
         self.start = 0  # sample where the open stretch starts
+        self.stretch_probs: list[np.ndarray] = []  # each cut stretch's window probabilities (for its ASR), in order
         self._reset()
 
     def _reset(self) -> None:
@@ -97,9 +98,19 @@ class Cutter:
         found = []
         while (cut := self._next(audio)) is not None:
             found.append(cut)
+            self.stretch_probs.append(self.detector.probs[: (cut - self.start) // vad.WINDOW])
             self.start = cut
             self._reset()
         return found
+
+    def rest(self, audio: np.ndarray) -> np.ndarray:
+        """The open stretch's window probabilities up to the audio's end (a file's, or a stream that
+        ended): its last window padded with silence, as vad.probabilities does."""
+        stretch = audio[self.start :]
+        n = -(-len(stretch) // vad.WINDOW)
+        padded = np.zeros(n * vad.WINDOW, np.float32)
+        padded[: len(stretch)] = stretch
+        return self.detector.extend(padded, n)
 
     def _next(self, audio: np.ndarray) -> int | None:
         stretch = audio[self.start :]
@@ -114,7 +125,9 @@ class Cutter:
             probs = self.detector.extend(stretch, upto)
             cut = decide(vad.chunks(probs, min_silence_ms=self.rule.min_silence_ms), upto, past_max and upto == n, self.rule)
             if cut is not None:
-                return self.start + cut
+                # On a window boundary (at most 32 ms earlier, in the pause or the padding), so that
+                # the probabilities computed so far are exactly the stretch's own (its ASR reuses them).
+                return self.start + max(cut // vad.WINDOW, 1) * vad.WINDOW
         return None
 
 

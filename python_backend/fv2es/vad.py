@@ -148,6 +148,8 @@ def chunks(probs: np.ndarray, audio_length: int | None = None, min_silence_ms: i
     return found
 
 
-def speech_chunks(audio: np.ndarray) -> list[dict]:
-    """The speech of a whole 16 kHz audio as {"start", "end"} (samples), as Silero finds it."""
-    return [{"start": c.start, "end": c.end} for c in chunks(probabilities(audio), len(audio))]
+def speech_chunks(audio: np.ndarray, probs: np.ndarray | None = None) -> list[dict]:
+    """The speech of a whole 16 kHz audio as {"start", "end"} (samples), as Silero finds it; `probs`:
+    its windows' probabilities (`probabilities(audio)`) when known already."""
+    probs = probabilities(audio) if probs is None else probs
+    return [{"start": c.start, "end": c.end} for c in chunks(probs, len(audio))]

@@ -1,4 +1,4 @@
-"""asr: AUDIO, AUDIO_START, DURATION -> segments of the timeline, their transcripts and token ids; with the
+"""asr: AUDIO, AUDIO_START, DURATION (and SPEECH_PROBS from a stream) -> segments of the timeline, their transcripts and token ids; with the
 "whisper" audio input also SPEECH_ROWS, SPEECH_SEGMENT (the audio encoder's input, from the Whisper
 encoder states that the transcription computes)."""
 
@@ -35,5 +35,5 @@ class TritonPythonModel(PipelineModel):
     def process(self, inputs):
         return stages.asr(
             inputs["AUDIO"], inputs["DURATION"], self.recognizer, self.tokenizer, audio_start=inputs["AUDIO_START"],
-            limits=self.limits, speech_rows=self.speech_rows,
+            limits=self.limits, speech_rows=self.speech_rows, speech_probs=inputs.get("SPEECH_PROBS"),
         )

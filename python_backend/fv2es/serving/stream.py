@@ -409,15 +409,18 @@ class TritonPythonModel:
                 stream.add_rows(stream.faces.flush_until(end_s))
             if not last and min(stream.live.frames_until, stream.faces.done_until) < end_s:
                 return
-            self._stretch(stream, sender, audio[stream.cut : cut], end_s, faces=stream.faces_until(end_s))
+            self._stretch(stream, sender, audio[stream.cut : cut], end_s, faces=stream.faces_until(end_s),
+                          probs=stream.cutter.stretch_probs.pop(0))
             stream.cut = stream.cuts.pop(0)
         if last:
-            self._stretch(stream, sender, audio[stream.cut :], float(stream.live.duration), faces=stream.faces_until(None))
+            self._stretch(stream, sender, audio[stream.cut :], float(stream.live.duration), faces=stream.faces_until(None),
+                          probs=stream.cutter.rest(audio))
             self._end(stream, sender)
 
-    def _stretch(self, stream: Stream, sender, audio: np.ndarray, end_s: float, faces: dict) -> None:
+    def _stretch(self, stream: Stream, sender, audio: np.ndarray, end_s: float, faces: dict, probs: np.ndarray) -> None:
+        """Runs the steps on one stretch; `probs`: its VAD probabilities, which the cutter computed."""
         tensors = {"AUDIO": np.ascontiguousarray(audio, np.float32), "AUDIO_START": np.array([stream.cut], np.int64),
-                   "DURATION": np.array([end_s], np.float32), **faces}
+                   "DURATION": np.array([end_s], np.float32), "SPEECH_PROBS": np.ascontiguousarray(probs, np.float32), **faces}
         out = self._run(tensors, STRETCH_OUTPUTS)
         first = stream.n_segments
         pairs = out["PERSON_SEGMENTS"].copy()
@@ -451,7 +454,7 @@ class TritonPythonModel:
         """The ensemble's steps that make `wanted` from `tensors`, one model call each (BLS)."""
         tensors = dict(tensors)
         for step in pipeline.plan(self.steps, set(tensors), wanted):
-            inputs = [pb_utils.Tensor(i.name, np.ascontiguousarray(tensors[step.source(i.name)])) for i in step.inputs]
+            inputs = [pb_utils.Tensor(i.name, np.ascontiguousarray(tensors[step.source(i.name)])) for i in step.inputs_from(tensors)]
             request = pb_utils.InferenceRequest(model_name=step.model_name, inputs=inputs,
                                                 requested_output_names=[o.name for o in step.outputs])
             response = request.exec()
