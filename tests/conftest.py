@@ -92,20 +92,3 @@ def make_video(speech: np.ndarray | None, *, faces: bool = True, video: bool = T
         n = int(seconds * fps)
         frames = synth.talking_head_frames(n, width, height) if faces else (np.full((height, width, 3), 90, np.uint8) for _ in range(n))
     return synth.encode_video(frames=frames, fps=fps, audio=speech, width=width, height=height, **encode_kwargs)
-
-
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): each worker starts the
-# session's servers it needs. A module runs whole on one worker (its module-scoped servers start
-# once); the modules that share the small or the spare server run on one worker each, so that those
-# start once too. The main server starts once per worker.
-SHARED_SERVER_GROUPS = {"small_server": "small-server", "spare_server": "spare-server"}
-
-
-def pytest_collection_modifyitems(config, items):
-    group = {}
-    for item in items:  # a module that uses a shared server anywhere goes with that server
-        shared = [name for fixture, name in SHARED_SERVER_GROUPS.items() if fixture in item.fixturenames]
-        if shared or item.module.__name__ not in group:
-            group[item.module.__name__] = shared[0] if shared else group.get(item.module.__name__, item.module.__name__)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.module.__name__]))
