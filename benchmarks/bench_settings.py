@@ -12,7 +12,7 @@ BENCH_STREAM_STAGGER_S = 1.0
 BENCH_KEEPS_UP_SLOPE = 0.02  # s of latency gained per s of media, at most, for every stream
 # make bench runs the 60 s clip through this version's server and this earlier one's, in turns
 # (benchmarks/earlier.py): a commit and what it was.
-BENCH_EARLIER_VERSION = ("8568d89", "the code before issue 25 (group emotion, sparse face selection)")
+BENCH_EARLIER_VERSION = ("bb03bf9", "the code before the streams' workers, the single VAD pass and the memory cuts (issue 26)")
 BENCH_EARLIER_ROUNDS = 7  # rounds of one request to each server, after one warm-up each
 BENCH_NO_REGRESSION = 1.05  # this code's median / the earlier version's: at most this (noise between rounds)
 # The newest tritonclient wheel whose perf_analyzer runs on glibc 2.36 (2.55+ need 2.38); the same

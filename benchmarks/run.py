@@ -168,9 +168,12 @@ def with_server(videos: dict[int, bytes], throughput_set: list[bytes], use_perf:
                       f"max {r['latency_max_s']:.2f} s; same labels as the whole file {r['same_label_share']:.0%}, "
                       f"WER {r['word_error_rate']:.3f}, same segments and scores: {r['same_as_whole_file']}", flush=True)
             n = bench_settings.BENCH_CONCURRENT_STREAMS
-            results["streams_at_once"] = r = stream.measure_concurrent(server.grpc_url, videos[60], n, stagger_s=bench_settings.BENCH_STREAM_STAGGER_S)
-            print(f"{n} live streams of the 60 s clip at once: latency median {r['latency_median_s']:.2f} s, p95 {r['latency_p95_s']:.2f} s, "
-                  f"max {r['latency_max_s']:.2f} s; largest lag slope {r['lag_slope_max']:.3f} s/s", flush=True)
+            results["streams_at_once"] = {mode: stream.measure_concurrent(server.grpc_url, videos[60], n, mode,
+                                                                          stagger_s=bench_settings.BENCH_STREAM_STAGGER_S)
+                                          for mode in config.STREAM_MODES}
+            for mode, r in results["streams_at_once"].items():
+                print(f"{n} live streams of the 60 s clip at once, {mode}: latency median {r['latency_median_s']:.2f} s, "
+                      f"p95 {r['latency_p95_s']:.2f} s, max {r['latency_max_s']:.2f} s; largest lag slope {r['lag_slope_max']:.3f} s/s", flush=True)
         if use_perf:
             data = perf.input_data(throughput_set, OUT / "perf_input.json")
             results["perf"], results["perf_command"] = perf.run(server.grpc_url, data, bench_settings.BENCH_CONCURRENCY, OUT)
@@ -214,10 +217,9 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                      low["latency_median_s"] <= 3 and low["latency_p95_s"] <= 6))
         rows.append(("live stream, low latency: segments with the whole file's label", f"{low['same_label_share']:.0%} (target >= 95 %)",
                      low["same_label_share"] >= 0.95))
-    together = results["server"].get("streams_at_once")
-    if together:
+    for mode, together in results["server"].get("streams_at_once", {}).items():
         keeps_up = together["all_ended"] and together["lag_slope_max"] <= bench_settings.BENCH_KEEPS_UP_SLOPE
-        rows.append((f"{together['streams']} live streams at once, 60 s clip at its pace: all keep up",
+        rows.append((f"{together['streams']} live streams at once ({mode}), 60 s clip at its pace: all keep up",
                      f"largest lag slope {together['lag_slope_max']:.3f} s/s (target <= {bench_settings.BENCH_KEEPS_UP_SLOPE}); latency median "
                      f"{together['latency_median_s']:.2f} s, p95 {together['latency_p95_s']:.2f} s, max {together['latency_max_s']:.2f} s",
                      keeps_up))
@@ -332,18 +334,18 @@ def markdown(results: dict) -> str:
             p95 = f"{r['latency_p95_s']:.2f}" if "latency_p95_s" in r else "-"
             lines.append(f"| {mode} | {r['segments']} | {r['latency_median_s']:.2f} | {p95} | "
                          f"{r['latency_min_s']:.2f} | {r['latency_max_s']:.2f} | {extra} | {'yes' if r['same_as_whole_file'] else 'no'} |")
-        together = results["server"].get("streams_at_once")
-        if together:
-            lines += ["", f"{together['streams']} streams at once: {together['streams']} clients each send the same clip at its pace "
-                      f"in low-latency mode, each starting {together['stagger_s']:g} s after the one before (`measure_concurrent`);",
-                      "each stream has its own worker thread in the one `fv2es_stream` model, and their steps share the encoders'",
-                      "dynamic batching. Lag slope: a stream's latency fitted against its media time (s gained per s; about 0",
-                      "when it keeps up), the largest of the streams.", "",
-                      "| streams | segments | median s | p95 s | min s | max s | largest lag slope s/s | all ended |",
-                      "|---|---|---|---|---|---|---|---|",
-                      f"| {together['streams']} | {together['segments']} | {together['latency_median_s']:.2f} | {together['latency_p95_s']:.2f} | "
-                      f"{together['latency_min_s']:.2f} | {together['latency_max_s']:.2f} | {together['lag_slope_max']:.3f} | "
-                      f"{'yes' if together['all_ended'] else 'no'} |"]
+        at_once = results["server"].get("streams_at_once", {})
+        if at_once:
+            n, stagger = next(iter(at_once.values()))["streams"], next(iter(at_once.values()))["stagger_s"]
+            lines += ["", f"{n} streams at once: {n} clients each send the same clip at its pace, each starting {stagger:g} s after",
+                      "the one before (`measure_concurrent`), once per mode. Each stream has its own worker thread in the one",
+                      "`fv2es_stream` model, and their steps share the encoders' dynamic batching. Lag slope: a stream's latency",
+                      "fitted against its media time (s gained per s; about 0 when it keeps up), the largest of the streams.", "",
+                      "| mode | streams | segments | median s | p95 s | min s | max s | largest lag slope s/s | all ended |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for mode, r in at_once.items():
+                lines.append(f"| {mode} | {r['streams']} | {r['segments']} | {r['latency_median_s']:.2f} | {r['latency_p95_s']:.2f} | "
+                             f"{r['latency_min_s']:.2f} | {r['latency_max_s']:.2f} | {r['lag_slope_max']:.3f} | {'yes' if r['all_ended'] else 'no'} |")
     versus = results.get("earlier", {})
     if versus:
         lines += ["", f"## Against an earlier version: {versus['ref']}, {versus['description']}", ""]
