@@ -144,8 +144,12 @@ def asr_in_one_piece(recognizer: SpeechRecognizer, audio: np.ndarray) -> int:
 
 
 def asr_by_stretch(recognizer: SpeechRecognizer, audio: np.ndarray) -> int:
-    """The same, stretch by stretch (fv2es.stretches), as `stages.asr` runs it now."""
-    return sum(len(recognizer.listen(audio[a:b]).segments) for a, b in stretch_bounds(audio))
+    """The same, stretch by stretch (fv2es.stretches), as `stages.asr` runs it now: each stretch's
+    recognition reads the VAD probabilities that the cutter computed."""
+    cutter = stretches.Cutter()
+    bounds = [0, *cutter.cuts(audio), len(audio)]
+    probs = [*cutter.stretch_probs, cutter.rest(audio)]
+    return sum(len(recognizer.listen(audio[a:b], probs=p).segments) for (a, b), p in zip(zip(bounds, bounds[1:]), probs))
 
 
 def whisper_windows(audio: np.ndarray) -> dict[str, int]:

@@ -299,8 +299,8 @@ def markdown(results: dict) -> str:
               "The whole file is transcribed stretch by stretch, as a live stream is (`fv2es.stretches`: a stretch",
               f"holds at most {config.STRETCH_SPEECH_S:g} s of speech, cut in the pause where speech recognition in one "
               f"piece ends a Whisper window; at most {config.STRETCH_MAX_S:.0f} s),",
-              "so that both give the same segments and scores. The rule runs Silero VAD over each stretch once more (its",
-              "own recognition runs it again); the table shows what that costs and whether the stretches need more",
+              "so that both give the same segments and scores. The rule's Silero VAD probabilities of each stretch are the",
+              "ones its recognition reads (one pass); the table shows what stretches cost and whether they need more",
               "Whisper windows (30 s encoder passes) than the audio in one piece. Same recognizer, same audio, same run;",
               "medians in seconds.", "",
               "| clip | stretches | windows in one piece | windows by stretch | ASR in one piece | ASR by stretch | by stretch / one piece |",

@@ -101,7 +101,7 @@ def test_sparse_speech_is_cut_at_the_maximum_or_where_speech_going_on_there_bega
                   np.concatenate([silence(late), sample_speech, silence(10)])):  # speech before it, or none
         began = vad.speech_chunks(audio)[-1]["start"]
         assert late * SR < began < config.STRETCH_MAX_S * SR
-        assert stretches.cuts(audio)[0] == began // vad.WINDOW * vad.WINDOW  # on the window grid
+        assert stretches.cuts(audio)[0] == began
 
 
 def test_the_last_stretch_ends_with_the_picture_when_it_goes_on():
@@ -206,13 +206,16 @@ def test_low_latency_cuts_silence_into_windows_and_unbroken_speech_at_the_segmen
 
 def test_the_cutters_probabilities_of_each_stretch_are_its_own(sample_speech):
     """Silero runs once per audio: the probabilities the cutter computed for each stretch (from its
-    start, the last window padded) are those the stretch's audio alone gives, which ASR used to
-    compute again; the cuts lie on the window grid so that they can be."""
+    start, its last window padded) are those the stretch's audio alone gives, which ASR used to
+    compute again (only the last window, and those since the last saved state, are run again)."""
+    inside_a_window = 0
     for rule in (stretches.EXACT, stretches.LOW_LATENCY):
         audio = talk(sample_speech, [1.0, 9.0, 4.0, 12.0, 3.0, 30.0])
         cutter = stretches.Cutter(rule)
         bounds = [0, *cutter.cuts(audio), len(audio)]
         probs = [*cutter.stretch_probs, cutter.rest(audio)]
-        assert len(bounds) > 2 and all(c % vad.WINDOW == 0 for c in bounds[1:-1])
+        assert len(bounds) > 2
+        inside_a_window += sum(c % vad.WINDOW > 0 for c in bounds[1:])
         for (a, b), mine in zip(zip(bounds, bounds[1:]), probs):
             assert np.array_equal(mine, vad.probabilities(audio[a:b])), (rule, a, b)
+    assert inside_a_window  # stretches whose last window is partial (padded) were checked too

@@ -98,7 +98,7 @@ class Cutter:
         found = []
         while (cut := self._next(audio)) is not None:
             found.append(cut)
-            self.stretch_probs.append(self.detector.probs[: (cut - self.start) // vad.WINDOW])
+            self.stretch_probs.append(self.detector.prefix(audio[self.start :], cut - self.start))
             self.start = cut
             self._reset()
         return found
@@ -107,10 +107,7 @@ class Cutter:
         """The open stretch's window probabilities up to the audio's end (a file's, or a stream that
         ended): its last window padded with silence, as vad.probabilities does."""
         stretch = audio[self.start :]
-        n = -(-len(stretch) // vad.WINDOW)
-        padded = np.zeros(n * vad.WINDOW, np.float32)
-        padded[: len(stretch)] = stretch
-        return self.detector.extend(padded, n)
+        return self.detector.prefix(stretch, len(stretch))
 
     def _next(self, audio: np.ndarray) -> int | None:
         stretch = audio[self.start :]
@@ -125,9 +122,7 @@ class Cutter:
             probs = self.detector.extend(stretch, upto)
             cut = decide(vad.chunks(probs, min_silence_ms=self.rule.min_silence_ms), upto, past_max and upto == n, self.rule)
             if cut is not None:
-                # On a window boundary (at most 32 ms earlier, in the pause or the padding), so that
-                # the probabilities computed so far are exactly the stretch's own (its ASR reuses them).
-                return self.start + max(cut // vad.WINDOW, 1) * vad.WINDOW
+                return self.start + cut
         return None
 
 

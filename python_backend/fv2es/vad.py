@@ -52,23 +52,46 @@ class Detector:
 
     def __init__(self):
         self.probs = np.zeros(0, np.float32)
-        self._state = (np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32))
+        self._state = ZERO_STATE
+        self._saved = [(0, ZERO_STATE)]  # (windows done, the state after them) at each call's start
 
     def extend(self, audio: np.ndarray, n: int) -> np.ndarray:
         """The probabilities of the first `n` windows of `audio` (the same audio as before, longer)."""
         first = len(self.probs)
         if n > first:
-            windows = np.asarray(audio[first * WINDOW : n * WINDOW], np.float32).reshape(-1, WINDOW)
-            context = np.zeros((len(windows), CONTEXT), np.float32)
-            context[1:] = windows[:-1, -CONTEXT:]
-            if first:
-                context[0] = audio[first * WINDOW - CONTEXT : first * WINDOW]
-            probs, h, c = _session().run(
-                ["speech_probs", "hn", "cn"], {"input": np.concatenate([context, windows], 1), "h": self._state[0], "c": self._state[1]}
-            )
-            self._state = (h, c)
-            self.probs = np.concatenate([self.probs, np.asarray(probs, np.float32).reshape(-1)])
+            self._saved.append((first, self._state))
+            probs, self._state = _run(audio, first, n, self._state)
+            self.probs = np.concatenate([self.probs, probs])
         return self.probs[:n]
+
+    def prefix(self, audio: np.ndarray, length: int) -> np.ndarray:
+        """`probabilities(audio[:length])`: the first `length` samples as a whole audio, its last
+        window padded with silence, from what was computed (a stretch that a cut ended: only the
+        windows since the last saved state are run again)."""
+        n_whole, rest = divmod(length, WINDOW)
+        self.extend(audio, n_whole)
+        if not rest:
+            return self.probs[:n_whole].copy()
+        done, state = max((s for s in self._saved if s[0] <= n_whole), key=lambda s: s[0])
+        tail = np.zeros((n_whole + 1) * WINDOW, np.float32)
+        tail[max(0, done * WINDOW - CONTEXT) : length] = audio[max(0, done * WINDOW - CONTEXT) : length]
+        last, _ = _run(tail, done, n_whole + 1, state)
+        return np.concatenate([self.probs[:done], last])
+
+
+ZERO_STATE = (np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32))
+
+
+def _run(audio: np.ndarray, first: int, n: int, state) -> tuple[np.ndarray, tuple]:
+    """Windows `first` to `n` of `audio` (each with the CONTEXT samples before it) from `state`: their
+    probabilities and the state after them."""
+    windows = np.asarray(audio[first * WINDOW : n * WINDOW], np.float32).reshape(-1, WINDOW)
+    context = np.zeros((len(windows), CONTEXT), np.float32)
+    context[1:] = windows[:-1, -CONTEXT:]
+    if first:
+        context[0] = audio[first * WINDOW - CONTEXT : first * WINDOW]
+    probs, h, c = _session().run(["speech_probs", "hn", "cn"], {"input": np.concatenate([context, windows], 1), "h": state[0], "c": state[1]})
+    return np.asarray(probs, np.float32).reshape(-1), (h, c)
 
 
 def probabilities(audio: np.ndarray) -> np.ndarray:
