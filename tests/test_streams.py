@@ -160,6 +160,22 @@ def test_a_worker_runs_its_streams_chunks_in_order_and_the_waiting_ones_after_cl
     assert not worker.submit(5)  # ended: the model answers such a chunk itself
 
 
+def test_a_chunk_whose_answer_fails_does_not_stop_the_worker():
+    ran, errors, exited = [], [], threading.Event()
+
+    def run(chunk):
+        if chunk == "broken":
+            raise RuntimeError("the client went away")
+        ran.append(chunk)
+
+    worker = Worker("test-worker", run, exited.set, on_error=errors.append)
+    for chunk in ("a", "broken", "b"):
+        worker.submit(chunk)
+    worker.close()
+    assert worker.join(5) and exited.is_set()
+    assert ran == ["a", "b"] and [str(e) for e in errors] == ["the client went away"]
+
+
 def test_workers_of_two_streams_run_at_once():
     started = {name: threading.Event() for name in "ab"}
 

@@ -340,7 +340,7 @@ STREAM_STALLED_S = 10.0
 STREAM_KEY_BYTES = 24  # the secret each stream gets on its first response (32 URL-safe characters)
 STREAM_ENDED_KEPT = 1024  # ended streams whose reason a late chunk still gets
 STREAM_REAP_INTERVAL_S = 1.0  # how often the model looks for streams over a limit
-STREAM_WORKER_JOIN_S = 30.0  # at unload, how long a stream's worker may take to finish its chunk
+STREAM_WORKER_JOIN_S = 30.0  # at unload, how long the streams' workers may take, in all, to finish their chunks
 # Draining for a reload (fv2es/streams.py) ends after this long if no watchdog reloaded the model
 # (a Triton of your own), and starts again only this much later.
 STREAM_DRAIN_TIMEOUT_S = 30.0

@@ -244,10 +244,13 @@ class Worker(Generic[T]):
     """One stream's thread: it runs the stream's chunks one at a time in the order they came, while
     other streams' workers run theirs; only it touches the stream's state. `close()` (the stream
     ended, failed or lost its slot): the chunks still waiting are run (they find the stream ended
-    and get the reason), then `on_exit` runs on the thread and the thread ends."""
+    and get the reason), then `on_exit` runs on the thread and the thread ends. `run` answers its
+    chunk and handles its errors; whatever it still raises (an answer that could not be sent) goes
+    to `on_error`, and the worker goes on with the next chunk."""
 
-    def __init__(self, name: str, run: Callable[[T], None], on_exit: Callable[[], None]):
-        self._run, self._on_exit = run, on_exit
+    def __init__(self, name: str, run: Callable[[T], None], on_exit: Callable[[], None],
+                 on_error: Callable[[BaseException], None] = lambda exc: None):
+        self._run, self._on_exit, self._on_error = run, on_exit, on_error
         self._cond = threading.Condition()
         self._waiting: deque[tuple[T, int]] = deque()
         self._waiting_bytes = 0
@@ -283,17 +286,22 @@ class Worker(Generic[T]):
         return not self._thread.is_alive()
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closing:
-                    self._cond.wait()
-                if not self._waiting:
-                    self._ended = True
-                    break
-                chunk, n_bytes = self._waiting.popleft()
-            try:
-                self._run(chunk)  # answers the chunk whatever happens (the model's _chunk)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._waiting_bytes -= n_bytes
-        self._on_exit()
+                    while not self._waiting and not self._closing:
+                        self._cond.wait()
+                    if not self._waiting:
+                        break
+                    chunk, n_bytes = self._waiting.popleft()
+                try:
+                    self._run(chunk)
+                except Exception as exc:  # noqa: BLE001 - reported; the stream's other chunks still get answers
+                    self._on_error(exc)
+                finally:
+                    with self._cond:
+                        self._waiting_bytes -= n_bytes
+        finally:
+            with self._cond:
+                self._ended = True
+            self._on_exit()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -256,8 +257,12 @@ class TritonPythonModel:
         try:
             key, stream = self._stream_of(request, sender)
             chunk = self._chunk_of(request, stream, sender)
-        except (InputError, StreamError) as exc:
-            error = stream_error(f"{self.name}: {exc}", getattr(exc, "code_name", "INVALID_ARG"))
+        except Exception as exc:  # noqa: BLE001 - every request gets its answer; the server keeps serving
+            if isinstance(exc, (InputError, StreamError)):
+                error = stream_error(f"{self.name}: {exc}", getattr(exc, "code_name", "INVALID_ARG"))
+            else:
+                pb_utils.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
+                error = stream_error(f"{self.name}: internal error (details in the server log)", "INTERNAL")
             if key is None:  # no stream proven: nothing to end, nothing to keep in order
                 sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 return
@@ -348,7 +353,8 @@ class TritonPythonModel:
             raise InputError(f"STREAM_MODE {mode[:40]!r} is not one of {', '.join(config.STREAM_MODES)}")
         stream = Stream(self.detector, self.limits, stretches.RULES[mode])
         # The worker exists before the table lists the stream (the reaper may close it at once).
-        stream.worker = Worker(f"fv2es-stream-{self.opened}", lambda chunk: self._run_chunk(stream, chunk), stream.stop)
+        stream.worker = Worker(f"fv2es-stream-{self.opened}", lambda chunk: self._run_chunk(stream, chunk), stream.stop,
+                               on_error=lambda exc: pb_utils.Logger.log_error(f"{self.name}: a stream's answer failed: {exc!r}"))
         self.opened += 1
         try:
             stream.key, evicted = self.table.open(stream, lambda: stream.live.media_s)
@@ -483,8 +489,9 @@ class TritonPythonModel:
         streams = self.table.remove_all("the server is unloading the stream model")
         for stream in streams:
             stream.worker.close()
-        for stream in streams:
-            if not stream.worker.join(timeout=config.STREAM_WORKER_JOIN_S):
-                pb_utils.Logger.log_error(f"{self.name}: a stream's worker was still busy {config.STREAM_WORKER_JOIN_S:g} s "
-                                          "after the model began to unload")
+        deadline = time.monotonic() + config.STREAM_WORKER_JOIN_S
+        busy = sum(not stream.worker.join(timeout=max(0.0, deadline - time.monotonic())) for stream in streams)
+        if busy:
+            pb_utils.Logger.log_error(f"{self.name}: {busy} streams' workers were still busy {config.STREAM_WORKER_JOIN_S:g} s "
+                                      "after the model began to unload")
         self.metrics.close()
