@@ -1,7 +1,7 @@
 """Live-stream latency: a clip sent to fv2es_stream at the pace it plays, and how long after each
 segment's end (the moment the stream's bytes up to that time were sent) its answer arrives.
 
-    .venv/bin/python benchmarks/stream.py [--seconds 60] [--mode low_latency|exact] [--concurrent 8]
+    .venv/bin/python benchmarks/stream.py [--seconds 60] [--mode low_latency|exact] [--concurrent 8] [--batching 6]
     (run.py calls `measure`, both modes, and `measure_concurrent`)
 
 The clip is the benchmark's talking head remuxed to MPEG-TS (what a camera or an encoder sends
@@ -130,6 +130,39 @@ def measure_concurrent(url: str, video: bytes, streams: int = 8, mode: str = "lo
             "clip_s": max(s.end for segments, _, _ in runs for s in segments)}
 
 
+def batching(url: str, video: bytes, streams: int = 6, mode: str = "low_latency") -> dict:
+    """`streams` clients stream `video` at once, as fast as the server takes it: each batched
+    encoder's requests and executions over those streams (fewer executions than requests: the
+    dynamic batcher merged requests of different streams), and whether every stream got the same
+    result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as grpcclient
+    from fv2es import pipeline
+    from fv2es_client import Fv2esClient
+
+    data = to_mpegts(video)
+    encoders = [s.model_name for s in pipeline.batched_steps()]
+
+    def counts() -> dict[str, tuple[int, int]]:
+        with grpcclient.InferenceServerClient(url) as c:
+            stats = c.get_inference_statistics(as_json=True)["model_stats"]
+        return {m["name"]: (int(m["inference_stats"]["success"].get("count", 0)), int(m.get("execution_count", 0)))
+                for m in stats if m["name"] in encoders}
+
+    def one(_):
+        with Fv2esClient(url, timeout_s=3600) as client:
+            return list(client.stream([data[i : i + 65536] for i in range(0, len(data), 65536)], mode=mode))[-1]
+
+    before = counts()
+    with ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(one, range(streams)))
+    after = counts()
+    same = all(max(abs(r.scores[k] - results[0].scores[k]) for k in r.scores) < 1e-4 for r in results)
+    return {"streams": streams, "mode": mode, "same_results": same,
+            **{m: {"requests": after[m][0] - before[m][0], "executions": after[m][1] - before[m][1]} for m in encoders}}
+
+
 def agreement(streamed: list, whole: list) -> dict:
     """How a stream's segments compare with the whole file's on the same media: each streamed segment
     against the whole file's scores over the same time (its overlapping segments' scores, weighted by
@@ -166,8 +199,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="clip length (one of the benchmark clips)")
     parser.add_argument("--mode", choices=("low_latency", "exact"), nargs="+", default=["low_latency", "exact"])
     parser.add_argument("--concurrent", type=int, default=0, help="also this many paced streams at once (low latency)")
+    parser.add_argument("--batching", type=int, default=0, help="only: this many streams at once, unpaced: the encoders' batching")
     args = parser.parse_args()
     with EmbeddedServer(REPOSITORY) as server:
+        if args.batching:
+            print(batching(server.grpc_url, run.clip(args.seconds), args.batching, args.mode[0]))
+            return
         runs = [measure(server.grpc_url, run.clip(args.seconds), mode) for mode in args.mode]
         if args.concurrent:
             runs.append(measure_concurrent(server.grpc_url, run.clip(args.seconds), args.concurrent))
