@@ -9,7 +9,6 @@ to ship: config.INSTANCE_COUNTS).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import time
@@ -17,25 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import run  # noqa: F401 - sets up the benchmark's import paths and clips
-from fv2es import model_configs
-from fv2es.tritonserver import REPOSITORY, EmbeddedServer
+from fv2es.tritonserver import EmbeddedServer, limited_repository
 from fv2es_client import Fv2esClient
 from monitor import process_tree, pss_bytes
 
 MIB = 2**20
-
-
-def with_instances(target: Path, model: str, count: int) -> Path:
-    """A copy of the repository (links, but `model`'s config) where `model` has `count` instances."""
-    target.mkdir(parents=True)
-    for folder in REPOSITORY.iterdir():
-        if folder.name != model:
-            (target / folder.name).symlink_to(folder, target_is_directory=True)
-    shutil.copytree(REPOSITORY / model, target / model, symlinks=True)
-    model_config = model_configs.read(target / model / "config.pbtxt")
-    model_config.instance_group[0].count = count
-    (target / model / "config.pbtxt").write_text(model_configs.to_text(model_config))
-    return target
 
 
 def throughput(url: str, video: bytes, clients: int, requests: int) -> float:
@@ -61,7 +46,7 @@ def main() -> None:
     video = run.clip(10)
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.counts:
-            repository = with_instances(Path(tmp) / f"{args.model}-{count}", args.model, count)
+            repository = limited_repository(Path(tmp) / f"{args.model}-{count}", instances={args.model: count})
             with EmbeddedServer(repository) as server:
                 time.sleep(3)
                 idle = pss_bytes(process_tree(server.process.pid)) / MIB

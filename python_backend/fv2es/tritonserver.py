@@ -124,10 +124,11 @@ def server_env(embedded: bool = True, stub_env: Path | None = None) -> dict[str,
 
 
 def limited_repository(target: Path, max_input_bytes: int | None = None, repository: Path = REPOSITORY,
-                       parameters: dict[str, dict[str, str]] | None = None) -> Path:
+                       parameters: dict[str, dict[str, str]] | None = None, instances: dict[str, int] | None = None) -> Path:
     """A view of `repository` at `target` with other limits: `max_input_bytes` for every model that
-    carries it, and `parameters` ({model: {name: value}}) for the models named; everything else is
-    symlinked. For a server with smaller limits."""
+    carries it, `parameters` ({model: {name: value}}) and `instances` ({model: instance count}) for
+    the models named; everything else is symlinked. For a server with smaller limits, or more or
+    fewer instances of a model."""
     target.mkdir(parents=True)
     for model in sorted(p for p in repository.iterdir() if p.is_dir()):
         model_config = model_configs.read(model / "config.pbtxt")
@@ -137,10 +138,13 @@ def limited_repository(target: Path, max_input_bytes: int | None = None, reposit
             raise ValueError(f"model {model.name} has no parameter {sorted(unknown)}")
         if max_input_bytes is not None and "max_input_bytes" in model_config.parameters:
             values["max_input_bytes"] = str(max_input_bytes)
-        if not values:
+        count = (instances or {}).get(model.name)
+        if not values and count is None:
             (target / model.name).symlink_to(model, target_is_directory=True)
             continue
         model_configs.set_parameters(model_config, values)
+        if count is not None:
+            model_config.instance_group[0].count = count
         (target / model.name).mkdir()
         for item in model.iterdir():
             if item.name != "config.pbtxt":
