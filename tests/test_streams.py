@@ -59,6 +59,19 @@ def test_an_ended_streams_chunk_gets_the_reason_and_a_wrong_key_ends_nothing(tab
     assert table.close(key) is None
 
 
+def test_an_ended_streams_chunks_reach_its_worker_until_it_has_finished(table):
+    """So that a late chunk's answer (the reason) cannot overtake the error that ended the stream."""
+    key, _ = table.open("a", media([0.0]))
+    table.close(key, "it failed: bad bytes")
+    assert table.get(key, ending=True) == "a"
+    with pytest.raises(StreamError, match="it failed: bad bytes"):
+        table.get(key)  # what the worker itself asks: the stream is no longer open
+    table.finished("a")
+    with pytest.raises(StreamError, match="it failed: bad bytes"):
+        table.get(key, ending=True)
+    assert len(table) == 0
+
+
 def test_full_slots_refuse_a_new_stream_when_every_stream_keeps_up(table, clock):
     table.open("a", media([0.0]))
     table.open("b", media([0.0]))

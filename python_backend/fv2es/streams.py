@@ -114,6 +114,9 @@ class StreamTable(Generic[S]):
         self._lock = threading.Lock()
         self._open: dict[bytes, _Entry[S]] = {}
         self._ended: OrderedDict[bytes, str] = OrderedDict()  # why a recent stream ended, for its next chunk
+        # Ended streams whose worker still answers their waiting chunks: a chunk that arrives now goes
+        # after those (its answer, the reason, must not overtake the error that ended the stream).
+        self._ending: dict[bytes, S] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -176,9 +179,10 @@ class StreamTable(Generic[S]):
         _, digest, reason = min(lagging)
         return digest, reason
 
-    def get(self, key: str | None, touch: bool = True) -> S:
+    def get(self, key: str | None, touch: bool = True, ending: bool = False) -> S:
         """The stream `key` opened; StreamError (saying why, for a stream that was ended) otherwise.
-        `touch`: a chunk of the stream arrived now (not idle)."""
+        `touch`: a chunk of the stream arrived now (not idle). `ending`: an ended stream is returned
+        too until `finished` (its chunks still go to its worker, which answers them in order)."""
         if not key:
             raise StreamError("STREAM_KEY is missing: a stream's first chunk carries sequence_start, and every "
                               "later chunk the key that its first response (EVENT \"open\") gave")
@@ -186,6 +190,8 @@ class StreamTable(Generic[S]):
         with self._lock:
             entry = self._open.get(digest)
             if entry is None:
+                if ending and digest in self._ending:
+                    return self._ending[digest]
                 reason = self._ended.get(digest)
                 raise StreamError(f"the stream was ended by the server: {reason}" if reason else
                                   "no open stream has this STREAM_KEY (never opened, ended, or failed)")
@@ -200,8 +206,15 @@ class StreamTable(Generic[S]):
             digest = _digest(key)
             return self._end(digest, reason or "it ended") if digest in self._open else None
 
+    def finished(self, stream: S) -> None:
+        """The ended `stream`'s worker has answered its last chunk: forget it."""
+        with self._lock:
+            for digest in [d for d, s in self._ending.items() if s is stream]:
+                del self._ending[digest]
+
     def _end(self, digest: bytes, reason: str) -> S:
         entry = self._open.pop(digest)
+        self._ending[digest] = entry.stream
         self._ended[digest] = reason
         while len(self._ended) > config.STREAM_ENDED_KEPT:
             self._ended.popitem(last=False)

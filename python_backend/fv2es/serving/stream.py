@@ -295,7 +295,7 @@ class TritonPythonModel:
         if mode is not None:
             raise InputError("STREAM_MODE is chosen on a stream's first request only")
         key = tensor_text(request, "STREAM_KEY")
-        return key, self.table.get(key)
+        return key, self.table.get(key, ending=True)  # an ended stream's worker answers why, in order
 
     def _answer_ended(self, key: str, sender) -> None:
         """A chunk for a stream whose worker has already ended: the reason the stream ended."""
@@ -353,7 +353,8 @@ class TritonPythonModel:
             raise InputError(f"STREAM_MODE {mode[:40]!r} is not one of {', '.join(config.STREAM_MODES)}")
         stream = Stream(self.detector, self.limits, stretches.RULES[mode])
         # The worker exists before the table lists the stream (the reaper may close it at once).
-        stream.worker = Worker(f"fv2es-stream-{self.opened}", lambda chunk: self._run_chunk(stream, chunk), stream.stop,
+        stream.worker = Worker(f"fv2es-stream-{self.opened}", lambda chunk: self._run_chunk(stream, chunk),
+                               lambda: self._stop(stream),
                                on_error=lambda exc: pb_utils.Logger.log_error(f"{self.name}: a stream's answer failed: {exc!r}"))
         self.opened += 1
         try:
@@ -368,6 +369,11 @@ class TritonPythonModel:
         self.metrics.open(len(self.table))
         sender.send(self._response({"EVENT": np.array([b"open"], np.object_), "STREAM_KEY": np.array([stream.key.encode()], np.object_)}))
         return stream.key, stream
+
+    def _stop(self, stream: "Stream") -> None:
+        """The stream's worker has answered its last chunk: the stream's memory goes."""
+        self.table.finished(stream)
+        stream.stop()
 
     def _close(self, key: str, reason: str, outcome: str) -> None:
         stream = self.table.close(key, reason)
