@@ -21,10 +21,10 @@ from fv2es_client import Fv2esClient
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 
 
-# A test server's teardown: SIGTERM, then SIGKILL to its process group after this long (a graceful
-# tritonserver exit unloads every model, about 7 s on 2 cores). stop() then ends the stubs and removes
-# their shared memory either way; the graceful stop itself is test_hardening's to check.
-TEARDOWN_GRACE_S = 1.0
+# A test server's teardown: SIGTERM, then SIGKILL to its process group at once (a graceful tritonserver
+# exit unloads every model, about 7 s on 2 cores). stop() then ends the stubs and removes their shared
+# memory either way; the graceful stop itself is test_hardening's to check.
+TEARDOWN_GRACE_S = 0.0
 
 
 @contextmanager

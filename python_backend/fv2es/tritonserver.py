@@ -34,6 +34,7 @@ from . import config, model_configs
 from .watchdog import SHM_DIR, StubWatchdog, orphaned_stubs, process_group_members, process_state, remove_shm_regions
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+READY_POLL_S = 0.1  # how often start() asks /v2/health/ready (a local HTTP request: cheap)
 
 
 def pytriton_dir() -> Path:
@@ -294,7 +295,7 @@ class EmbeddedServer:
                     self.watchdog = StubWatchdog(self.process.pid, self.http_url, self.admin_key,
                                                  metrics_url=self.metrics_url).start()
                 return self
-            time.sleep(0.5)
+            time.sleep(READY_POLL_S)
         tail = self.log_tail()
         self.stop()
         raise TimeoutError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{tail}")
