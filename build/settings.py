@@ -48,4 +48,4 @@ TRAINING = {
 TRAIN_MAX_FRAMES = 24  # multimodal training: frames per utterance, spread evenly (12 s at FRAME_INTERVAL_S)
 QUICK_EXAMPLES = 24  # --quick: examples per split, one epoch; a smoke run in seconds
 # --quick on a speech corpus: fewer, each clip costs a whole Whisper window to encode (0.3 s on 2 cores)
-QUICK_SPEECH_EXAMPLES = 12
+QUICK_SPEECH_EXAMPLES = 6
