@@ -355,7 +355,11 @@ class EmbeddedServer:
     def __enter__(self) -> "EmbeddedServer":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if isinstance(exc, Exception) and self.process is not None:  # whatever failed: was it the server?
+            state = "still running" if self.process.poll() is None else f"exited with {self.process.returncode}"
+            print(f"fv2es: tritonserver was {state} when this failed; its log ends:\n{self.log_tail()}",
+                  file=sys.stderr, flush=True)
         self.stop()
 
 
