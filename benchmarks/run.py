@@ -339,8 +339,9 @@ def markdown(results: dict) -> str:
             n, stagger = next(iter(at_once.values()))["streams"], next(iter(at_once.values()))["stagger_s"]
             lines += ["", f"{n} streams at once: {n} clients each send the same clip at its pace, each starting {stagger:g} s after",
                       "the one before (`measure_concurrent`), once per mode. Each stream has its own worker thread in the one",
-                      "`fv2es_stream` model, and their steps share the encoders' dynamic batching. Lag slope: a stream's latency",
-                      "fitted against its media time (s gained per s; about 0 when it keeps up), the largest of the streams.", "",
+                      "`fv2es_stream` model, and their steps share the encoders' dynamic batching. Lag slope: the latency of each",
+                      "answer's latest segment fitted against its media time (s gained per s; about 0 when it keeps up), the",
+                      "largest of the streams.", "",
                       "| mode | streams | segments | median s | p95 s | min s | max s | largest lag slope s/s | all ended |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for mode, r in at_once.items():

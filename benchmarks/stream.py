@@ -59,13 +59,20 @@ def paced_chunks(data: bytes, sent_at: dict[float, float], step_s: float = STEP_
         t += step_s
 
 
-def paced_stream(client, data: bytes, mode: str) -> tuple[list, list[float], object]:
+# Segments that arrive within this long of each other came in one answer.
+SAME_ANSWER_S = 0.05
+
+
+def paced_stream(client, data: bytes, mode: str) -> tuple[list, list[float], object, list[tuple[float, float]]]:
     """`data` (MPEG-TS) streamed at its own pace in `mode`: its segments, each one's latency from the
-    moment the bytes up to its end were sent to its answer, and the whole stream's result."""
+    moment the bytes up to its end were sent to its answer, the whole stream's result, and each
+    answer's lag: (media time, latency) of the latest segment it carried. An answer's older segments
+    waited for the end of their stretch (exact mode), so only its latest one tells how far behind
+    the stream is."""
     from fv2es_client.client import Segment
 
     sent_at: dict[float, float] = {}
-    latencies, segments, result = [], [], None
+    latencies, segments, result, answers, last_arrival = [], [], None, [], -float("inf")
     for event in client.stream(paced_chunks(data, sent_at), mode=mode):
         arrived = time.monotonic()
         if not isinstance(event, Segment):
@@ -75,7 +82,12 @@ def paced_stream(client, data: bytes, mode: str) -> tuple[list, list[float], obj
         # the first chunk boundary at or after the segment's end
         boundary = min((t for t in sent_at if t >= event.end - 1e-6), default=max(sent_at))
         latencies.append(arrived - sent_at[boundary])
-    return segments, latencies, result
+        if arrived - last_arrival < SAME_ANSWER_S and answers:
+            answers[-1] = (event.end, latencies[-1])
+        else:
+            answers.append((event.end, latencies[-1]))
+        last_arrival = arrived
+    return segments, latencies, result, answers
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -92,7 +104,7 @@ def measure(url: str, video: bytes, mode: str = "exact") -> dict:
     data = to_mpegts(video)
     with Fv2esClient(url, timeout_s=3600) as client:
         whole = client.analyze(data)
-        segments, latencies, result = paced_stream(client, data, mode)
+        segments, latencies, result, _ = paced_stream(client, data, mode)
     same = len(whole.segments) == len(segments) and all(
         abs(a.start - b.start) < 1e-4 and abs(a.end - b.end) < 1e-4 and a.transcript == b.transcript
         and max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-4 for a, b in zip(whole.segments, segments))
@@ -106,8 +118,8 @@ def measure(url: str, video: bytes, mode: str = "exact") -> dict:
 def measure_concurrent(url: str, video: bytes, streams: int = 8, mode: str = "low_latency", stagger_s: float = 1.0) -> dict:
     """`streams` clients each stream `video` at its own pace at once (each starting `stagger_s` after
     the one before, as cameras do not start together): every segment's latency, and whether any stream
-    falls behind: the slope of a stream's latency over its media time (s of delay gained per s of
-    media; about 0 when it keeps up), the largest over the streams."""
+    falls behind: the slope of a stream's answer lag (paced_stream) over its media time (s of delay
+    gained per s of media; about 0 when it keeps up), the largest over the streams."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fv2es_client import Fv2esClient
@@ -123,11 +135,11 @@ def measure_concurrent(url: str, video: bytes, streams: int = 8, mode: str = "lo
     with ThreadPoolExecutor(streams) as pool:
         runs = list(pool.map(one, range(streams)))
     wall = time.monotonic() - started
-    slopes = [float(np.polyfit([s.end for s in segments], latencies, 1)[0]) for segments, latencies, _ in runs if len(latencies) > 1]
-    every = [x for _, latencies, _ in runs for x in latencies]
+    slopes = [float(np.polyfit(*zip(*answers), 1)[0]) for *_, answers in runs if len(answers) > 1]
+    every = [x for _, latencies, _, _ in runs for x in latencies]
     return {"streams": streams, "mode": mode, "stagger_s": stagger_s, "segments": len(every), **percentiles(every),
-            "lag_slope_max": max(slopes), "all_ended": all(r is not None for *_, r in runs), "wall_s": wall,
-            "clip_s": max(s.end for segments, _, _ in runs for s in segments)}
+            "lag_slope_max": max(slopes), "all_ended": all(result is not None for _, _, result, _ in runs), "wall_s": wall,
+            "clip_s": max(s.end for segments, *_ in runs for s in segments)}
 
 
 def batching(url: str, video: bytes, streams: int = 6, mode: str = "low_latency") -> dict:
@@ -198,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=60, help="clip length (one of the benchmark clips)")
     parser.add_argument("--mode", choices=("low_latency", "exact"), nargs="+", default=["low_latency", "exact"])
-    parser.add_argument("--concurrent", type=int, default=0, help="also this many paced streams at once (low latency)")
+    parser.add_argument("--concurrent", type=int, default=0, help="also this many paced streams at once, in each --mode")
     parser.add_argument("--batching", type=int, default=0, help="only: this many streams at once, unpaced: the encoders' batching")
     args = parser.parse_args()
     with EmbeddedServer(REPOSITORY) as server:
@@ -207,7 +219,7 @@ def main() -> None:
             return
         runs = [measure(server.grpc_url, run.clip(args.seconds), mode) for mode in args.mode]
         if args.concurrent:
-            runs.append(measure_concurrent(server.grpc_url, run.clip(args.seconds), args.concurrent))
+            runs += [measure_concurrent(server.grpc_url, run.clip(args.seconds), args.concurrent, mode) for mode in args.mode]
         for numbers in runs:
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in numbers.items() if k != "latencies_s"}, flush=True)
 
