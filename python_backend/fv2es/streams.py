@@ -305,6 +305,9 @@ class Worker(Generic[T]):
                     while not self._waiting and not self._closing:
                         self._cond.wait()
                     if not self._waiting:
+                        # In the same lock as the check: a chunk submitted after it is refused (and
+                        # answered by the caller), never queued where no one runs it.
+                        self._ended = True
                         break
                     chunk, n_bytes = self._waiting.popleft()
                 try:
