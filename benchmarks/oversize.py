@@ -44,6 +44,7 @@ from monitor import process_tree  # noqa: E402 - benchmarks/monitor.py, beside t
 
 from fv2es import config  # noqa: E402
 from fv2es.tritonserver import REPOSITORY, EmbeddedServer, limited_repository  # noqa: E402
+from fv2es_build import synth  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "talking_head.mp4"
 MB = 1e6
@@ -215,8 +216,6 @@ def infer_http(url: str, payload: bytes, timeout_s: float = 600):
 
 def clip(seconds: int) -> bytes:
     """The talking-head clip `make bench` uses (cached in benchmarks/out/clips/, as benchmarks/run.py does)."""
-    from fv2es_build import synth
-
     width, height, fps = bench_settings.BENCH_CLIP_FORMAT
     path = ROOT / "benchmarks" / "out" / "clips" / f"talking_head_{seconds}s_{width}x{height}_{fps}fps.mp4"
     if not path.exists():
@@ -306,7 +305,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fv2es-oversize-"))
     repository = limited_repository(work / "models", limit) if args.limit_bytes else REPOSITORY
     sample = SAMPLE.read_bytes()
-    payload = np.random.default_rng(0).bytes(oversize)
+    payload = synth.noise_bytes(oversize)
     infer = infer_grpc if args.protocol == "grpc" else infer_http
 
     server = EmbeddedServer(repository)

@@ -45,6 +45,12 @@ def speak(
     return np.concatenate(parts).astype(np.float32)
 
 
+def noise_bytes(n: int, seed: int = 0) -> bytes:
+    """`n` random bytes, the same for the same seed: input that no demuxer can read, at any size
+    (Generator.integers: 300 MB in 0.4 s, where Generator.bytes takes 8 s)."""
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
 def face_image() -> np.ndarray:
     """The astronaut portrait (RGB uint8, 512 x 512)."""
     from skimage import data

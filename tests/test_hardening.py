@@ -263,15 +263,15 @@ def test_a_server_killed_outright_is_cleaned_up_by_stop(bare_server):
 
 # --- load with a fault -------------------------------------------------------------------------
 
-LOAD_REQUESTS = 48
+LOAD_REQUESTS = 32  # measured with 48 (kill after 12): 8 failed around the kill, 28 came after the recovery
 LOAD_CONCURRENCY = 8
-KILL_AFTER = 12  # requests answered before a stub is killed
+KILL_AFTER = 8  # requests answered before a stub is killed
 
 
 @pytest.mark.slow
 def test_load_with_a_stub_killed_midway(own_server, sample_speech):
-    """48 requests at concurrency 8, the fusion's stub killed after 12: each one succeeds with the
-    right result or fails with a clear status; the requests after the recovery all succeed."""
+    """LOAD_REQUESTS at LOAD_CONCURRENCY, the fusion's stub killed after KILL_AFTER answers: each one
+    succeeds with the right result or fails with a clear status; the requests after the recovery all succeed."""
     clip = make_video(sample_speech[: int(3.8 * config.SAMPLE_RATE)])
     with Fv2esClient(own_server.grpc_url, timeout_s=120, retries=0) as client:
         reference = client.analyze(clip)

@@ -20,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import ROOT, SMALL_LIMIT
 
 from fv2es import config
+from fv2es_build import synth
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import oversize  # noqa: E402 - benchmarks/oversize.py: the measuring code
@@ -54,7 +54,7 @@ def limited(small_server):
 
 @pytest.fixture(scope="module")
 def payload() -> bytes:
-    return np.random.default_rng(0).bytes(OVERSIZE)
+    return synth.noise_bytes(OVERSIZE)
 
 
 def settled(server, accept, timeout_s: float = SETTLE_S) -> dict:
