@@ -39,9 +39,13 @@ class Split:
         return Split(inputs, self.targets[index], self.classes, groups)
 
 
+def quick_index(n_examples: int, n: int = settings.QUICK_EXAMPLES, seed: int = settings.TRAIN_SEED) -> np.ndarray:
+    """The examples --quick keeps: `n` of `n_examples`, drawn with `seed`, in their order."""
+    return np.sort(np.random.default_rng(seed).permutation(n_examples)[:n])
+
+
 def quick_subset(split: Split, n: int, seed: int = settings.TRAIN_SEED) -> Split:
-    index = np.random.default_rng(seed).permutation(len(split))[:n]
-    return split.subset(np.sort(index))
+    return split.subset(quick_index(len(split), n, seed))
 
 
 # --- RAVDESS (audio) ----------------------------------------------------------------------------
@@ -178,8 +182,11 @@ def load_fer2013(data_dir: Path, *, validation: bool, quick: bool = False) -> Sp
         classes = tuple(str(c) for c in data["classes"])
         if classes != config.FER2013_CLASSES:
             raise ValueError(f"{path} has classes {classes}, expected {config.FER2013_CLASSES}")
-        split = Split(torch.from_numpy(normalise_faces(data["images"])), torch.from_numpy(data["labels"]), classes)
-    return quick_subset(split, settings.QUICK_EXAMPLES) if quick else split
+        images, labels = data["images"], data["labels"]
+    if quick:  # before the normalisation, which is seconds for the whole split
+        keep = quick_index(len(labels))
+        images, labels = images[keep], labels[keep]
+    return Split(torch.from_numpy(normalise_faces(images)), torch.from_numpy(labels), classes)
 
 
 # FER+ (Barsoum et al. 2016): ten annotators' votes per FER2013 image, rows in the order of the .npz splits.
