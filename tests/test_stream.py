@@ -188,7 +188,7 @@ def test_streams_run_side_by_side_each_with_its_own_results(server, client, two_
 
 
 def test_a_stream_mode_is_chosen_on_the_first_request_only(server, two_people):
-    from fv2es_client.stream import RequestStream, bytes_tensor
+    from fv2es_client.stream import EVENT_END, RequestStream, bytes_tensor, event_name
 
     data = two_people[0]
     bogus = RequestStream(server.grpc_url, 31, config.STREAM_MODEL_NAME, timeout_s=60, mode="fastest")
@@ -206,6 +206,8 @@ def test_a_stream_mode_is_chosen_on_the_first_request_only(server, two_people):
         stream.grpc.async_stream_infer(config.STREAM_MODEL_NAME, inputs, sequence_id=32, enable_empty_final_response=True)
         _, error = stream.answers.get(timeout=60)
         assert error is not None and "STREAM_MODE is chosen on a stream's first request only" in error.message()
+        # The refusal left the stream open: it ends normally (and gives its slot back at once, not at the idle limit).
+        assert any(event_name(e) == EVENT_END for e in stream.request(b"", end=True))
     finally:
         stream.close()
 
