@@ -3,6 +3,7 @@ a spare one for the tests that break things), a gRPC client, and real media."""
 
 from __future__ import annotations
 
+import signal
 from contextlib import contextmanager
 
 from pathlib import Path
@@ -25,6 +26,12 @@ SAMPLE = ROOT / "samples" / "talking_head.mp4"
 # exit unloads every model, about 7 s on 2 cores). stop() then ends the stubs and removes their shared
 # memory either way; the graceful stop itself is test_hardening's to check.
 TEARDOWN_GRACE_S = 0.0
+
+
+def pytest_configure(config):
+    """SIGTERM (a CI job's timeout, `kill`) ends the run as Ctrl-C does: the fixtures' teardown stops
+    the tritonservers and removes their /dev/shm files, which Python's default SIGTERM would leave."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @contextmanager
