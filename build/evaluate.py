@@ -287,6 +287,24 @@ def evaluate(args: argparse.Namespace) -> dict:
     return results
 
 
+def asr_model_records(weights_dir: Path) -> str:
+    """Each ASR model's weights side by side, from what their records kept when they were trained
+    (validation metrics on the same held-out data; nothing is evaluated again), as a Markdown table."""
+    lines = ["| ASR model | audio branch, held-out speakers: RAVDESS / EmoDB / TurEV | fused, composed clips | "
+             "group model, composed scenes | sparse face selection, composed segments (every face) | audio branch trained by |",
+             "|---|---|---|---|---|---|"]
+    served = config.ASR_MODEL
+    for name in config.ASR_MODELS:
+        with settings.asr_model_set(name):
+            records = {part: load_weights(weights_path(weights_dir, part)) for part in settings.ASR_PARTS}
+        speakers = " / ".join(f"{records['audio']['metrics']['per_corpus'][c]['accuracy']:.3f}" for c in SPEECH_TRAINING_CORPORA)
+        sparse = records[settings.SPARSE_PART]["comparison"]["mixed"]
+        lines.append(f"| {name}{' (served)' if name == served else ''} | {speakers} | {records['fusion']['metrics']['accuracy']:.3f} | "
+                     f"{records[settings.GROUP_PART]['metrics']['accuracy']:.3f} | {sparse['sparse']['accuracy']:.3f} "
+                     f"({sparse['every face']['accuracy']:.3f}) | `{records['audio']['command']}` |")
+    return "\n".join(lines)
+
+
 def card_section(results: dict) -> str:
     """The results section of MODEL_CARD.md, generated from one evaluate.py run."""
     lines = [MARK_START, "", f"Written by `fv2es-evaluate --write-card` on {results['date']}, on {results['cpu']} (every number",
@@ -375,9 +393,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     parser.add_argument("--quick", action="store_true", help="a few validation examples (smoke test)")
     parser.add_argument("--write-card", action="store_true", help="rewrite MODEL_CARD.md's results section")
+    parser.add_argument("--asr-model", choices=sorted(config.ASR_MODELS), default=config.ASR_MODEL,
+                        help="evaluate the weights trained on this ASR model's states (default: the served %(default)s)")
+    parser.add_argument("--asr-records", action="store_true", help="only print each ASR model's weights side by side, "
+                        "from the validation metrics their records kept (evaluates nothing)")
     args = parser.parse_args()
     if args.quick and args.write_card:
         parser.error("--quick numbers do not go into the model card")
+    if args.write_card and args.asr_model != config.ASR_MODEL:
+        parser.error("the model card's results are the served ASR model's")
+    config.use_asr_model(args.asr_model)
+    if args.asr_records:
+        print(asr_model_records(args.weights))
+        return
     args.figures = args.figures or (ROOT / "build" / "out" / "quick" / "figures" if args.quick else FIGURES)
     results = evaluate(args)
     if args.json:

@@ -3,6 +3,8 @@ the repository, not what a served repository needs (that is fv2es.config, in the
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from fv2es import config, modalities
 
 DATA_DIR = "../shared/data"  # relative to the project root; --data overrides
@@ -14,9 +16,33 @@ SPARSE_PART = "sparse"  # the sparse face selection's weights (build/training/sp
 AUDIO_WEIGHTS = {"whisper": "audio", "mel": "audio_mel"}  # the audio branch's file for each AUDIO_INPUT
 
 
+# The parts trained on (or after) the ASR model's encoder states: each of config.ASR_MODELS has its own,
+# in this subfolder of a weights folder (tiny.en's, the default, at its top).
+ASR_WEIGHTS = {"packaged:whisper-tiny.en": "", "packaged:whisper-base": "whisper-base"}
+ASR_PARTS = ("audio", "fusion", GROUP_PART, SPARSE_PART)
+
+
+@contextmanager
+def asr_model_set(name: str):
+    """config switched to another of config.ASR_MODELS for the block (its weights trained, evaluated or
+    checked), and back to the served one after."""
+    served = config.ASR_MODEL
+    config.use_asr_model(name)
+    try:
+        yield
+    finally:
+        config.use_asr_model(served)
+
+
+def weight_name(part: str) -> str:
+    """The name of one of WEIGHT_PARTS' files and TRAINING entries: the audio branch's follows AUDIO_INPUT."""
+    return AUDIO_WEIGHTS[config.AUDIO_INPUT] if part == "audio" else part
+
+
 def weight_file(part: str) -> str:
-    """File name, in a weights folder, of one of WEIGHT_PARTS (the audio branch's follows AUDIO_INPUT)."""
-    return f"{AUDIO_WEIGHTS[config.AUDIO_INPUT] if part == 'audio' else part}.pt"
+    """Path of a part's file in a weights folder: on Whisper input the ASR_PARTS follow config.ASR_MODEL."""
+    folder = ASR_WEIGHTS[config.ASR_MODEL] if part in ASR_PARTS and config.AUDIO_INPUT == "whisper" else ""
+    return f"{folder}/" * bool(folder) + f"{weight_name(part)}.pt"
 
 
 TRAIN_SEED = 0

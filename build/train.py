@@ -6,6 +6,8 @@
     fv2es-train loco             # the audio branch three more times, each time one speech corpus held
                                  # out (build/out/loco/<corpus>/): build/evaluate.py tests on it
     fv2es-train multimodal --fe2e DIR --dataset iemocap   # the paper's joint setting
+    fv2es-train all --asr-model packaged:whisper-base      # the parts that read speech states, for another
+                                 # ASR model (weights/whisper-base/; visual and text are shared)
 
 Each branch trains on its own corpora (audio: RAVDESS, EmoDB and TurEV-DB, some speakers of each
 held out; visual: FER2013 train, validated on its PublicTest split; text: MELD train, validated on dev) with the preprocessing code the
@@ -69,7 +71,7 @@ def train_branch(branch: str, args: argparse.Namespace, corpora: tuple[str, ...]
                  weights_dir: Path | None = None) -> dict:
     """One branch -> weights_dir (default --weights); the audio branch on `corpora`."""
     weights_dir = weights_dir or args.weights
-    key = settings.weight_file(branch).removesuffix(".pt")
+    key = settings.weight_name(branch)
     if args.init is not None and f"{key}_finetune" in settings.TRAINING:
         key += "_finetune"
     hp = dict(settings.TRAINING[key])
@@ -85,7 +87,8 @@ def train_branch(branch: str, args: argparse.Namespace, corpora: tuple[str, ...]
     if args.init is not None:
         init_branch(task.model, branch, args.init)
     print(f"{branch}: {task.n_train} training / {task.n_val} validation examples, {hp}")
-    run = key if weights_dir == args.weights else f"{key}-{weights_dir.name}"
+    run = str(Path(settings.weight_file(branch)).parent / key)  # each ASR model's audio branch has its own checkpoints
+    run = run if weights_dir == args.weights else f"{run}-{weights_dir.name}"
     best = fit(task, hp, args.runs / run, seed=args.seed, resume=args.resume, stop_after=args.stop_after)
     minutes = (time.time() - started) / 60
     save_weights(
@@ -166,9 +169,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-context", type=int, help="text: pair each utterance with this many before it in its "
                         "dialogue (an experiment: the served text encoder sees one segment's words)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--asr-model", choices=sorted(config.ASR_MODELS), default=config.ASR_MODEL,
+                        help="train the parts that read speech states (settings.ASR_PARTS) on this ASR model's: "
+                        "they go to its folder of --weights (default: %(default)s)")
+    parser.add_argument("--speech-packings", type=int, help="audio: packed variants of each training clip, plain "
+                        "and augmented (default: training/speech.py's); 0 encodes each clip once, alone")
     parser.add_argument("--init", type=Path, help="start a branch from the weights in this weights record "
                         "(e.g. weights/visual.pt) instead of from scratch: fine-tuning")
     args = parser.parse_args(argv)
+    # The visual and text branches do not read speech states: every ASR model's weights share them.
+    other_asr = args.asr_model != config.ASR_MODEL
+    if other_asr and args.part not in (*settings.ASR_PARTS, "all", "loco"):
+        parser.error(f"{args.part} does not depend on the ASR model: train it without --asr-model")
+    config.use_asr_model(args.asr_model)
+    if args.speech_packings is not None:
+        from .training import speech  # noqa: PLC0415
+
+        speech.PACKINGS = speech.AUGMENTED_PACKINGS = args.speech_packings
     # A smoke run never overwrites the shipped weights unless asked to.
     out = ROOT / "build" / "out" / ("quick" if args.quick else "")
     args.runs = args.runs or out / "runs"
@@ -185,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         train_multimodal(args)
         return
     parts = ("audio", "visual", "text", "fusion", "loco", "group", "sparse") if args.part == "all" else (args.part,)
+    parts = tuple(p for p in parts if p in (*settings.ASR_PARTS, "loco")) if other_asr else parts
     for part in parts:
         if part == "loco":
             train_leave_one_corpus_out(args)

@@ -46,7 +46,7 @@ SPEECH_TRAINING_CORPORA = ("ravdess", "emodb", "turev")
 
 def recognizer(compute_type: str = "default") -> SpeechRecognizer:
     """The ASR model as the server runs it on CPU (int8); compute_type "float32" to measure what int8 changes."""
-    return SpeechRecognizer(config.ASR_MODEL, cpu_threads=2, compute_type=compute_type)
+    return SpeechRecognizer(config.ASR_MODEL, cpu_threads=2, compute_type=compute_type, language=config.ASR_LANGUAGE)
 
 
 def _key(name: str, waves: list[torch.Tensor], extra: str = "", compute_type: str = "int8") -> Path:

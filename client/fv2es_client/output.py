@@ -86,7 +86,8 @@ def format_summary(result: VideoResult) -> str:
     lines = ["  overall: " + ", ".join(f"{label} {score:.2f}" for label, score in ranked),
              f"  overall emotion: {result.emotion}{' (unsure)' if result.unsure else ''}", *format_group(result),
              *format_people(result),
-             f"  model: {result.model_info.get('weights', 'unknown')}"]
+             f"  model: {result.model_info.get('weights', 'unknown')}"
+             + (f", ASR {result.model_info['asr_model']}" if "asr_model" in result.model_info else "")]
     if any(seg.unsure for seg in result.segments):
         lines.insert(0, unsure_note(result.unsure_below))
     return "\n".join(lines)

