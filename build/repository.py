@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -280,6 +282,28 @@ def sparse_variant(target: Path, sparse_visual: bool, repository: Path = REPOSIT
         with torch.no_grad():
             models.to_torchscript(models.SPARSE_MODEL, trained_sparse(weights_dir)).save(str(target / models.SPARSE_MODEL / "1" / "model.pt"))
     return target
+
+
+def asr_model_variant(target: Path, asr_model: str, weights_dir: Path = ROOT / settings.WEIGHTS_DIR) -> Path:
+    """A repository at `target` built for another of config.ASR_MODELS, as `make build` builds one after
+    ASR_MODEL is set to it in config.py: its configs and exports from that model's weights, and its copy
+    of the runtime serving it. What the tests and benchmarks/asr_models.py serve beside the built one."""
+    from .export import export_all  # noqa: PLC0415 - torch is only needed for export
+
+    with settings.asr_model_set(asr_model):
+        write_configs(weights_description(weights_dir), target)
+        export_all(target, weights_dir)
+    set_runtime_asr_model(runtime_folder(target) / "fv2es" / "config.py", asr_model)
+    return target
+
+
+def set_runtime_asr_model(config_py: Path, asr_model: str) -> None:
+    """A runtime copy's config.py with its one ASR_MODEL line set to `asr_model`: the edit a deployment makes."""
+    text = config_py.read_text()
+    lines = re.findall(r"^ASR_MODEL = .*$", text, flags=re.MULTILINE)
+    if len(lines) != 1:
+        raise ValueError(f"{config_py} has {len(lines)} ASR_MODEL lines, not one")
+    config_py.write_text(text.replace(lines[0], f"ASR_MODEL = {json.dumps(asr_model)}"))
 
 
 def write_labels(path: Path) -> None:

