@@ -173,6 +173,25 @@ def test_a_worker_runs_its_streams_chunks_in_order_and_the_waiting_ones_after_cl
     assert not worker.submit(5)  # ended: the model answers such a chunk itself
 
 
+def test_a_chunk_stops_waiting_when_its_run_starts_not_when_it_returns():
+    """The run answers its chunk before it returns: a client that waited for that answer and sends its
+    next chunk at once must not find the answered one still counted against the pending limit (seen
+    in test_stream_limits under load: "over 65536 bytes ... waiting" for a client that waited)."""
+    answered, release, exited = threading.Event(), threading.Event(), threading.Event()
+
+    def run(chunk):
+        answered.set()  # the answer is out; the rest of the run (release) still to come
+        release.wait(5)
+
+    worker = Worker("test-worker", run, exited.set)
+    assert worker.submit("first", n_bytes=64 * 1024)
+    assert answered.wait(5)
+    assert worker.waiting_bytes == 0
+    release.set()
+    worker.close()
+    assert worker.join(5) and exited.is_set()
+
+
 def test_a_chunk_whose_answer_fails_does_not_stop_the_worker():
     ran, errors, exited = [], [], threading.Event()
 

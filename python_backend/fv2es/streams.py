@@ -310,13 +310,13 @@ class Worker(Generic[T]):
                         self._ended = True
                         break
                     chunk, n_bytes = self._waiting.popleft()
+                    # No longer waiting once taken, not once answered: `run` sends the chunk's answer,
+                    # and a client that waited for it may send its next chunk before `run` returns.
+                    self._waiting_bytes -= n_bytes
                 try:
                     self._run(chunk)
                 except Exception as exc:  # noqa: BLE001 - reported; the stream's other chunks still get answers
                     self._on_error(exc)
-                finally:
-                    with self._cond:
-                        self._waiting_bytes -= n_bytes
         finally:
             with self._cond:
                 self._ended = True
