@@ -34,6 +34,14 @@ def asr_model_set(name: str):
         config.use_asr_model(served)
 
 
+def asr_weights_folder(name: str) -> str:
+    """The folder (under a weights folder) of the ASR_PARTS trained on `name`'s speech states."""
+    if name not in ASR_WEIGHTS:
+        raise ValueError(f"ASR model {name!r} has no weights folder: add it to ASR_WEIGHTS in build/settings.py "
+                         f"(each of config.ASR_MODELS needs one; these have: {sorted(ASR_WEIGHTS)})")
+    return ASR_WEIGHTS[name]
+
+
 def weight_name(part: str) -> str:
     """The name of one of WEIGHT_PARTS' files and TRAINING entries: the audio branch's follows AUDIO_INPUT."""
     return AUDIO_WEIGHTS[config.AUDIO_INPUT] if part == "audio" else part
@@ -41,7 +49,7 @@ def weight_name(part: str) -> str:
 
 def weight_file(part: str) -> str:
     """Path of a part's file in a weights folder: on Whisper input the ASR_PARTS follow config.ASR_MODEL."""
-    folder = ASR_WEIGHTS[config.ASR_MODEL] if part in ASR_PARTS and config.AUDIO_INPUT == "whisper" else ""
+    folder = asr_weights_folder(config.ASR_MODEL) if part in ASR_PARTS and config.AUDIO_INPUT == "whisper" else ""
     return f"{folder}/" * bool(folder) + f"{weight_name(part)}.pt"
 
 

@@ -36,6 +36,14 @@ def test_an_unknown_asr_model_is_refused_by_name():
         config.use_asr_model("packaged:whisper-large")
 
 
+def test_an_asr_model_without_a_weights_folder_is_named_not_a_key_error(monkeypatch):
+    """A new entry in config.ASR_MODELS needs its folder in settings.ASR_WEIGHTS too: the error says so."""
+    monkeypatch.setitem(config.ASR_MODELS, "packaged:whisper-small", {"state_dim": 768, "language": None})
+    with settings.asr_model_set("packaged:whisper-small"), pytest.raises(ValueError, match="add it to ASR_WEIGHTS"):
+        settings.weight_file("audio")
+    assert settings.weight_file("audio") == f"{settings.weight_name('audio')}.pt"  # the served model's, after
+
+
 def test_each_asr_model_has_its_own_weights_trained_on_its_states():
     files = set()
     for name in config.ASR_MODELS:
