@@ -101,15 +101,23 @@ def weight_file_record(path: Path) -> dict:
     }
 
 
-def export_all(repository: Path, weights_dir: Path, backend: str = "python", sparse_visual: bool | None = None) -> None:
-    """Every TorchScript file of the repository, checked against eager. For Triton's PyTorch backend
-    ("libtorch") the text encoder and the fusion carry their input checks inside (models/checked.py)."""
-    sources = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(settings.WEIGHT_PARTS),
-               "group": [settings.GROUP_PART], models.SPARSE_MODEL: [settings.SPARSE_PART]}
+# The weight parts each exported model is made of (its provenance lists their files).
+EXPORT_SOURCES = {"audio_encoder": ["audio"], "visual_encoder": ["visual"], "text_encoder": ["text"], "fusion": list(settings.WEIGHT_PARTS),
+                  "group": [settings.GROUP_PART], models.SPARSE_MODEL: [settings.SPARSE_PART]}
+# The ones trained without the speech states: every ASR model's repository serves the same files.
+ASR_INDEPENDENT = tuple(name for name, parts in EXPORT_SOURCES.items() if not set(parts) & set(settings.ASR_PARTS))
+
+
+def export_all(repository: Path, weights_dir: Path, backend: str = "python", sparse_visual: bool | None = None,
+               skip: tuple[str, ...] = ()) -> None:
+    """Every TorchScript file of the repository but those in `skip`, checked against eager. For Triton's
+    PyTorch backend ("libtorch") the text encoder and the fusion carry their input checks inside (models/checked.py)."""
     served = {**trained_models(weights_dir), "group": trained_group(weights_dir)}
     if config.SPARSE_VISUAL if sparse_visual is None else sparse_visual:
         served[models.SPARSE_MODEL] = trained_sparse(weights_dir)
     for name, module in served.items():
+        if name in skip:
+            continue
         scripted = models.to_torchscript(name, module)
         difference = export_difference(name, module, scripted)
         if difference > MAX_EXPORT_DIFFERENCE:
@@ -119,7 +127,7 @@ def export_all(repository: Path, weights_dir: Path, backend: str = "python", spa
         target = repository / name / "1" / "model.pt"
         scripted.save(str(target))
         provenance = {
-            "weights": [weight_file_record(weights_path(weights_dir, part)) for part in sources[name]],
+            "weights": [weight_file_record(weights_path(weights_dir, part)) for part in EXPORT_SOURCES[name]],
             "pretrained": f"{config.TEXT_MODEL}, top {config.TEXT_TRAINABLE_LAYERS} layers fine-tuned" if name == "text_encoder" else None,
             "max_abs_difference_to_eager": difference,
             "torch": torch.__version__,

@@ -284,15 +284,19 @@ def sparse_variant(target: Path, sparse_visual: bool, repository: Path = REPOSIT
     return target
 
 
-def asr_model_variant(target: Path, asr_model: str, weights_dir: Path = ROOT / settings.WEIGHTS_DIR) -> Path:
+def asr_model_variant(target: Path, asr_model: str, repository: Path = REPOSITORY, weights_dir: Path = ROOT / settings.WEIGHTS_DIR) -> Path:
     """A repository at `target` built for another of config.ASR_MODELS, as `make build` builds one after
     ASR_MODEL is set to it in config.py: its configs and exports from that model's weights, and its copy
-    of the runtime serving it. What the tests and benchmarks/asr_models.py serve beside the built one."""
-    from .export import export_all  # noqa: PLC0415 - torch is only needed for export
+    of the runtime serving it. What the tests and benchmarks/asr_models.py serve beside the built one;
+    the models trained without speech states are copied from that one, not exported again."""
+    from .export import ASR_INDEPENDENT, export_all  # noqa: PLC0415 - torch is only needed for export
 
     with settings.asr_model_set(asr_model):
         write_configs(weights_description(weights_dir), target)
-        export_all(target, weights_dir)
+        for name in ASR_INDEPENDENT:
+            for file in ("model.pt", "provenance.json"):
+                shutil.copy(repository / name / "1" / file, target / name / "1" / file)
+        export_all(target, weights_dir, skip=ASR_INDEPENDENT)
     set_runtime_asr_model(runtime_folder(target) / "fv2es" / "config.py", asr_model)
     return target
 
