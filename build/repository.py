@@ -288,12 +288,17 @@ def asr_model_variant(target: Path, asr_model: str, repository: Path = REPOSITOR
     """A repository at `target` built for another of config.ASR_MODELS, as `make build` builds one after
     ASR_MODEL is set to it in config.py: its configs and exports from that model's weights, and its copy
     of the runtime serving it. What the tests and benchmarks/asr_models.py serve beside the built one;
-    the models trained without speech states are copied from that one, not exported again."""
-    from .export import ASR_INDEPENDENT, export_all  # noqa: PLC0415 - torch is only needed for export
+    the models trained without speech states are copied from that one, not exported again, when it
+    exported them from the same weight files."""
+    from .export import ASR_INDEPENDENT, EXPORT_SOURCES, export_all, weight_file_record  # noqa: PLC0415 - torch is only needed for export
+    from .training.weights import weights_path  # noqa: PLC0415
 
     with settings.asr_model_set(asr_model):
         write_configs(weights_description(weights_dir), target)
         for name in ASR_INDEPENDENT:
+            built = json.loads((repository / name / "1" / "provenance.json").read_text())["weights"]
+            if built != [weight_file_record(weights_path(weights_dir, part)) for part in EXPORT_SOURCES[name]]:
+                raise ValueError(f"{repository / name} was not exported from {weights_dir}'s weights: `make build` it first")
             for file in ("model.pt", "provenance.json"):
                 shutil.copy(repository / name / "1" / file, target / name / "1" / file)
         export_all(target, weights_dir, skip=ASR_INDEPENDENT)
