@@ -5,10 +5,12 @@ weights/whisper-base/), and a repository built with ASR_MODEL set to base serves
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import serving
 
 from fv2es import asr, config, model_configs
@@ -63,6 +65,17 @@ def test_whisper_base_gives_multilingual_512_wide_states(sample_speech):
         heard = recognizer.listen(sample_speech)
     assert recognizer.model.model.is_multilingual and heard.states.shape[1] == 512
     assert "see you again" in " ".join(s.text for s in heard.segments).lower()
+
+
+def test_a_variant_copies_no_encoder_that_was_exported_from_other_weights(tmp_path):
+    """The visual and text encoders are copied from the built repository only when its provenance
+    names the very weight files the variant is built from."""
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, weights)
+    visual = torch.load(weights / "visual.pt", weights_only=False)
+    torch.save({**visual, "command": "retrained"}, weights / "visual.pt")
+    with pytest.raises(ValueError, match="visual_encoder was not exported from .*: `make build` it first"):
+        asr_model_variant(tmp_path / "models", BASE, weights_dir=weights)
 
 
 @pytest.mark.slow  # a repository built and served by a server of its own
