@@ -265,6 +265,13 @@ def write_configs(weights: str, repository: Path = REPOSITORY, backend: str = "p
         write_labels(ensemble / file)
 
 
+def copy_exports(repository: Path, target: Path, names) -> None:
+    """The named models' TorchScript files and their provenance, from a built repository into `target`."""
+    for name in names:
+        for file in ("model.pt", "provenance.json"):
+            shutil.copy(repository / name / "1" / file, target / name / "1" / file)
+
+
 def sparse_variant(target: Path, sparse_visual: bool, repository: Path = REPOSITORY, weights_dir: Path = ROOT / settings.WEIGHTS_DIR) -> Path:
     """A repository at `target` that serves the built one's exported models with the sparse face
     selection on or off (its configs written for that setting; the selection exported if it serves
@@ -275,9 +282,8 @@ def sparse_variant(target: Path, sparse_visual: bool, repository: Path = REPOSIT
     from .export import trained_sparse  # noqa: PLC0415
 
     write_configs(weights_description(weights_dir, sparse_visual), target, sparse_visual=sparse_visual)
-    for step in pipeline.served_models(pipeline.steps(sparse_visual=sparse_visual)):
-        if step.torchscript and step.name != models.SPARSE_MODEL:
-            shutil.copy(repository / step.name / "1" / "model.pt", target / step.name / "1" / "model.pt")
+    copy_exports(repository, target, [step.name for step in pipeline.served_models(pipeline.steps(sparse_visual=sparse_visual))
+                                      if step.torchscript and step.name != models.SPARSE_MODEL])
     if sparse_visual:
         with torch.no_grad():
             models.to_torchscript(models.SPARSE_MODEL, trained_sparse(weights_dir)).save(str(target / models.SPARSE_MODEL / "1" / "model.pt"))
@@ -299,8 +305,7 @@ def asr_model_variant(target: Path, asr_model: str, repository: Path = REPOSITOR
             built = json.loads((repository / name / "1" / "provenance.json").read_text())["weights"]
             if built != [weight_file_record(weights_path(weights_dir, part)) for part in EXPORT_SOURCES[name]]:
                 raise ValueError(f"{repository / name} was not exported from {weights_dir}'s weights: `make build` it first")
-            for file in ("model.pt", "provenance.json"):
-                shutil.copy(repository / name / "1" / file, target / name / "1" / file)
+        copy_exports(repository, target, ASR_INDEPENDENT)
         export_all(target, weights_dir, skip=ASR_INDEPENDENT)
     set_runtime_asr_model(runtime_folder(target) / "fv2es" / "config.py", asr_model)
     return target
